@@ -1,0 +1,150 @@
+"""The run configuration. Each field's description is its documentation (README and
+``tunesmith validate --explain`` print them); defaults here are the only defaults."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field("smollm2-135m-instruct", description=(
+        "Embedded model name (see `tunesmith models list`), a local Hugging Face checkpoint "
+        "directory, a tunesmith run directory, or (online) a hub id."))
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Dtype the weights are loaded in. Trainable weights stay "
+        "float32; mixed precision is `train.precision`.")
+    chat_template: str | None = Field(None, description=(
+        "Override the tokenizer's chat template: a Jinja string, a path to a .jinja file, "
+        "or a built-in name (`chatml`, `alpaca`)."))
+    trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint "
+                                    "to run. Off by default for safety.")
+    attn_implementation: Literal["sdpa", "eager"] = Field("sdpa", description=(
+        "Attention kernel."))
+
+
+class UnfreezeConfig(_Section):
+    every_steps: int | None = Field(None, ge=1, description=(
+        "Gradual unfreezing (ULMFiT): unfreeze one more layer group every N optimizer steps."))
+    per_epoch: bool = Field(False, description="Unfreeze one more layer group at each epoch start.")
+    group_size: int = Field(1, ge=1, description="Transformer layers per unfreezing group.")
+
+
+class MethodConfig(_Section):
+    type: Literal["full", "lora", "freeze"] = Field("lora", description=(
+        "`full`: all weights train. `lora`: low-rank adapters (peft) on `target_modules`. "
+        "`freeze`: full weights but with `freeze_layers` / `freeze_patterns` frozen."))
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Module names LoRA wraps, or `all-linear`.")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    use_rslora: bool = Field(False, description="Rank-stabilised LoRA scaling (alpha / sqrt(r)).")
+    freeze_layers: int = Field(0, ge=0, description=(
+        "`freeze`: freeze the embeddings and the first N transformer layers."))
+    freeze_patterns: list[str] = Field(default_factory=list, description=(
+        "`freeze`: regular expressions; parameters whose name matches are frozen."))
+    unfreeze: UnfreezeConfig | None = Field(None, description=(
+        "Gradual unfreezing for `full`/`freeze`: start with the top layer group (plus head "
+        "and final norm) trainable and unfreeze downward."))
+
+
+class DataConfig(_Section):
+    train: str | None = Field(None, description=(
+        "Training data: .jsonl/.json/.csv/.parquet file, a directory, or a hub dataset name."))
+    validation: str | None = Field(None, description="Validation data (same formats).")
+    val_split: float = Field(0.0, ge=0, lt=1, description=(
+        "Fraction of `train` held out for validation when `validation` is not given."))
+    format: Literal["auto", "alpaca", "messages", "prompt_completion", "text"] = Field(
+        "auto", description="Record format; `auto` detects it from the fields.")
+    max_length: int = Field(1024, ge=8, description="Maximum tokens per example.")
+    truncation: Literal["truncate", "drop"] = Field("truncate", description=(
+        "What to do with longer examples: cut at `max_length` or drop them (counted either way)."))
+    train_on_inputs: bool = Field(False, description=(
+        "Also compute the loss on prompt/system/user tokens (default: assistant tokens only)."))
+    system_prompt: str | None = Field(None, description=(
+        "System message added to examples that have none (chat formats)."))
+    max_examples: int | None = Field(None, ge=1, description="Use only the first N training rows.")
+    cache: bool = Field(True, description="Cache tokenized data keyed by content, tokenizer and "
+                        "template hashes.")
+
+
+class EarlyStoppingConfig(_Section):
+    patience: int | None = Field(None, ge=1, description=(
+        "Stop after this many evaluations without improvement; unset disables early stopping."))
+    metric: Literal["val_loss", "val_perplexity", "val_token_accuracy"] = Field(
+        "val_loss", description="Metric watched for early stopping and `best/`.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(None, ge=1, description=(
+        "Stop after this many optimizer steps (overrides `epochs` when reached first)."))
+    batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    scheduler: Literal["constant", "linear", "cosine"] = Field(
+        "cosine", description="Learning-rate schedule after warmup.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not on norms/biases).")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    max_grad_norm: float | None = Field(1.0, description="Gradient clipping; null disables.")
+    dropout: float | None = Field(None, ge=0, lt=1, description=(
+        "Override the model's dropout probabilities (attention/hidden)."))
+    eval_every: int | None = Field(None, ge=1, description=(
+        "Evaluate every N optimizer steps (and always at the end)."))
+    eval_batch_size: int | None = Field(None, ge=1, description="Defaults to `batch_size`.")
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    save_every: int | None = Field(None, ge=1, description=(
+        "Write a resumable checkpoint every N optimizer steps (defaults to `eval_every`)."))
+    keep_last: int = Field(2, ge=1, description="Checkpoints kept under `checkpoints/`.")
+    log_every: int = Field(1, ge=1, description="Log metrics every N optimizer steps.")
+    seed: int = Field(42, description="Seed for data order, initialisation and dropout.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description=(
+        "`auto`: bf16 autocast where the hardware runs it fast (CUDA with bf16, CPUs with "
+        "AVX512-BF16/AMX), else fp32."))
+    group_by_length: bool = Field(True, description=(
+        "Batch examples of similar length (shuffled batches) to cut padding."))
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    loss_chunk_size: int = Field(1024, ge=64, description=(
+        "Positions per chunk in the fused LM-head + cross-entropy (memory vs speed)."))
+
+
+class OutputConfig(_Section):
+    dir: str = Field("runs", description="Parent directory of run directories.")
+    tensorboard: bool = Field(True, description="Write TensorBoard logs under `tb/`.")
+
+
+class RunConfig(_Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description=(
+        "Run name; outputs go to `<output.dir>/<name>/`."))
+    task: Literal["sft"] = Field("sft", description="What to train.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> RunConfig:
+        problems = []
+        if self.method.unfreeze is not None and self.method.type == "lora":
+            problems.append("method.unfreeze works with method.type full or freeze, not lora")
+        if self.method.unfreeze is not None and not (
+                self.method.unfreeze.every_steps or self.method.unfreeze.per_epoch):
+            problems.append("method.unfreeze needs every_steps: N or per_epoch: true")
+        if self.train.early_stopping.patience and not (self.data.validation or
+                                                       self.data.val_split):
+            problems.append("train.early_stopping.patience needs data.validation or "
+                            "data.val_split")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

@@ -1,0 +1,1 @@
+"""Data: reading files, recognising formats, chat templates and label masks, batching."""

@@ -1,0 +1,145 @@
+"""Recognise record formats and turn each row into an ``Example`` (chat, prompt+completion or text).
+
+Formats: ``alpaca`` (instruction/input/output), ``messages`` (OpenAI chat fine-tuning format,
+with optional per-assistant-message ``weight`` 0/1), ``prompt_completion`` (strings, or message
+lists for conversational prompts) and ``text`` (continued pre-training).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunesmith.data.readers import Row
+from tunesmith.errors import DataError
+
+FORMAT_FIELDS = {
+    "messages": ("messages",),
+    "alpaca": ("instruction", "output"),
+    "prompt_completion": ("prompt", "completion"),
+    "text": ("text",),
+}
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass
+class Example:
+    """One training example in a normalised shape.
+
+    ``kind`` is ``chat`` (``messages``), ``completion`` (``prompt`` + ``completion`` text,
+    prompt masked) or ``text`` (all tokens trained).
+    """
+
+    kind: str
+    where: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    prompt: str = ""
+    completion: str = ""
+    text: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def detect_format(rows: Iterable[Row]) -> str:
+    """Detect the format from the first row's fields (later rows are checked on conversion)."""
+    first = next(iter(rows))
+    keys = set(first.data)
+    for fmt, needed in FORMAT_FIELDS.items():
+        if all(k in keys for k in needed):
+            return fmt
+    raise DataError(
+        "cannot tell the data format from the fields", where=first.where, got=sorted(keys),
+        fix="records need `messages`, or `instruction`+`output` (alpaca), or `prompt`+"
+        "`completion`, or `text`; or set data.format explicitly")
+
+
+def to_example(row: Row, fmt: str, system_prompt: str | None = None) -> Example:
+    """Convert one row, raising a DataError that names the line and field on bad input."""
+    d = row.data
+    for key in FORMAT_FIELDS[fmt]:
+        if key not in d:
+            raise DataError(f"record is missing the field `{key}` required by format {fmt}",
+                            where=row.where, got=sorted(d),
+                            fix=f"add `{key}` to every record, or set data.format to match")
+    if fmt == "messages":
+        msgs = _check_messages(d["messages"], row.where, "messages")
+        return Example("chat", row.where, messages=_with_system(msgs, system_prompt))
+    if fmt == "alpaca":
+        instruction = _text(d, "instruction", row.where)
+        extra = _text(d, "input", row.where, required=False)
+        output = _text(d, "output", row.where)
+        user = instruction + ("\n\n" + extra if extra.strip() else "")
+        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+        return Example("chat", row.where, messages=_with_system(msgs, system_prompt),
+                       meta={"format": "alpaca"})
+    if fmt == "prompt_completion":
+        prompt, completion = d["prompt"], d["completion"]
+        if isinstance(prompt, list) and isinstance(completion, list):
+            msgs = _check_messages(prompt + completion, row.where, "prompt+completion")
+            return Example("chat", row.where, messages=_with_system(msgs, system_prompt))
+        return Example("completion", row.where, prompt=_text(d, "prompt", row.where,
+                                                             allow_empty=True),
+                       completion=_text(d, "completion", row.where))
+    if fmt == "text":
+        return Example("text", row.where, text=_text(d, "text", row.where))
+    raise DataError("unknown data format", where="data.format", got=fmt,
+                    fix=f"use one of {', '.join(FORMAT_FIELDS)}")
+
+
+def _text(d: dict[str, Any], key: str, where: str, required: bool = True,
+          allow_empty: bool = False) -> str:
+    value = d.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise DataError(f"field `{key}` must be a string", where=f"{where} field {key}",
+                        got=value, fix=f"store `{key}` as text")
+    if required and not allow_empty and not value.strip():
+        raise DataError(f"field `{key}` is empty", where=f"{where} field {key}", got=value,
+                        fix="fill it in or remove the record (tunesmith data prepare drops "
+                        "empty records)")
+    return value
+
+
+def _check_messages(msgs: Any, where: str, fieldname: str) -> list[dict[str, Any]]:
+    if not isinstance(msgs, list) or not msgs:
+        raise DataError(f"`{fieldname}` must be a non-empty list of messages",
+                        where=f"{where} field {fieldname}", got=msgs,
+                        fix='e.g. [{"role": "user", "content": "..."}, {"role": "assistant", '
+                        '"content": "..."}]')
+    out = []
+    for i, m in enumerate(msgs):
+        loc = f"{where} field {fieldname}[{i}]"
+        if not isinstance(m, dict):
+            raise DataError("message must be an object with role and content", where=loc,
+                            got=m, fix='write {"role": ..., "content": ...}')
+        role = m.get("role")
+        if role not in ROLES:
+            raise DataError("message has an unknown role", where=f"{loc}.role", got=role,
+                            fix=f"use one of {', '.join(ROLES)}")
+        content = m.get("content")
+        if not isinstance(content, str):
+            raise DataError("message content must be a string", where=f"{loc}.content",
+                            got=content, fix="store the text of the message as a string")
+        weight = m.get("weight", 1)
+        if role == "assistant" and weight not in (0, 1):
+            raise DataError("assistant message weight must be 0 or 1", where=f"{loc}.weight",
+                            got=weight, fix="use 1 to train on that turn, 0 to skip it")
+        if role == "assistant" and weight == 1 and not content.strip():
+            raise DataError("trained assistant message is empty", where=f"{loc}.content",
+                            got=content, fix="give the assistant turn text, or set weight 0")
+        msg = {"role": role, "content": content}
+        if role == "assistant":
+            msg["weight"] = weight
+        out.append(msg)
+    if not any(m["role"] == "assistant" for m in out):
+        raise DataError("conversation has no assistant message to train on",
+                        where=f"{where} field {fieldname}", got=[m["role"] for m in out],
+                        fix="add the assistant's reply as the last message")
+    return out
+
+
+def _with_system(msgs: list[dict[str, Any]], system_prompt: str | None) -> list[dict[str, Any]]:
+    if system_prompt and msgs[0]["role"] != "system":
+        return [{"role": "system", "content": system_prompt}] + msgs
+    return msgs

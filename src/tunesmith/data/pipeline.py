@@ -1,0 +1,187 @@
+"""From config to tokenized train/validation sets: read → format → template+mask → check.
+
+Tokenized data is cached under ``$TUNESMITH_HOME/tokenized/`` keyed by the file contents,
+the tokenizer, the template and every setting that changes the encoding, so a rerun with the
+same inputs does no tokenizing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunesmith.config.schema import DataConfig
+from tunesmith.data.formats import detect_format, to_example
+from tunesmith.data.readers import read_rows
+from tunesmith.data.templates import Encoded, Encoder, check_encoded, raise_on_failures
+from tunesmith.errors import DataError
+from tunesmith.models.registry import cache_root
+
+ENCODING_VERSION = "1"  # bump when encoding logic changes, to invalidate caches
+
+
+@dataclass
+class SplitStats:
+    source: str
+    rows: int = 0
+    format: str = ""
+    kept: int = 0
+    truncated: int = 0
+    dropped_too_long: int = 0
+    dropped_no_target: int = 0
+    trained_tokens: int = 0
+    masked_tokens: int = 0
+    cached: bool = False
+    sha256: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Prepared:
+    train: list[Encoded]
+    validation: list[Encoded]
+    stats: dict[str, SplitStats] = field(default_factory=dict)
+
+
+def prepare_data(cfg: DataConfig, tokenizer: Any, seed: int = 42) -> Prepared:
+    """Build tokenized train and validation sets, running the contract checks."""
+    if not cfg.train:
+        raise DataError("no training data given", where="data.train",
+                        fix="set data.train: path/to/train.jsonl (or data.train=... on the "
+                        "command line)")
+    encoder = Encoder(tokenizer, cfg.max_length, cfg.train_on_inputs, cfg.truncation)
+    train, tstats = encode_file(cfg.train, cfg, encoder, limit=cfg.max_examples)
+    stats = {"train": tstats}
+    val: list[Encoded] = []
+    if cfg.validation:
+        val, vstats = encode_file(cfg.validation, cfg, encoder)
+        stats["validation"] = vstats
+    elif cfg.val_split > 0:
+        order = list(range(len(train)))
+        random.Random(seed).shuffle(order)
+        n_val = max(1, int(round(len(train) * cfg.val_split)))
+        if n_val >= len(train):
+            raise DataError("data.val_split leaves no training examples", where="data.val_split",
+                            got=cfg.val_split, fix="use a smaller fraction or more data")
+        held = set(order[:n_val])
+        val = [e for i, e in enumerate(train) if i in held]
+        train = [e for i, e in enumerate(train) if i not in held]
+    return Prepared(train, val, stats)
+
+
+def encode_file(path: str, cfg: DataConfig, encoder: Encoder, limit: int | None = None
+                ) -> tuple[list[Encoded], SplitStats]:
+    digest = file_sha256(path) if Path(path).is_file() else hashlib.sha256(
+        path.encode()).hexdigest()
+    stats = SplitStats(source=path, sha256=digest)
+    key = _cache_key(digest, cfg, encoder, limit)
+    cache_file = cache_root() / "tokenized" / f"{key}.npz"
+    if cfg.cache and cache_file.exists():
+        encs, meta = _load_cache(cache_file)
+        stats.__dict__.update(meta)
+        stats.cached = True
+        return encs, stats
+    rows = read_rows(path, limit=limit)
+    stats.rows = len(rows)
+    fmt = detect_format(rows) if cfg.format == "auto" else cfg.format
+    stats.format = fmt
+    examples, bad = [], []
+    for row in rows:
+        try:
+            examples.append(to_example(row, fmt, cfg.system_prompt))
+        except DataError as exc:
+            bad.append(exc)
+    if bad:
+        first = bad[0]
+        raise DataError(f"{len(bad)} of {len(rows)} records are invalid; the first: {first.what}",
+                        where=first.where, got=first.got, fix=first.fix)
+    full = [encoder.encode(ex) for ex in examples]
+    raise_on_failures(check_encoded(full, encoder), path)
+    kept = []
+    for enc in full:
+        fitted = encoder.fit(enc)
+        if fitted is None:
+            if len(enc.input_ids) > encoder.max_length:
+                stats.dropped_too_long += 1
+            else:
+                stats.dropped_no_target += 1
+            continue
+        stats.truncated += int(fitted.truncated)
+        stats.trained_tokens += sum(1 for t in fitted.labels if t != -100)
+        stats.masked_tokens += sum(1 for t in fitted.labels if t == -100)
+        kept.append(fitted)
+    stats.kept = len(kept)
+    if not kept:
+        raise DataError("no usable examples are left after applying data.max_length",
+                        where=path, got=f"{stats.dropped_too_long} too long, "
+                        f"{stats.dropped_no_target} with nothing to train",
+                        fix="raise data.max_length or use data.truncation: truncate")
+    if cfg.cache:
+        _save_cache(cache_file, kept, stats)
+    return kept, stats
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tok: Any) -> str:
+    h = hashlib.sha256()
+    h.update(type(tok).__name__.encode())
+    h.update(json.dumps(sorted(tok.get_vocab().items())[:50000:97]).encode())
+    h.update(str(len(tok)).encode())
+    h.update((getattr(tok, "chat_template", None) or "").encode())
+    h.update(json.dumps([tok.bos_token, tok.eos_token, tok.pad_token]).encode())
+    return h.hexdigest()[:16]
+
+
+def _cache_key(digest: str, cfg: DataConfig, enc: Encoder, limit: int | None) -> str:
+    parts = [ENCODING_VERSION, digest, tokenizer_fingerprint(enc.tokenizer), cfg.format,
+             cfg.max_length, cfg.truncation, cfg.train_on_inputs, cfg.system_prompt, limit]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:24]
+
+
+def _save_cache(path: Path, encs: list[Encoded], stats: SplitStats) -> None:
+    lengths = np.array([len(e.input_ids) for e in encs], dtype=np.int64)
+    ids = np.concatenate([np.asarray(e.input_ids, dtype=np.int64) for e in encs])
+    labels = np.concatenate([np.asarray(e.labels, dtype=np.int64) for e in encs])
+    meta = {k: v for k, v in stats.as_dict().items() if k not in ("cached", "source")}
+    meta["wheres"] = [e.where for e in encs]
+    meta["truncated_flags"] = [int(e.truncated) for e in encs]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, lengths=lengths, ids=ids, labels=labels,
+                 meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_cache(path: Path) -> tuple[list[Encoded], dict[str, Any]]:
+    with np.load(path, allow_pickle=False) as z:
+        lengths, ids, labels = z["lengths"], z["ids"], z["labels"]
+        meta = json.loads(z["meta"].tobytes().decode())
+    wheres, flags = meta.pop("wheres"), meta.pop("truncated_flags")
+    encs, pos = [], 0
+    for i, n in enumerate(lengths.tolist()):
+        encs.append(Encoded(ids[pos:pos + n].tolist(), labels[pos:pos + n].tolist(), wheres[i],
+                            bool(flags[i])))
+        pos += n
+    return encs, meta

@@ -1,0 +1,199 @@
+"""Read rows from JSONL, JSON, CSV, Parquet files, `datasets` directories or hub datasets.
+
+Every row comes with a ``where`` string (``file.jsonl:12``) so later errors can point at
+the exact line. Reading is streamed where the format allows it (JSONL, CSV, Parquet).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import DataError
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One input record and where it came from (``path:line`` or ``path#index``)."""
+
+    data: dict[str, Any]
+    where: str
+
+
+def iter_rows(source: str | os.PathLike[str]) -> Iterator[Row]:
+    """Yield rows from a file, a directory of files, a saved ``datasets`` dir or a hub name."""
+    path = Path(source)
+    if path.is_dir():
+        yield from _iter_dir(path)
+        return
+    if path.exists():
+        yield from _iter_file(path)
+        return
+    text = str(source)
+    if _looks_like_hub_id(text):
+        yield from _iter_hub(text)
+        return
+    raise DataError(
+        "data file not found",
+        where=text,
+        fix="check the path (relative paths are resolved from the current directory "
+        f"{os.getcwd()}); supported files: {', '.join(SUFFIXES)}",
+    )
+
+
+def read_rows(source: str | os.PathLike[str], limit: int | None = None) -> list[Row]:
+    """Read all rows (or the first ``limit``) into a list; raise if there are none."""
+    rows: list[Row] = []
+    for row in iter_rows(source):
+        rows.append(row)
+        if limit is not None and len(rows) >= limit:
+            break
+    if not rows:
+        raise DataError("the dataset is empty", where=str(source),
+                        fix="point at a file with at least one record")
+    return rows
+
+
+def _iter_file(path: Path) -> Iterator[Row]:
+    suffix = "".join(path.suffixes[-1:]).lower()
+    if suffix == ".jsonl":
+        yield from _iter_jsonl(path)
+    elif suffix == ".json":
+        yield from _iter_json(path)
+    elif suffix == ".csv":
+        yield from _iter_csv(path)
+    elif suffix == ".parquet":
+        yield from _iter_parquet(path)
+    else:
+        raise DataError("unsupported data file type", where=str(path), got=suffix or "(none)",
+                        fix=f"use one of {', '.join(SUFFIXES)}")
+
+
+def _iter_jsonl(path: Path) -> Iterator[Row]:
+    with path.open("r", encoding="utf-8", errors="strict") as fh:
+        lineno = 0
+        try:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(
+                        f"line is not valid JSON ({exc.msg} at column {exc.colno})",
+                        where=f"{path}:{lineno}", got=line.strip(),
+                        fix="each line of a .jsonl file must be one complete JSON object; "
+                        "fix or delete that line") from None
+                if not isinstance(obj, dict):
+                    raise DataError("line is not a JSON object", where=f"{path}:{lineno}",
+                                    got=line.strip(), fix='write each record as {"field": ...}')
+                yield Row(obj, f"{path}:{lineno}")
+        except UnicodeDecodeError as exc:
+            raise DataError("file is not valid UTF-8", where=f"{path}:{lineno + 1}",
+                            got=repr(exc.object[exc.start:exc.end]),
+                            fix="re-save the file as UTF-8") from None
+
+
+def _iter_json(path: Path) -> Iterator[Row]:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"file is not valid JSON ({exc.msg})", where=f"{path}:{exc.lineno}",
+                        fix="a .json data file holds one list of objects; for one object per "
+                        "line, name it .jsonl") from None
+    if isinstance(obj, dict):
+        # {"data": [...]} or {"train": [...]} wrappers are common; take the single list value.
+        lists = [v for v in obj.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise DataError("JSON file holds an object, not a list of records", where=str(path),
+                            fix="store a JSON list of objects, or use JSONL")
+        obj = lists[0]
+    if not isinstance(obj, list):
+        raise DataError("JSON file does not hold a list of records", where=str(path),
+                        got=type(obj).__name__, fix="store a JSON list of objects")
+    for i, item in enumerate(obj):
+        if not isinstance(item, dict):
+            raise DataError("record is not a JSON object", where=f"{path}[{i}]", got=item,
+                            fix="each list item must be an object")
+        yield Row(item, f"{path}[{i}]")
+
+
+def _iter_csv(path: Path) -> Iterator[Row]:
+    with path.open("r", encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames:
+            return
+        for i, rec in enumerate(reader, start=2):  # line 1 is the header
+            if None in rec:
+                raise DataError("row has more values than the header has columns",
+                                where=f"{path}:{i}", got=rec[None],  # type: ignore[index]
+                                fix="quote values containing commas")
+            yield Row(dict(rec), f"{path}:{i}")
+
+
+def _iter_parquet(path: Path) -> Iterator[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise DataError(f"cannot read Parquet file ({exc})", where=str(path),
+                        fix="check the file was written completely") from None
+    index = 0
+    for batch in pf.iter_batches(batch_size=4096):
+        for rec in batch.to_pylist():
+            yield Row(rec, f"{path}#{index}")
+            index += 1
+
+
+def _iter_dir(path: Path) -> Iterator[Row]:
+    if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+        yield from _iter_saved_dataset(path)
+        return
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES)
+    if not files:
+        raise DataError("directory holds no data files", where=str(path),
+                        fix=f"put {', '.join(SUFFIXES)} files there, or name a file")
+    for f in files:
+        yield from _iter_file(f)
+
+
+def _iter_saved_dataset(path: Path) -> Iterator[Row]:
+    from datasets import DatasetDict, load_from_disk
+
+    ds = load_from_disk(str(path))
+    if isinstance(ds, DatasetDict):
+        if "train" not in ds:
+            raise DataError("saved DatasetDict has no 'train' split", where=str(path),
+                            got=list(ds.keys()), fix="name the split directory directly")
+        ds = ds["train"]
+    for i, rec in enumerate(ds):
+        yield Row(dict(rec), f"{path}#{i}")
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "/"))
+
+
+def _iter_hub(name: str) -> Iterator[Row]:
+    split = "train"
+    if ":" in name:
+        name, split = name.split(":", 1)
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset(name, split=split)
+    except Exception as exc:
+        raise DataError(f"cannot load hub dataset ({type(exc).__name__})", where=name,
+                        fix="check the name and your network, or download it and point at "
+                        "the local file") from None
+    for i, rec in enumerate(ds):
+        yield Row(dict(rec), f"{name}:{split}#{i}")

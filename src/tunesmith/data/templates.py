@@ -1,0 +1,238 @@
+"""Render examples with the chat template, tokenize them and build label masks.
+
+Labels are built from character spans of the rendered text, so the mask is right for any
+template that renders earlier turns the same way when later turns are appended (checked).
+A trained assistant span runs from the end of the generation prompt through the EOS that
+closes the turn; everything else is masked (-100) unless ``train_on_inputs``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.data.formats import Example
+from tunesmith.errors import ConfigError, DataError
+
+IGNORE = -100
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}")
+ALPACA = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + "
+    "'\n\n' }}{% elif message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] + "
+    "'\n\n' }}{% elif message['role'] == 'assistant' %}{{ '### Response:\n' + message['content'] "
+    "+ eos_token + '\n\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '### Response:\n' }}{% endif %}")
+BUILTIN_TEMPLATES = {"chatml": CHATML, "alpaca": ALPACA}
+
+
+def resolve_chat_template(value: str) -> str:
+    """A built-in name, a path to a Jinja file, or a Jinja string."""
+    if value in BUILTIN_TEMPLATES:
+        return BUILTIN_TEMPLATES[value]
+    if "{" not in value:
+        path = Path(value)
+        if not path.exists():
+            raise ConfigError("chat template not found", where="model.chat_template", got=value,
+                              fix=f"use {', '.join(BUILTIN_TEMPLATES)}, a .jinja file path or "
+                              "a Jinja string")
+        return path.read_text(encoding="utf-8")
+    return value
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    where: str
+    truncated: bool = False
+    # (first, last) token index of every trained assistant turn, for the contract checks
+    turns: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class Encoder:
+    """Turns Examples into token ids + labels for one tokenizer and template."""
+
+    tokenizer: Any
+    max_length: int
+    train_on_inputs: bool = False
+    truncation: str = "truncate"
+
+    def __post_init__(self) -> None:
+        tok = self.tokenizer
+        self.eos_ids = eos_token_ids(tok)
+        self.eos_texts = [t for t in {tok.eos_token, *tok.convert_ids_to_tokens(
+            sorted(self.eos_ids))} if t]
+        probe = tok("a", add_special_tokens=True).input_ids
+        self.adds_bos = tok.bos_token_id is not None and bool(probe) and \
+            probe[0] == tok.bos_token_id
+        self.has_template = bool(getattr(tok, "chat_template", None))
+
+    def encode(self, ex: Example) -> Encoded:
+        """Full-length encoding (truncation is applied by :meth:`fit`)."""
+        if ex.kind == "chat":
+            if not self.has_template:
+                self.tokenizer.chat_template = ALPACA
+                self.has_template = True
+            return self._encode_chat(ex)
+        if ex.kind == "completion":
+            return self._encode_pieces(ex.where, ex.prompt, ex.completion)
+        return self._encode_pieces(ex.where, "", ex.text)
+
+    def fit(self, enc: Encoded) -> Encoded | None:
+        """Apply ``max_length``: cut or drop; None when nothing trainable is left."""
+        if len(enc.input_ids) > self.max_length:
+            if self.truncation == "drop":
+                return None
+            n = self.max_length
+            enc = Encoded(enc.input_ids[:n], enc.labels[:n], enc.where, True,
+                          [(a, min(b, n - 1)) for a, b in enc.turns if a < n])
+        if all(lab == IGNORE for lab in enc.labels):
+            return None
+        return enc
+
+    def _encode_pieces(self, where: str, prompt: str, target: str) -> Encoded:
+        tok = self.tokenizer
+        ids: list[int] = []
+        if self.adds_bos:
+            ids.append(tok.bos_token_id)
+        p_ids = tok(prompt, add_special_tokens=False).input_ids if prompt else []
+        t_ids = tok(target, add_special_tokens=False).input_ids
+        eos = tok.eos_token_id
+        ids += p_ids
+        start = len(ids)
+        ids += t_ids + ([eos] if eos is not None else [])
+        labels = list(ids) if self.train_on_inputs else [IGNORE] * start + ids[start:]
+        if self.adds_bos and not self.train_on_inputs:
+            labels[0] = IGNORE
+        return Encoded(ids, labels, where, turns=[(start, len(ids) - 1)])
+
+    def _encode_chat(self, ex: Example) -> Encoded:
+        tok = self.tokenizer
+        msgs = [{"role": m["role"], "content": m["content"]} for m in ex.messages]
+        full = self._render(msgs, False, ex.where)
+        spans: list[tuple[int, int, bool]] = []  # (start, end, trained) in characters
+        for i, m in enumerate(ex.messages):
+            if m["role"] != "assistant":
+                continue
+            prefix = self._render(msgs[:i], True, ex.where) if i else ""
+            upto = self._render(msgs[: i + 1], False, ex.where)
+            if not (full.startswith(upto) and upto.startswith(prefix)):
+                raise DataError(
+                    "the chat template renders earlier turns differently once later turns are "
+                    "added, so assistant turns cannot be located for the label mask",
+                    where=ex.where, fix="set model.chat_template to a template without that "
+                    "behaviour (e.g. chatml), or train on single-turn data")
+            end = len(upto)
+            turn = upto[len(prefix):]
+            cut = max((turn.rfind(t) + len(t) for t in self.eos_texts if t in turn), default=-1)
+            if cut > 0:
+                end = len(prefix) + cut
+            spans.append((len(prefix), end, m.get("weight", 1) == 1))
+        enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        offsets = enc["offset_mapping"]
+        labels = [IGNORE] * len(ids)
+        turns = []
+        for s, e, trained in spans:
+            idx = [j for j, (a, b) in enumerate(offsets) if b > a and s <= a < e]
+            if trained and idx:
+                turns.append((idx[0], idx[-1]))
+            for j in idx:
+                if trained:
+                    labels[j] = ids[j]
+        if self.train_on_inputs:
+            untrained = {j for s, e, t in spans if not t
+                         for j, (a, b) in enumerate(offsets) if s <= a < e}
+            labels = [IGNORE if j in untrained else t for j, t in enumerate(ids)]
+        return Encoded(ids, labels, ex.where, turns=turns)
+
+    def _render(self, msgs: list[dict[str, Any]], gen: bool, where: str) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(msgs, tokenize=False,
+                                                      add_generation_prompt=gen)
+        except Exception as exc:  # jinja raises TemplateError and friends
+            raise DataError(f"the chat template failed on this conversation ({exc})",
+                            where=where, fix="check the roles and order of the messages, or "
+                            "set model.chat_template") from None
+
+
+def eos_token_ids(tok: Any) -> set[int]:
+    ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+    return ids
+
+
+@dataclass
+class CheckReport:
+    """Outcome of the template and label-mask contract checks over a dataset."""
+
+    examples: int = 0
+    trained_tokens: int = 0
+    masked_tokens: int = 0
+    failures: dict[str, list[str]] = field(default_factory=dict)
+
+    def fail(self, code: str, where: str) -> None:
+        self.failures.setdefault(code, []).append(where)
+
+
+CHECK_TEXT = {
+    "double_bos": ("sequences start with two BOS tokens (the template and the tokenizer both "
+                   "add one)", "use a template without {{ bos_token }} or a tokenizer that does "
+                   "not add BOS"),
+    "missing_bos": ("sequences lack the BOS token this tokenizer expects at the start",
+                    "add {{ bos_token }} at the start of model.chat_template"),
+    "missing_eos": ("a trained assistant turn does not end with a trained EOS token, so the "
+                    "model would never learn to stop", "use a chat template that closes every "
+                    "assistant turn with the EOS token (e.g. model.chat_template: chatml)"),
+    "prompt_trained": ("prompt tokens carry labels although data.train_on_inputs is false",
+                       "report this as a bug; set data.train_on_inputs: true to train anyway"),
+    "empty_turn": ("a trained assistant turn has no tokens besides EOS",
+                   "remove empty assistant messages or give them weight 0"),
+}
+
+
+def check_encoded(encs: list[Encoded], encoder: Encoder) -> CheckReport:
+    """Verify the template/label-mask contract on every (untruncated) example."""
+    tok = encoder.tokenizer
+    rep = CheckReport()
+    bos = tok.bos_token_id
+    for enc in encs:
+        rep.examples += 1
+        trained = sum(1 for t in enc.labels if t != IGNORE)
+        rep.trained_tokens += trained
+        rep.masked_tokens += len(enc.labels) - trained
+        ids = enc.input_ids
+        if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+            rep.fail("double_bos", enc.where)
+        if encoder.adds_bos and ids and ids[0] != bos:
+            rep.fail("missing_bos", enc.where)
+        for k, (a, b) in enumerate(enc.turns):
+            if enc.truncated and k == len(enc.turns) - 1:
+                continue
+            if enc.labels[b] == IGNORE or ids[b] not in encoder.eos_ids:
+                rep.fail("missing_eos", enc.where)
+            elif b == a:
+                rep.fail("empty_turn", enc.where)
+        if not encoder.train_on_inputs and enc.turns:
+            first = enc.turns[0][0]
+            if any(t != IGNORE for t in enc.labels[:first]):
+                rep.fail("prompt_trained", enc.where)
+    return rep
+
+
+def raise_on_failures(rep: CheckReport, source: str) -> None:
+    if not rep.failures:
+        return
+    problems = []
+    for code, wheres in rep.failures.items():
+        what, fix = CHECK_TEXT[code]
+        problems.append(f"{what}: {len(wheres)} of {rep.examples} examples (first: {wheres[0]})"
+                        f" — fix: {fix}")
+    raise DataError("template / label-mask check failed before training", where=source,
+                    fix="see `tunesmith data preview CONFIG` for the rendered samples\n" +
+                    "\n".join(f"  - {p}" for p in problems))

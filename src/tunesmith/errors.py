@@ -1,0 +1,86 @@
+"""Errors a user can cause, each carrying what went wrong, where, the value and the fix.
+
+The CLI prints a ``TunesmithError`` as one ``Error:`` block and exits with ``exit_code``
+(2 for usage and configuration problems, 1 for runtime failures). Anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class TunesmithError(Exception):
+    """Base class for user-facing errors.
+
+    Args:
+        what: one sentence saying what is wrong.
+        where: file, line, field or path the problem is in.
+        got: the offending value, shown verbatim (shortened when long).
+        fix: what the user should do.
+    """
+
+    exit_code = 1
+
+    def __init__(self, what: str, *, where: str | None = None, got: object = None,
+                 fix: str | None = None) -> None:
+        self.what, self.where, self.got, self.fix = what, where, got, fix
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        parts = [self.what]
+        if self.where:
+            parts.append(f"where: {self.where}")
+        if self.got is not None:
+            parts.append(f"got: {_short(self.got)}")
+        if self.fix:
+            parts.append(f"fix: {self.fix}")
+        return "\n  ".join(parts)
+
+
+class ConfigError(TunesmithError):
+    """A configuration or command-line value is invalid (exit code 2)."""
+
+    exit_code = 2
+
+    def __init__(self, what: str, *, problems: list[str] | None = None, **kw: object) -> None:
+        self.problems = problems or []
+        super().__init__(what, **kw)  # type: ignore[arg-type]
+
+    def render(self) -> str:
+        head = super().render()
+        if not self.problems:
+            return head
+        return head + "\n" + "\n".join(f"  - {p}" for p in self.problems)
+
+
+class UsageError(ConfigError):
+    """A command was called with arguments that cannot work together (exit code 2)."""
+
+
+class DataError(TunesmithError):
+    """A data file is missing, malformed or unusable (exit code 2: the input must change)."""
+
+    exit_code = 2
+
+
+class ModelError(TunesmithError):
+    """A model cannot be found or loaded (exit code 2)."""
+
+    exit_code = 2
+
+
+class CheckpointError(TunesmithError):
+    """A checkpoint or run directory is missing or inconsistent (exit code 1)."""
+
+
+class TrainingError(TunesmithError):
+    """Training failed at run time, e.g. the loss became NaN (exit code 1)."""
+
+
+class MissingDependency(TunesmithError):
+    """An optional dependency is not installed (exit code 1)."""
+
+
+def _short(value: object, limit: int = 200) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= limit else text[: limit - 3] + "..."

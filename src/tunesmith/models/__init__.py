@@ -1,0 +1,1 @@
+"""Models: where they come from (registry), loading, and what trains (adapters, freezing)."""

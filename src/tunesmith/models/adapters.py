@@ -1,0 +1,168 @@
+"""What trains: full weights, LoRA adapters, frozen layers, gradual unfreezing."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from tunesmith.config.schema import MethodConfig
+from tunesmith.errors import ConfigError
+
+_LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
+_EMBED_RE = re.compile(r"(embed_tokens|wte|wpe|word_embeddings|position_embeddings|"
+                       r"token_type_embeddings|embeddings\.)")
+
+
+def layer_index(name: str) -> int | None:
+    """Transformer-layer index encoded in a parameter name, or None outside the layers."""
+    m = _LAYER_RE.search(name)
+    return int(m.group(1)) if m else None
+
+
+def is_embedding(name: str) -> bool:
+    return bool(_EMBED_RE.search(name)) and layer_index(name) is None
+
+
+def num_layers(model: nn.Module) -> int:
+    idx = [i for n, _ in model.named_parameters() if (i := layer_index(n)) is not None]
+    return max(idx) + 1 if idx else 0
+
+
+def apply_method(model: nn.Module, method: MethodConfig) -> nn.Module:
+    """Return the model to train with ``requires_grad`` set according to ``method``."""
+    if method.type == "lora":
+        return _apply_lora(model, method)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if method.type == "freeze":
+        freeze_by_rule(model, method.freeze_layers, method.freeze_patterns)
+    if method.unfreeze is not None:
+        GradualUnfreezer(model, method).start()
+    return model
+
+
+def freeze_by_rule(model: nn.Module, first_layers: int, patterns: list[str]) -> list[str]:
+    """Freeze embeddings + the first ``first_layers`` layers and names matching ``patterns``."""
+    try:
+        regexes = [re.compile(p) for p in patterns]
+    except re.error as exc:
+        raise ConfigError("method.freeze_patterns holds an invalid regular expression",
+                          where="method.freeze_patterns", got=exc.pattern,
+                          fix="escape special characters, e.g. 'layers\\.0\\.'") from None
+    total = num_layers(model)
+    if first_layers > total:
+        raise ConfigError("method.freeze_layers is larger than the model's layer count",
+                          where="method.freeze_layers", got=first_layers,
+                          fix=f"use a value from 0 to {total}")
+    frozen = []
+    for name, p in model.named_parameters():
+        idx = layer_index(name)
+        hit = (first_layers > 0 and (is_embedding(name) or (idx is not None and idx < first_layers))
+               ) or any(r.search(name) for r in regexes)
+        if hit:
+            p.requires_grad_(False)
+            frozen.append(name)
+    if patterns and not any(any(r.search(n) for r in regexes) for n, _ in model.named_parameters()):
+        raise ConfigError("method.freeze_patterns matches no parameter", where="method.freeze_patterns",
+                          got=patterns, fix="parameter names look like "
+                          f"{next(iter(dict(model.named_parameters())))!r}")
+    return frozen
+
+
+class GradualUnfreezer:
+    """ULMFiT-style schedule: top group (plus head and final norm) first, then downward.
+
+    Groups are ``group_size`` consecutive layers from the top; the embeddings come last.
+    Parameters frozen by ``freeze_layers``/``freeze_patterns`` are never unfrozen.
+    """
+
+    def __init__(self, model: nn.Module, method: MethodConfig) -> None:
+        assert method.unfreeze is not None
+        self.model, self.cfg = model, method.unfreeze
+        allowed = {n for n, p in model.named_parameters() if p.requires_grad}
+        n_layers = num_layers(model)
+        size = self.cfg.group_size
+        chunks: list[list[str]] = []
+        tops = list(range(n_layers - 1, -1, -1))
+        for start in range(0, len(tops), size):
+            ids = set(tops[start:start + size])
+            chunks.append([n for n, _ in model.named_parameters() if layer_index(n) in ids])
+        head = [n for n, _ in model.named_parameters()
+                if layer_index(n) is None and not is_embedding(n)]
+        embed = [n for n, _ in model.named_parameters() if is_embedding(n)]
+        groups = [head + (chunks[0] if chunks else [])] + chunks[1:] + [embed]
+        self.groups = [[n for n in g if n in allowed] for g in groups if g]
+        self.groups = [g for g in self.groups if g]
+        self.unfrozen = 0
+
+    def start(self) -> None:
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.unfrozen = 0
+        self._unfreeze_next()
+
+    def _unfreeze_next(self) -> bool:
+        if self.unfrozen >= len(self.groups):
+            return False
+        params = dict(self.model.named_parameters())
+        for name in self.groups[self.unfrozen]:
+            params[name].requires_grad_(True)
+        self.unfrozen += 1
+        return True
+
+    def update(self, step: int, epoch_started: bool) -> int | None:
+        """Call after optimizer step ``step``; returns the newly unfrozen group or None."""
+        due = (self.cfg.every_steps and step > 0 and step % self.cfg.every_steps == 0) or \
+              (self.cfg.per_epoch and epoch_started)
+        if due and self._unfreeze_next():
+            return self.unfrozen - 1
+        return None
+
+    def restore(self, unfrozen: int) -> None:
+        self.start()
+        while self.unfrozen < unfrozen and self._unfreeze_next():
+            pass
+
+
+def _apply_lora(model: nn.Module, method: MethodConfig) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    targets = method.target_modules
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    if isinstance(targets, list):
+        missing = [t for t in targets if t not in names]
+        if missing:
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                             if isinstance(m, nn.Linear)})
+            raise ConfigError("method.target_modules names modules the model does not have",
+                              where="method.target_modules", got=missing,
+                              fix=f"choose from {linear} or use all-linear")
+    cfg = LoraConfig(r=method.r, lora_alpha=method.alpha, lora_dropout=method.dropout,
+                     target_modules=targets, use_dora=method.use_dora,
+                     use_rslora=method.use_rslora, task_type="CAUSAL_LM", bias="none")
+    return get_peft_model(model, cfg)
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Override every dropout probability (modules and config fields)."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+    cfg = getattr(model, "config", None)
+    for key in ("attention_dropout", "hidden_dropout", "hidden_dropout_prob",
+                "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if cfg is not None and hasattr(cfg, key):
+            setattr(cfg, key, p)
+
+
+def trainable_summary(model: nn.Module) -> dict[str, Any]:
+    total = sum(p.numel() for p in model.parameters())
+    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": train, "total": total, "percent": round(100 * train / max(total, 1), 3)}
+
+
+def trainable_parameters(model: nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]

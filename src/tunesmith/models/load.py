@@ -1,0 +1,88 @@
+"""Load models and tokenizers from embedded names, checkpoint dirs, run dirs or hub ids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith.errors import ModelError
+from tunesmith.models.registry import resolve_model_dir
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_artifact(name: str) -> Path | str:
+    """A run directory resolves to its ``final/`` (else ``best/``, else latest checkpoint)."""
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "manifest.json").exists() and not (path / "config.json").exists():
+        for sub in ("final", "best"):
+            if (path / sub).is_dir():
+                return path / sub
+        steps = sorted((path / "checkpoints").glob("step-*"),
+                       key=lambda p: int(p.name.split("-")[1]))
+        if steps:
+            return steps[-1]
+        raise ModelError("run directory has no saved model yet", where=str(path),
+                         fix="wait for the run to save a checkpoint, or resume it with "
+                         "`tunesmith train CONFIG --resume`")
+    return resolve_model_dir(name)
+
+
+def load_tokenizer(source: Path | str, chat_template: str | None = None,
+                   trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load tokenizer ({_first_line(exc)})", where=str(source),
+                         fix="check the model directory holds tokenizer files") from None
+    if chat_template:
+        from tunesmith.data.templates import resolve_chat_template
+
+        tok.chat_template = resolve_chat_template(chat_template)
+    if tok.pad_token_id is None:
+        # Padding positions are masked by attention and labels, so any id works; prefer
+        # unk, then eos (labels are built from lengths, never from the pad id).
+        tok.pad_token = tok.unk_token or tok.eos_token
+    return tok
+
+
+def load_causal_lm(source: Path | str, dtype: str = "float32", trust_remote_code: bool = False,
+                   attn_implementation: str = "sdpa") -> Any:
+    """Load a causal LM; a directory with ``adapter_config.json`` loads base + adapter."""
+    from transformers import AutoModelForCausalLM
+
+    src = Path(str(source))
+    kwargs = dict(dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+                  attn_implementation=attn_implementation)
+    try:
+        if src.is_dir() and (src / "adapter_config.json").exists():
+            from peft import PeftModel
+
+            base_name = json.loads((src / "adapter_config.json").read_text())[
+                "base_model_name_or_path"]
+            base = AutoModelForCausalLM.from_pretrained(str(resolve_model_dir(base_name)), **kwargs)
+            return PeftModel.from_pretrained(base, str(src))
+        return AutoModelForCausalLM.from_pretrained(str(source), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model ({_first_line(exc)})", where=str(source),
+                         fix="use an embedded model (`tunesmith models list`), a local "
+                         "checkpoint directory, or a hub id while online") from None
+
+
+def load_for_inference(name: str, dtype: str = "float32") -> tuple[Any, Any]:
+    """Model (eval mode) and tokenizer for chat/generate/eval from any name or run dir."""
+    src = resolve_artifact(name)
+    tok = load_tokenizer(src)
+    model = load_causal_lm(src, dtype=dtype)
+    model.eval()
+    return model, tok
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

@@ -1,0 +1,1 @@
+"""Recipes: one ``run(cfg)`` per task, readable top to bottom."""

@@ -1,0 +1,117 @@
+"""Causal-LM loss that projects only the positions carrying a label.
+
+The vocabulary projection + cross-entropy is the largest cost of a small-model SFT step
+(see shared/research/peer-performance.md). Here the backbone runs once, the hidden states of
+labelled positions are gathered, and ``_FusedLinearCrossEntropy`` computes loss *and* the
+gradients for hidden states and head weight chunk by chunk in the forward pass: no
+``[batch, seq, vocab]`` logits tensor is ever built and nothing is recomputed in backward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunesmith.data.templates import IGNORE
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                chunk: int, dtype: torch.dtype, want_weight_grad: bool
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        w = weight.to(dtype)
+        grad_h = torch.empty_like(hidden)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32) if want_weight_grad else None
+        loss = torch.zeros((), dtype=torch.float32)
+        correct = torch.zeros((), dtype=torch.long)
+        for s in range(0, hidden.shape[0], chunk):
+            h = hidden[s:s + chunk].to(dtype)
+            t = targets[s:s + chunk]
+            logits = (h @ w.T).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            correct += (logits.argmax(-1) == t).sum()
+            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            probs[torch.arange(t.shape[0]), t] -= 1.0
+            g = probs.to(dtype)
+            grad_h[s:s + chunk] = (g @ w).to(hidden.dtype)
+            if grad_w is not None:
+                grad_w += (g.T @ h).float()
+        ctx.save_for_backward(grad_h, grad_w if grad_w is not None else torch.empty(0))
+        ctx.has_w = grad_w is not None
+        ctx.w_dtype = weight.dtype
+        ctx.mark_non_differentiable(correct)
+        return loss, correct
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, _grad_correct: Any) -> tuple[Any, ...]:
+        grad_h, grad_w = ctx.saved_tensors
+        gh = grad_h * grad_loss.to(grad_h.dtype)
+        gw = (grad_w * grad_loss).to(ctx.w_dtype) if ctx.has_w else None
+        return gh, gw, None, None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         chunk: int = 1024, dtype: torch.dtype = torch.float32
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of token cross-entropies of ``hidden @ weight.T`` and the count of top-1 hits."""
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk, dtype,
+                                              weight.requires_grad)
+    loss = torch.zeros((), dtype=torch.float32)
+    correct = torch.zeros((), dtype=torch.long)
+    w = weight.to(dtype)
+    for s in range(0, hidden.shape[0], chunk):
+        logits = (hidden[s:s + chunk].to(dtype) @ w.T).float()
+        t = targets[s:s + chunk]
+        loss += F.cross_entropy(logits, t, reduction="sum")
+        correct += (logits.argmax(-1) == t).sum()
+    return loss, correct
+
+
+def split_causal_lm(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(backbone producing hidden states, output head) of an HF causal LM or PeftModel."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+class CausalLMLoss(nn.Module):
+    """Wraps a causal LM so that ``forward`` returns (loss_sum, label_tokens, correct).
+
+    Being an ``nn.Module`` lets accelerate wrap it (DDP/FSDP) with the loss inside forward.
+    """
+
+    def __init__(self, model: nn.Module, chunk: int = 1024,
+                 head_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.model = model
+        self.chunk = chunk
+        self.head_dtype = head_dtype
+        cfg = getattr(model, "config", None)
+        head = split_causal_lm(model)[1]
+        self.fused = (type(head) is nn.Linear and head.bias is None
+                      and not getattr(cfg, "final_logit_softcapping", None)
+                      and not getattr(cfg, "logit_scale", None))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        shifted = labels[:, 1:]
+        keep = shifted != IGNORE
+        targets = shifted[keep]
+        n = targets.new_tensor(targets.numel())
+        if not self.fused:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            sel = logits[:, :-1][keep].float()
+            loss = F.cross_entropy(sel, targets, reduction="sum")
+            return loss, n, (sel.argmax(-1) == targets).sum()
+        backbone, head = split_causal_lm(self.model)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                          use_cache=False).last_hidden_state
+        hidden = hidden[:, :-1][keep]
+        loss, correct = linear_cross_entropy(hidden, head.weight, targets, self.chunk,
+                                             self.head_dtype)
+        return loss, n, correct
