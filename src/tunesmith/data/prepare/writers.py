@@ -1,0 +1,134 @@
+"""Output files: a staging directory renamed into place, JSONL and Parquet split writers.
+
+Everything is written into a hidden sibling of the output directory and renamed over it at
+the very end, so an interrupted or failed run leaves either the previous output or nothing,
+never a half-written dataset. Parquet is written from the finished JSONL in two streaming
+passes: the first unifies the schema of every batch (a field that is null in the first
+rows must not fix its type to null), the second writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+from tunesmith.errors import UsageError
+
+_PARQUET_BATCH = 8192
+
+
+def check_output_dir(outdir: Path, inputs: list[str], overwrite: bool) -> None:
+    """Refuse an output directory that exists (unless ``overwrite``) or holds an input."""
+    resolved = outdir.resolve()
+    for item in inputs:
+        src = Path(item)
+        if src.exists() and (src.resolve() == resolved or resolved in src.resolve().parents):
+            raise UsageError("the output directory contains an input file", where=str(outdir),
+                             got=item, fix="choose an output directory outside the inputs; "
+                             "input files are never modified")
+    if outdir.exists() and not outdir.is_dir():
+        raise UsageError("output path exists and is not a directory", where=str(outdir),
+                         fix="choose a directory path with -o")
+    if outdir.exists() and any(outdir.iterdir()) and not overwrite:
+        raise UsageError("output directory already exists and is not empty", where=str(outdir),
+                         fix="choose a new directory, or pass --overwrite to replace it")
+
+
+@contextmanager
+def staging_dir(outdir: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``outdir``; on success it replaces ``outdir``."""
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
+    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old = None
+    if outdir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=outdir.parent))
+        os.replace(outdir, old / "d")
+    os.replace(stage, outdir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class JsonlWriter:
+    """Append JSON records to a file, one per line; counts what it wrote."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: TextIO = path.open("w", encoding="utf-8", newline="\n")
+        self.count = 0
+
+    def write(self, record: Any) -> None:
+        self._fh.write(json.dumps(record, ensure_ascii=False))
+        self._fh.write("\n")
+        self.count += 1
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _jsonl_batches(path: Path, size: int = _PARQUET_BATCH) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    with path.open("r", encoding="utf-8") as fh:
+        for line in fh:
+            batch.append(json.loads(line))
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def jsonl_to_parquet(src: Path, dest: Path) -> None:
+    """Convert a JSONL file written by ``JsonlWriter`` to Parquet, streaming."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = None
+    for batch in _jsonl_batches(src):
+        batch_schema = pa.Table.from_pylist(batch).schema
+        schema = batch_schema if schema is None else pa.unify_schemas(
+            [schema, batch_schema], promote_options="permissive")
+    if schema is None:
+        pq.write_table(pa.table({}), dest)
+        return
+    with pq.ParquetWriter(dest, schema) as writer:
+        for batch in _jsonl_batches(src):
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file via a temporary file in the same directory and ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,1 @@
+"""The demo: a generated support-ticket → JSON extraction task, trained and scored."""

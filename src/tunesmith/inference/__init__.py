@@ -1,0 +1,1 @@
+"""Inference: batched generation with the model's chat template."""
