@@ -24,8 +24,8 @@ models_app = typer.Typer(help="Embedded default models.", no_args_is_help=True)
 data_app = typer.Typer(help="Inspect, prepare and preview data.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config file.")]
 Overrides = Annotated[Optional[list[str]], typer.Argument(
@@ -50,10 +50,13 @@ def train(config: ConfigArg, overrides: Overrides = None,
           ) -> None:
     """Fine-tune a model as the config says; outputs go to <output.dir>/<name>/."""
     from tunesmith.config import load_config
-    from tunesmith.recipes import sft
+    from tunesmith.recipes import run_task
 
     cfg = load_config(config, overrides)
-    result = sft.run(cfg, resume=resume, overwrite=overwrite)
+    result = run_task(cfg, resume=resume, overwrite=overwrite)
+    if not hasattr(result, "loop"):
+        out.print(f"[green]done[/] → {result.run_dir}")
+        return
     ev = result.loop.last_eval
     out.print(f"[green]done[/] {result.loop.steps} steps"
               + (f", stopped early (best step {result.loop.best_step})"
@@ -68,12 +71,19 @@ def validate(config: ConfigArg, overrides: Overrides = None) -> None:
     from tunesmith.config import load_config
     from tunesmith.config.load import config_to_yaml
 
+    from tunesmith.data.readers import _looks_like_hub_id
+    from tunesmith.models.registry import EMBEDDED
+
     cfg = load_config(config, overrides)
     problems = []
     for field in ("train", "validation"):
         value = getattr(cfg.data, field)
-        if value and not Path(value).exists() and "/" not in value.strip("/"):
-            problems.append(f"data.{field}: file not found: {value}")
+        if value and not Path(value).exists() and not _looks_like_hub_id(value):
+            problems.append(f"data.{field}: file not found: {value} (relative to {Path.cwd()})")
+    name = cfg.model.name
+    if name not in EMBEDDED and not Path(name).expanduser().exists() and (
+            name.startswith((".", "/", "~")) or len(name.split("/")) != 2):
+        problems.append(f"model.name: not an embedded model, directory or hub id: {name}")
     if problems:
         raise UsageError("config is valid but refers to missing files", where=str(config),
                          problems=problems)

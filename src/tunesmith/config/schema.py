@@ -87,7 +87,7 @@ class EarlyStoppingConfig(_Section):
 class TrainConfig(_Section):
     epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
     max_steps: int | None = Field(None, ge=1, description=(
-        "Stop after this many optimizer steps (overrides `epochs` when reached first)."))
+        "Total optimizer steps; when set it replaces `epochs` (data repeats as needed)."))
     batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")

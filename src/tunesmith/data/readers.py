@@ -179,8 +179,9 @@ def _iter_saved_dataset(path: Path) -> Iterator[Row]:
 
 
 def _looks_like_hub_id(text: str) -> bool:
-    parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not text.startswith((".", "/"))
+    parts = text.split(":")[0].split("/")
+    return (len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
+            and not parts[1].lower().endswith(SUFFIXES))
 
 
 def _iter_hub(name: str) -> Iterator[Row]:

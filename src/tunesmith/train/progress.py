@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 class ProgressView:
     def __init__(self, total: int, start: int = 0, enabled: bool = True) -> None:
         self.total, self.enabled = total, enabled
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, soft_wrap=True)
         self.interactive = enabled and sys.stderr.isatty()
         self.every = max(1, total // 20)
         self.t0 = time.time()

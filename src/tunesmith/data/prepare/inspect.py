@@ -162,7 +162,8 @@ def inspect_dataset(path: str, *, fmt: str = "auto", label_field: str = "label",
                 lengths.setdefault(key, array("l")).append(length)
         if len(sample_rows) < samples:
             sample_rows.append({"where": item.where,
-                                "row": {k: short(v, 120) for k, v in data.items()}})
+                                "row": {k: short(v, 120) if isinstance(v, (str, list, dict))
+                                        else v for k, v in data.items()}})
         if detected is None:
             continue
         problem = check_row(data, detected, label_field)

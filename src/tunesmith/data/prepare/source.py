@@ -102,9 +102,9 @@ def _iter_jsonl(path: Path) -> Iterator[Row | BadRow]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
-                yield BadRow(where, "broken_json", f"line is not valid JSON ({exc.msg} at "
+                yield BadRow(where, "broken_json", f"line is not valid JSON ({exc.msg}, "
                              f"column {exc.colno})", line.strip())
                 continue
             if not isinstance(obj, dict):

@@ -1,0 +1,63 @@
+"""Print the config reference (every key, type, default, description) as Markdown.
+
+``python -m tunesmith.config.reference`` regenerates the README's reference table; a test
+checks the README lists every key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from tunesmith.config.schema import RunConfig
+
+
+def rows(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    out = []
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        sub = _submodel(info.annotation)
+        if sub is not None and info.description is None:
+            out += rows(sub, key + ".")
+            continue
+        if sub is not None:
+            out.append((key, "section", "", info.description or ""))
+            out += rows(sub, key + ".")
+            continue
+        default: Any = info.get_default(call_default_factory=True)
+        out.append((key, _type_name(info.annotation), _fmt(default), info.description or ""))
+    return out
+
+
+def markdown() -> str:
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, typ, default, desc in rows():
+        lines.append(f"| `{key}` | {typ} | {default} | {desc.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+def _submodel(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _type_name(ann: Any) -> str:
+    text = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    return text.replace("Literal", "one of ").replace("|", "/")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, BaseModel):
+        return ""
+    return f"`{value}`"
+
+
+if __name__ == "__main__":
+    print(markdown())
