@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tunesmith.errors import TunesmithError, UsageError
 
@@ -34,6 +34,11 @@ Overrides = Annotated[Optional[list[str]], typer.Argument(
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    for module in ("transformers", "peft", "accelerate", "torch"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        warnings.filterwarnings("ignore", category=UserWarning, module=module)
     try:
         import transformers
 
@@ -213,16 +218,18 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except TunesmithError as exc:
-        err.print(f"[bold red]Error:[/] {exc.render()}", highlight=False)
+        err.print(f"[bold red]Error:[/] {escape(exc.render())}", highlight=False)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        err.print("aborted")
-        sys.exit(130)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except Exception as exc:  # click (or typer's vendored click) usage errors
+        if type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):
+            sys.exit(exc.exit_code)
+        if type(exc).__name__ == "Abort":
+            err.print("aborted")
+            sys.exit(130)
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

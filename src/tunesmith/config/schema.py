@@ -76,11 +76,22 @@ class DataConfig(_Section):
                         "template hashes.")
 
 
+SFT_METRICS = ("val_loss", "val_perplexity", "val_token_accuracy")
+CLASSIFICATION_METRICS = ("val_loss", "val_accuracy", "val_macro_f1", "val_micro_f1",
+                          "val_weighted_f1", "val_macro_precision", "val_macro_recall")
+
+
 class EarlyStoppingConfig(_Section):
     patience: int | None = Field(None, ge=1, description=(
         "Stop after this many evaluations without improvement; unset disables early stopping."))
-    metric: Literal["val_loss", "val_perplexity", "val_token_accuracy"] = Field(
-        "val_loss", description="Metric watched for early stopping and `best/`.")
+    metric: Literal["val_loss", "val_perplexity", "val_token_accuracy", "val_accuracy",
+                    "val_macro_f1", "val_micro_f1", "val_weighted_f1", "val_macro_precision",
+                    "val_macro_recall"] = Field(
+        "val_loss", description=(
+            "Metric watched for early stopping and `best/`. `sft`: val_loss, val_perplexity, "
+            "val_token_accuracy. `classification`: val_loss, val_accuracy, val_macro_f1, "
+            "val_micro_f1, val_weighted_f1, val_macro_precision, val_macro_recall. Losses and "
+            "perplexity improve downward, the others upward."))
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
 
 
@@ -118,6 +129,41 @@ class TrainConfig(_Section):
         "Positions per chunk in the fused LM-head + cross-entropy (memory vs speed)."))
 
 
+class ClassificationConfig(_Section):
+    text_field: str = Field("text", description="Field holding the text to classify.")
+    text_pair_field: str | None = Field(None, description=(
+        "Optional second text field (sentence pairs, e.g. premise/hypothesis); encoded as a "
+        "pair with the tokenizer's separator."))
+    label_field: str = Field("label", description=(
+        "Field holding the label: a class name or an integer id (single-label), or a list of "
+        "them (multi-label)."))
+    labels: list[str] | None = Field(None, description=(
+        "Class names in id order. Integer labels in the data index this list; string labels "
+        "must be in it. Unset: taken from the training data (integers in numeric order, "
+        "strings sorted). Saved as the model's id2label/label2id."))
+    multi_label: bool = Field(False, description=(
+        "Each example may carry any number of labels (sigmoid per class, binary "
+        "cross-entropy); otherwise exactly one (softmax, cross-entropy)."))
+    label_separator: str | None = Field(None, description=(
+        "Multi-label: split a string label on this separator (e.g. `|` for CSV files); "
+        "JSON lists need no separator."))
+    threshold: float = Field(0.5, gt=0, lt=1, description=(
+        "Multi-label: a class is predicted when its probability is at least this."))
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description=(
+        "Label smoothing of the training targets (0 disables)."))
+    class_weights: Literal["none", "balanced"] | list[float] = Field("none", description=(
+        "Loss weight per class: `none`, `balanced` (n_samples / (n_classes * count), as "
+        "scikit-learn) or a list with one positive weight per class. Multi-label: weights "
+        "scale the positive term (`balanced`: negatives / positives per class)."))
+    balanced_sampling: bool = Field(False, description=(
+        "Draw training examples with probability inversely proportional to their class "
+        "frequency (with replacement; each epoch has as many examples as the data)."))
+    max_length: int = Field(128, ge=8, description=(
+        "Maximum tokens per text (longer texts are cut, or dropped with "
+        "`data.truncation: drop`; counted either way). Classification uses this, not "
+        "`data.max_length`."))
+
+
 class OutputConfig(_Section):
     dir: str = Field("runs", description="Parent directory of run directories.")
     tensorboard: bool = Field(True, description="Write TensorBoard logs under `tb/`.")
@@ -126,11 +172,15 @@ class OutputConfig(_Section):
 class RunConfig(_Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description=(
         "Run name; outputs go to `<output.dir>/<name>/`."))
-    task: Literal["sft"] = Field("sft", description="What to train.")
+    task: Literal["sft", "classification"] = Field("sft", description=(
+        "What to train: `sft` (causal LM on chat/instruction data) or `classification` "
+        "(a sequence-classification head on an encoder or decoder model)."))
     model: ModelConfig = Field(default_factory=ModelConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    classification: ClassificationConfig = Field(default_factory=ClassificationConfig,
+                                                 description="Settings for `task: classification`.")
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -145,6 +195,16 @@ class RunConfig(_Section):
                                                        self.data.val_split):
             problems.append("train.early_stopping.patience needs data.validation or "
                             "data.val_split")
+        metric = self.train.early_stopping.metric
+        allowed = CLASSIFICATION_METRICS if self.task == "classification" else SFT_METRICS
+        if metric not in allowed:
+            problems.append(f"train.early_stopping.metric {metric} is not computed by task "
+                            f"{self.task}; use one of {', '.join(allowed)}")
+        if self.task == "classification":
+            weights = self.classification.class_weights
+            if isinstance(weights, list) and (not weights or min(weights) <= 0):
+                problems.append("classification.class_weights must hold one positive weight "
+                                "per class")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -31,10 +31,15 @@ def num_layers(model: nn.Module) -> int:
     return max(idx) + 1 if idx else 0
 
 
-def apply_method(model: nn.Module, method: MethodConfig) -> nn.Module:
-    """Return the model to train with ``requires_grad`` set according to ``method``."""
+def apply_method(model: nn.Module, method: MethodConfig, task_type: str = "CAUSAL_LM",
+                 modules_to_save: list[str] | None = None) -> nn.Module:
+    """Return the model to train with ``requires_grad`` set according to ``method``.
+
+    ``task_type`` and ``modules_to_save`` matter for LoRA only: a classifier uses
+    ``SEQ_CLS`` and lists its freshly initialised head so it trains fully and is saved.
+    """
     if method.type == "lora":
-        return _apply_lora(model, method)
+        return _apply_lora(model, method, task_type, modules_to_save)
     for p in model.parameters():
         p.requires_grad_(True)
     if method.type == "freeze":
@@ -127,13 +132,16 @@ class GradualUnfreezer:
             pass
 
 
-def _apply_lora(model: nn.Module, method: MethodConfig) -> nn.Module:
+def _apply_lora(model: nn.Module, method: MethodConfig, task_type: str = "CAUSAL_LM",
+                modules_to_save: list[str] | None = None) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     targets = method.target_modules
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    module_names = [n for n, _ in model.named_modules()]
     if isinstance(targets, list):
-        missing = [t for t in targets if t not in names]
+        # peft matches a target against the end of a module's dotted name ("output.dense")
+        missing = [t for t in targets
+                   if not any(n == t or n.endswith("." + t) for n in module_names)]
         if missing:
             linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                              if isinstance(m, nn.Linear)})
@@ -142,7 +150,8 @@ def _apply_lora(model: nn.Module, method: MethodConfig) -> nn.Module:
                               fix=f"choose from {linear} or use all-linear")
     cfg = LoraConfig(r=method.r, lora_alpha=method.alpha, lora_dropout=method.dropout,
                      target_modules=targets, use_dora=method.use_dora,
-                     use_rslora=method.use_rslora, task_type="CAUSAL_LM", bias="none")
+                     use_rslora=method.use_rslora, task_type=task_type, bias="none",
+                     modules_to_save=modules_to_save)
     return get_peft_model(model, cfg)
 
 

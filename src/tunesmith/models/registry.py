@@ -101,7 +101,26 @@ def resolve_model_dir(name: str) -> Path | str:
         raise ModelError("unknown model and the hub is offline", where="model.name", got=name,
                          fix=f"use an embedded model ({', '.join(EMBEDDED)}; see `tunesmith "
                          "models list`) or a local checkpoint directory, or unset HF_HUB_OFFLINE")
+    if not _hub_reachable():
+        raise ModelError("unknown model and the model hub cannot be reached", where="model.name",
+                         got=name, fix=f"use an embedded model ({', '.join(EMBEDDED)}; see "
+                         "`tunesmith models list`), a local checkpoint directory, or connect to "
+                         "the network")
     return name
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connection instead of transformers' minute of retries when offline."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co",
+                                       endpoint.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _convert_gguf(gguf_file: Path, out: Path) -> None:

@@ -31,10 +31,16 @@ class SFTResult:
     final_dir: Path
 
 
-def build_model(cfg: RunConfig) -> tuple[Any, Any, adapters.GradualUnfreezer | None]:
-    """Load the base model and tokenizer and set what trains according to ``cfg.method``."""
+def build_tokenizer(cfg: RunConfig) -> Any:
     source = resolve_artifact(cfg.model.name)
-    tok = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
+    return load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
+
+
+def build_model(cfg: RunConfig, tok: Any = None
+                ) -> tuple[Any, Any, adapters.GradualUnfreezer | None]:
+    """Load the model (and tokenizer unless given); set what trains per ``cfg.method``."""
+    source = resolve_artifact(cfg.model.name)
+    tok = tok if tok is not None else build_tokenizer(cfg)
     model = load_causal_lm(source, cfg.model.dtype, cfg.model.trust_remote_code,
                            cfg.model.attn_implementation)
     if cfg.train.dropout is not None:
@@ -56,16 +62,31 @@ def build_model(cfg: RunConfig) -> tuple[Any, Any, adapters.GradualUnfreezer | N
     return model, tok, unfreezer
 
 
+def make_accelerator(precision: str) -> Any:
+    """An Accelerator for ``precision`` ("fp32" | "bf16" | "fp16").
+
+    accelerate keeps one process-wide state and refuses a second Accelerator with another
+    mixed precision, so a second run in the same process (a job worker, the demo, tests)
+    resets that state first; the process group (PartialState) is left alone.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    mixed = accelerate_mixed_precision(precision)
+    previous = AcceleratorState._shared_state.get("_mixed_precision")
+    if previous is not None and previous != mixed:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+
+
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
         callbacks: list[StepCallback] | None = None) -> SFTResult:
-    from accelerate import Accelerator
-
     torch.manual_seed(cfg.train.seed)
     precision = resolve_precision(cfg.train.precision)
-    accelerator = Accelerator(mixed_precision=accelerate_mixed_precision(precision),
-                              cpu=not torch.cuda.is_available())
-    model, tok, unfreezer = build_model(cfg)
-    data = prepare_data(cfg.data, tok, cfg.train.seed)
+    accelerator = make_accelerator(precision)
+    tok = build_tokenizer(cfg)
+    data = prepare_data(cfg.data, tok, cfg.train.seed)  # data errors surface before model load
+    model, tok, unfreezer = build_model(cfg, tok)
 
     run_dir = rd.open_run_dir(cfg, resume, overwrite)
     resume_from = ckpt.latest_checkpoint(run_dir) if resume else None

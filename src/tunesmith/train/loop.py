@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 
-from tunesmith.config.schema import RunConfig
+from tunesmith.config.schema import SFT_METRICS, RunConfig
 from tunesmith.data.collate import collate, epoch_batches
 from tunesmith.data.templates import IGNORE, Encoded
 from tunesmith.errors import TrainingError
 from tunesmith.models.adapters import GradualUnfreezer
 from tunesmith.train import checkpoint as ckpt
+from tunesmith.train.early_stopping import check_metric_available, is_improvement
 from tunesmith.train.loss import CausalLMLoss
 from tunesmith.train.optim import build_optimizer, build_scheduler
 from tunesmith.train.progress import ProgressView
@@ -56,6 +57,7 @@ class Loop:
         self.model, self.tok, self.train_set, self.val_set = model, tokenizer, train, val
         self.cfg, self.tc, self.run_dir, self.acc = cfg, cfg.train, run_dir, accelerator
         self.unfreezer = unfreezer
+        check_metric_available(cfg.train.early_stopping.metric, SFT_METRICS, "sft")
         self.callbacks = callbacks or []
         self.show_progress = show_progress and accelerator.is_main_process
         head_dtype = torch.bfloat16 if precision == "bf16" else (
@@ -215,10 +217,8 @@ class Loop:
         result.last_eval = metrics
         tracker.log(step, metrics)
         value = metrics[es.metric]
-        higher_better = es.metric == "val_token_accuracy"
         best = state["best"]
-        improved = best is None or (value > best + es.min_delta if higher_better
-                                    else value < best - es.min_delta)
+        improved = is_improvement(value, best, es.metric, es.min_delta)
         view.note(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()) +
                   ("  (best)" if improved else ""))
         if improved:
