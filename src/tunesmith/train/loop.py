@@ -119,7 +119,8 @@ class Loop:
                 values = {"loss": loss, "lr": self.scheduler.get_last_lr()[0],
                           "grad_norm": gnorm,
                           "epoch": state["epoch"] + state["cursor"] / max(len(batches), 1),
-                          "tokens_per_s": tokens_seen / max(train_time, 1e-9)}
+                          "tokens_per_s": tokens_seen / max(train_time, 1e-9),
+                          "step_tokens": n_seen, "label_tokens": n_tok}
                 if step % tc.log_every == 0 or step == self.total:
                     tracker.log(step, values)
                 view.update(step, values)

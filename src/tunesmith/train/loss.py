@@ -25,9 +25,11 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         w = weight.to(dtype)
         grad_h = torch.empty_like(hidden)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32) if want_weight_grad else None
-        loss = torch.zeros((), dtype=torch.float32)
-        correct = torch.zeros((), dtype=torch.long)
+        dev = hidden.device  # accumulators live with the inputs (CUDA as well as CPU)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=dev) \
+            if want_weight_grad else None
+        loss = torch.zeros((), dtype=torch.float32, device=dev)
+        correct = torch.zeros((), dtype=torch.long, device=dev)
         for s in range(0, hidden.shape[0], chunk):
             h = hidden[s:s + chunk].to(dtype)
             t = targets[s:s + chunk]
@@ -36,7 +38,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
             correct += (logits.argmax(-1) == t).sum()
             probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
-            probs[torch.arange(t.shape[0]), t] -= 1.0
+            probs[torch.arange(t.shape[0], device=dev), t] -= 1.0
             g = probs.to(dtype)
             grad_h[s:s + chunk] = (g @ w).to(hidden.dtype)
             if grad_w is not None:
@@ -62,8 +64,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk, dtype,
                                               weight.requires_grad)
-    loss = torch.zeros((), dtype=torch.float32)
-    correct = torch.zeros((), dtype=torch.long)
+    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    correct = torch.zeros((), dtype=torch.long, device=hidden.device)
     w = weight.to(dtype)
     for s in range(0, hidden.shape[0], chunk):
         logits = (hidden[s:s + chunk].to(dtype) @ w.T).float()

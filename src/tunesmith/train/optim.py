@@ -22,9 +22,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, all_params: bool = False
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
-    fused = torch.cuda.is_available() or hasattr(torch.optim.AdamW, "_step_supports_amp_scaling")
-    try:
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), fused=fused)
+    try:  # the fused kernel exists for CPU and CUDA in current torch; older ones fall back
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas))
 

@@ -1,0 +1,151 @@
+"""tunesmith vs TRL SFTTrainer (+PEFT) on the same SFT workload, side by side.
+
+Workload (shared/research/peer-performance.md): SmolLM2-135M-Instruct, Dolly open_qa rows as
+user/assistant chats with the model's chat template, completion-only loss, max length 512,
+batch 8, constant LR, seed 0. LoRA r=16/alpha 32 on q/k/v/o (LR 2e-4), or with
+``--method full`` full fine-tuning (LR 2e-5).
+
+Prints for each: non-padding tokens/s (steady state: step 1 excluded), peak RSS, the loss at
+the last step, MFU against the matmul peak measured on the spot (fp32 and bf16), then the
+ratios tunesmith / TRL. TRL runs in its default configuration (bf16 autocast and gradient
+checkpointing on this CPU) unless ``--trl-fp32``.
+
+    python bench/sft_lora.py [--steps 8] [--method lora|full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import (MALLOC_ENV, SHARED, matmul_peak_gflops, peak_rss_mib,  # noqa: E402
+                          print_table, run_worker)
+
+N_PARAMS = 134.5e6
+
+
+def load_rows(n: int) -> list[dict]:
+    path = SHARED / "dolly_open_qa" / "train.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()[:n]]
+    return rows
+
+
+def worker_tunesmith(args: argparse.Namespace) -> dict:
+    from tunesmith.config import validate_dict
+    from tunesmith.recipes import sft
+
+    rows = load_rows(args.steps * 8)
+    tmp = Path(tempfile.mkdtemp())
+    data = tmp / "train.jsonl"
+    data.write_text("".join(json.dumps({"instruction": r["instruction"], "input": "",
+                                        "output": r["output"]}) + "\n" for r in rows))
+    lora = args.method == "lora"
+    cfg = validate_dict({
+        "name": "bench", "model": {"name": "smollm2-135m-instruct"},
+        "method": {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.0,
+                   "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]} if lora
+        else {"type": "full"},
+        "data": {"train": str(data), "max_length": 512, "format": "alpaca", "cache": False},
+        "train": {"max_steps": args.steps, "batch_size": 8, "lr": 2e-4 if lora else 2e-5,
+                  "scheduler": "constant", "seed": 0, "precision": args.precision},
+        "output": {"dir": str(tmp / "runs"), "tensorboard": False},
+    })
+    stamps: list[tuple[float, int, float]] = []
+    result = sft.run(cfg, progress=False, callbacks=[
+        lambda step, v: stamps.append((time.perf_counter(), v["step_tokens"], v["loss"]))])
+    return summarise(stamps, result.loop.losses[-1])
+
+
+def worker_trl(args: argparse.Namespace) -> dict:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from tunesmith.models.registry import pull
+
+    path = str(pull("smollm2-135m-instruct"))
+    tok = AutoTokenizer.from_pretrained(path)
+    rows = load_rows(args.steps * 8)
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": r["instruction"]}],
+                             "completion": [{"role": "assistant", "content": r["output"]}]}
+                            for r in rows])
+    lens = [min(512, len(tok.apply_chat_template(
+        [*d["prompt"], *d["completion"]], tokenize=True))) for d in ds]
+    lora = args.method == "lora"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    extra = {"bf16": False, "gradient_checkpointing": False} if args.trl_fp32 else {}
+    conf = SFTConfig(output_dir=tempfile.mkdtemp(), max_length=512, per_device_train_batch_size=8,
+                     learning_rate=2e-4 if lora else 2e-5, lr_scheduler_type="constant",
+                     max_steps=args.steps, logging_steps=1, save_strategy="no", report_to=[],
+                     seed=0, train_sampling_strategy="sequential", disable_tqdm=True, **extra)
+    stamps: list[tuple[float, int, float]] = []
+    losses: list[float] = []
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, a, state, control, **kw):  # noqa: ANN001
+            k = state.global_step - 1
+            stamps.append((time.perf_counter(), sum(lens[8 * k:8 * k + 8]), 0.0))
+
+        def on_log(self, a, state, control, logs=None, **kw):  # noqa: ANN001
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    peft_cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]) if lora else None
+    trainer = SFTTrainer(model=model, args=conf, train_dataset=ds, processing_class=tok,
+                         peft_config=peft_cfg, callbacks=[Stamp()])
+    trainer.train()
+    return summarise(stamps, losses[-1] if losses else float("nan"))
+
+
+def summarise(stamps: list[tuple[float, int, float]], last_loss: float) -> dict:
+    # steady state: tokens of steps 2..N over the time between the end of step 1 and step N
+    tokens = sum(s[1] for s in stamps[1:])
+    seconds = stamps[-1][0] - stamps[0][0]
+    return {"tokens_per_s": tokens / seconds, "steady_steps": len(stamps) - 1,
+            "step_s": seconds / max(len(stamps) - 1, 1), "loss_last": last_loss,
+            "peak_rss_mib": peak_rss_mib()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worker", choices=["tunesmith", "trl"])
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--method", choices=["lora", "full"], default="lora")
+    ap.add_argument("--precision", default="auto", help="tunesmith train.precision")
+    ap.add_argument("--trl-fp32", action="store_true", help="TRL without bf16/checkpointing")
+    args = ap.parse_args()
+    if args.worker:
+        fn = worker_tunesmith if args.worker == "tunesmith" else worker_trl
+        print(json.dumps(fn(args)))
+        return
+    passthrough = ["--steps", str(args.steps), "--method", args.method,
+                   "--precision", args.precision] + (["--trl-fp32"] if args.trl_fp32 else [])
+    peak = {p: matmul_peak_gflops(p) for p in ("fp32", "bf16")}
+    print(f"matmul peak on this machine: fp32 {peak['fp32']:.0f} GFLOP/s, "
+          f"bf16 {peak['bf16']:.0f} GFLOP/s")
+    ours = run_worker(__file__, "tunesmith", passthrough, MALLOC_ENV)
+    ours["name"] = "tunesmith"
+    peer = run_worker(__file__, "trl", passthrough)
+    peer["name"] = "TRL SFTTrainer" + (" (fp32)" if args.trl_fp32 else " (defaults)")
+    factor = 4 if args.method == "lora" else 6
+    for r in (ours, peer):
+        flops = factor * N_PARAMS * r["tokens_per_s"] / 1e9
+        r["mfu_fp32_%"] = 100 * flops / peak["fp32"]
+        r["mfu_bf16_%"] = 100 * flops / peak["bf16"]
+    print(f"\nSFT {args.method}, SmolLM2-135M, Dolly open_qa, batch 8, max_len 512, "
+          f"{args.steps} steps (first excluded from tokens/s)")
+    print_table([ours, peer], ["name", "tokens_per_s", "step_s", "peak_rss_mib", "loss_last",
+                               "mfu_fp32_%", "mfu_bf16_%", "wall_s"])
+    print(f"\nratio tunesmith / TRL: tokens/s x{ours['tokens_per_s'] / peer['tokens_per_s']:.2f}, "
+          f"peak RSS x{ours['peak_rss_mib'] / peer['peak_rss_mib']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
