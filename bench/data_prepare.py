@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import shutil
@@ -25,9 +26,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-_WORDS = None
-
-
 def _vocab(rng: random.Random, size: int = 20000) -> list[str]:
     letters = "abcdefghijklmnopqrstuvwxyz"
     return ["".join(rng.choice(letters) for _ in range(rng.randint(2, 10))) for _ in range(size)]
@@ -86,8 +84,9 @@ cfg = build_config(json.loads(sys.argv[1]))
 t = time.perf_counter()
 result = prepare(cfg)
 elapsed = time.perf_counter() - t
-peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"elapsed": elapsed, "peak_kib": peak_kib, "steps": result.card["steps"],
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"elapsed": elapsed, "peak_kib": usage.ru_maxrss,
+                  "cpu": usage.ru_utime + usage.ru_stime, "steps": result.card["steps"],
                   "splits": {k: v["rows"] for k, v in result.card["splits"].items()}}))
 """
 
@@ -136,20 +135,28 @@ def main() -> None:
     parser.add_argument("--scaling", default="100000,200000,400000,800000",
                         help="comma list of sizes for the near-duplicate timing")
     parser.add_argument("--pii", action="store_true", help="also scrub personal data")
-    parser.add_argument("--keep", action="store_true", help="keep bench/out/")
+    parser.add_argument("--keep", action="store_true", help="keep bench/out/ (and reuse the "
+                        "generated file next time)")
     args = parser.parse_args()
     work = HERE / "out"
     work.mkdir(parents=True, exist_ok=True)
     data = work / f"gen-{args.rows}.jsonl"
-    t = time.perf_counter()
-    planted = generate(data, args.rows)
-    print(f"generated {args.rows:,} rows ({data.stat().st_size / 2**20:,.0f} MiB) in "
-          f"{time.perf_counter() - t:.0f}s: {planted}")
+    if data.exists():
+        print(f"reusing {data} ({data.stat().st_size / 2**20:,.0f} MiB)")
+    else:
+        t = time.perf_counter()
+        planted = generate(data, args.rows)
+        print(f"generated {args.rows:,} rows ({data.stat().st_size / 2**20:,.0f} MiB) in "
+              f"{time.perf_counter() - t:.0f}s: {planted}")
+    load_before = f"{os.getloadavg()[0]:.1f}"
 
     res = run_prepare(data, work / "prepared", args.pii)
     print(f"\nprepare: {args.rows:,} rows in {res['elapsed']:.1f}s = "
           f"{args.rows / res['elapsed']:,.0f} rows/s; peak RSS "
           f"{res['peak_kib'] / 2**20:.2f} GiB ({res['peak_kib'] / 1024:,.0f} MiB)")
+    # on a shared machine wall time depends on the neighbours; CPU time much less so
+    print(f"  CPU time {res['cpu']:.1f}s = {args.rows / res['cpu']:,.0f} rows per CPU-second; "
+          f"load average before/after: {load_before} / {os.getloadavg()[0]:.1f}")
     for st in res["steps"]:
         print(f"  {st['step']:<14} removed {st.get('removed', ''):>8}  rows {st['rows']:>9,}")
     print(f"  splits: {res['splits']}")

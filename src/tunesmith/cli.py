@@ -32,6 +32,17 @@ Overrides = Annotated[Optional[list[str]], typer.Argument(
     help="section.key=value overrides, e.g. train.lr=1e-4.")]
 
 
+def _register_subcommands() -> None:
+    """Commands that live next to the code they drive (data prepare, predict, eval...)."""
+    from tunesmith.data.prepare.cli import register as register_data
+    from tunesmith.evaluate.cli import register as register_eval
+    from tunesmith.inference.predict_cli import register as register_predict
+
+    register_data(data_app)
+    register_predict(app)
+    register_eval(app)
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
@@ -208,6 +219,9 @@ def _reexec_with_allocator(argv: list[str]) -> None:
         os.execve(sys.executable, [sys.executable, "-m", "tunesmith", *argv], env)
     except OSError:
         return  # keep going with the default allocator
+
+
+_register_subcommands()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -28,17 +29,29 @@ def preview(cfg: RunConfig, tokenizer: Any, n: int = 3, console: Console | None 
     enc = Encoder(tokenizer, cfg.data.max_length, cfg.data.train_on_inputs, cfg.data.truncation)
     encoded = [enc.encode(to_example(r, fmt, cfg.data.system_prompt)) for r in rows]
     report = check_encoded(encoded, enc)
-    console.print(f"[bold]{cfg.data.train}[/]  format: {fmt}  rows previewed: {len(rows)}  "
-                  f"[green]trained tokens: {report.trained_tokens}[/]  "
+    console.print(f"[bold]{escape(str(cfg.data.train))}[/]  format: {fmt}  rows previewed: "
+                  f"{len(rows)}  [green]trained tokens: {report.trained_tokens}[/]  "
                   f"[dim]masked: {report.masked_tokens}[/]")
+    # Without colours (piped output, NO_COLOR) the highlight is invisible: mark trained spans.
+    marks = console.color_system is None
     for e in encoded[:n]:
         text = Text()
+        inside = False
         for tid, lab in zip(e.input_ids, e.labels):
+            if marks and (lab != IGNORE) != inside:
+                inside = not inside
+                text.append("«" if inside else "»", style="bold")
             piece = tokenizer.decode([tid])
             text.append(piece, style="black on green" if lab != IGNORE else "dim")
+        if inside:
+            text.append("»", style="bold")
         trained = sum(1 for t in e.labels if t != IGNORE)
-        console.rule(f"{e.where}  ({trained} trained / {len(e.labels) - trained} masked)")
+        # counts first: a long path is cut at the terminal width, the counts must survive
+        console.rule(f"({trained} trained / {len(e.labels) - trained} masked)  "
+                     f"{escape(e.where)}")
         console.print(text)
+    if marks:
+        console.print("«…» marks the trained tokens (the loss is computed on them only)")
     table = Table(title="template and label-mask checks")
     table.add_column("check")
     table.add_column("result")

@@ -4,9 +4,10 @@ Single-label: a confusion matrix (rows = true class, columns = predicted) gives 
 precision / recall / F1 per class and their macro, micro and weighted averages. Multi-label:
 per-class true/false positive/negative counts give the same averages plus exact-match
 (subset) accuracy and Hamming loss. Definitions follow scikit-learn with
-``zero_division=0``: a ratio with a zero denominator is 0, and macro / weighted averages run
-over the classes that occur in the targets or the predictions (scikit-learn's default when
-``labels`` is not given). The tests check every figure against scikit-learn.
+``zero_division=0``: a ratio with a zero denominator is 0. Single-label macro / weighted
+averages run over the classes that occur in the targets or the predictions (scikit-learn's
+default when ``labels`` is not given); multi-label averages run over every class, as
+scikit-learn does for indicator matrices. The tests check every figure against scikit-learn.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ class MultiLabelCounts:
         return self.n
 
     def compute(self) -> dict[str, Any]:
-        present = (self.tp + self.fp + self.fn) > 0
+        # scikit-learn averages over every column of an indicator matrix, present or not
+        present = torch.ones(self.k, dtype=torch.bool)
         out: dict[str, Any] = {
             "accuracy": self.exact / self.n if self.n else 0.0,  # exact match (subset)
             "hamming_loss": float((self.fp + self.fn).sum() / (self.n * self.k)) if self.n

@@ -37,6 +37,11 @@ def apply_method(model: nn.Module, method: MethodConfig, task_type: str = "CAUSA
 
     ``task_type`` and ``modules_to_save`` matter for LoRA only: a classifier uses
     ``SEQ_CLS`` and lists its freshly initialised head so it trains fully and is saved.
+
+    Gradual unfreezing is the caller's: build ``GradualUnfreezer(model, method)`` on the
+    returned model and ``start()`` it. The unfreezer only ever opens parameters that were
+    trainable when it was built, so it must not be started here (a second unfreezer built
+    after that would see only the top group and never unfreeze anything).
     """
     if method.type == "lora":
         return _apply_lora(model, method, task_type, modules_to_save)
@@ -44,8 +49,6 @@ def apply_method(model: nn.Module, method: MethodConfig, task_type: str = "CAUSA
         p.requires_grad_(True)
     if method.type == "freeze":
         freeze_by_rule(model, method.freeze_layers, method.freeze_patterns)
-    if method.unfreeze is not None:
-        GradualUnfreezer(model, method).start()
     return model
 
 

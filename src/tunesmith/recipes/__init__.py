@@ -11,6 +11,7 @@ from typing import Any
 
 RECIPES = {
     "sft": "tunesmith.recipes.sft",
+    "classification": "tunesmith.recipes.classify",
 }
 
 

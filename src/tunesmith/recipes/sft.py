@@ -88,8 +88,10 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
     data = prepare_data(cfg.data, tok, cfg.train.seed)  # data errors surface before model load
     model, tok, unfreezer = build_model(cfg, tok)
 
+    # look for the checkpoint before touching the run directory: a failed --resume must not
+    # leave a fresh, empty-looking run behind
+    resume_from = ckpt.latest_checkpoint(rd.run_dir_for(cfg)) if resume else None
     run_dir = rd.open_run_dir(cfg, resume, overwrite)
-    resume_from = ckpt.latest_checkpoint(run_dir) if resume else None
     stats = {k: v.as_dict() for k, v in data.stats.items()}
     rd.write_manifest(run_dir, cfg, tok, stats, {
         "precision": precision, "trainable": adapters.trainable_summary(model),

@@ -36,6 +36,9 @@ _ODD_SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 _LINE_SEPS = re.compile("\r\n|\r|\u2028|\u2029|\x85")
 _TRAILING = re.compile(r"[ \t]+(?=\n)")
 _BLANK_RUNS = re.compile(r"\n{3,}")
+# anything normalise_whitespace would change apart from the ends: most texts have none
+_WS_WORK = re.compile("[\r\u2028\u2029\x85\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]"
+                      "|[ \t]\n|\n\n\n")
 _TAG_HINT = re.compile(r"<[A-Za-z/!][^>]*>|&(?:[A-Za-z]+|#\d+|#x[0-9A-Fa-f]+);")
 _BLOCK_TAGS = frozenset({"p", "br", "div", "li", "ul", "ol", "tr", "table", "h1", "h2", "h3",
                          "h4", "h5", "h6", "blockquote", "pre", "hr", "section", "article"})
@@ -87,6 +90,8 @@ def fix_mojibake(text: str) -> str:
 
 def normalise_whitespace(text: str) -> str:
     """Unify line ends and odd spaces, drop trailing spaces and extra blank lines, trim."""
+    if not _WS_WORK.search(text):
+        return text.strip()
     text = _LINE_SEPS.sub("\n", text)
     text = _ODD_SPACES.sub(" ", text)
     text = _TRAILING.sub("", text)

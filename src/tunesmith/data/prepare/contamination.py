@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tunesmith.data.prepare.textkeys import exact_key, hash64, near_from_exact, word_ngrams
+from tunesmith.data.prepare.textkeys import exact_key, hash64, near_from_exact, word_ngrams_many
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,8 @@ class EvalIndex:
         self._exact: dict[int, int] = {}
         self._grams: list[np.ndarray] = []
         self._gram_rows: list[np.ndarray] = []
+        self._pending: list[str] = []
+        self._pending_rows: list[int] = []
         self._where: list[str] = []
         self._source: list[str] = []
         self._sorted: np.ndarray | None = None
@@ -61,13 +63,22 @@ class EvalIndex:
         for text in texts:
             key = exact_key(text)
             near = near_from_exact(key)
-            if near.count(" ") + 1 >= self.min_exact_words and near:
+            if near and near.count(" ") + 1 >= self.min_exact_words:
                 self._exact.setdefault(hash64(key), row)
-            grams = word_ngrams(near, self.ngram)
-            if len(grams):
-                self._grams.append(grams)
-                self._gram_rows.append(np.full(len(grams), row, dtype=np.int32))
+            self._pending.append(near)
+            self._pending_rows.append(row)
+        if len(self._pending) >= 4096:
+            self._flush()
         self._sorted = None
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        grams, counts = word_ngrams_many(self._pending, self.ngram)
+        if len(grams):
+            self._grams.append(grams)
+            self._gram_rows.append(np.repeat(np.array(self._pending_rows, dtype=np.int32), counts))
+        self._pending, self._pending_rows = [], []
 
     def __len__(self) -> int:
         return len(self._where)
@@ -75,6 +86,7 @@ class EvalIndex:
     def _freeze(self) -> None:
         if self._sorted is not None:
             return
+        self._flush()
         if self._grams:
             grams = np.concatenate(self._grams)
             rows = np.concatenate(self._gram_rows)
@@ -90,45 +102,56 @@ class EvalIndex:
         self._freeze()
         assert self._sorted is not None and self._sorted_rows is not None
         hits: list[Hit | None] = [None] * len(rows)
-        gram_parts, owner_parts, meta = [], [], []
+        meta: list[tuple[int, str, str]] = []  # (row, field, normalised text) to n-gram check
         for r, fields in enumerate(rows):
             for field, text in fields:
                 key = exact_key(text)
                 near = near_from_exact(key)
-                if hits[r] is None and near and near.count(" ") + 1 >= self.min_exact_words:
+                if near and near.count(" ") + 1 >= self.min_exact_words:
                     ev = self._exact.get(hash64(key))
                     if ev is not None:
                         hits[r] = Hit("exact", field, self._where[ev], self._source[ev], 1,
                                       _short(text))
-                if hits[r] is None and len(self._sorted):
-                    grams = word_ngrams(near, self.ngram)
-                    if len(grams):
-                        gram_parts.append(grams)
-                        owner_parts.append(np.full(len(grams), len(meta), dtype=np.int64))
-                        meta.append((r, field, near))
-        if not gram_parts:
+                        break
+                meta.append((r, field, near))
+        if not meta or not len(self._sorted):
             return hits
-        grams = np.concatenate(gram_parts)
-        owners = np.concatenate(owner_parts)
-        pos = np.searchsorted(self._sorted, grams)
-        pos_clipped = np.minimum(pos, len(self._sorted) - 1)
-        found = self._sorted[pos_clipped] == grams
+        grams, counts = word_ngrams_many([m[2] for m in meta], self.ngram)
+        if not len(grams):
+            return hits
+        pos = np.minimum(np.searchsorted(self._sorted, grams), len(self._sorted) - 1)
+        found = self._sorted[pos] == grams
         if not found.any():
             return hits
-        counts = np.bincount(owners[found], minlength=len(meta))
-        first_hit = {}
-        for idx in np.nonzero(found)[0].tolist():
-            first_hit.setdefault(int(owners[idx]), idx)
-        starts = np.searchsorted(owners, np.arange(len(meta)))
-        for m, first in sorted(first_hit.items()):
+        owners = np.repeat(np.arange(len(meta)), counts)
+        per_text = np.bincount(owners[found], minlength=len(meta))
+        starts = np.cumsum(counts) - counts
+        for m in np.nonzero(per_text)[0].tolist():
             r, field, near = meta[m]
             if hits[r] is not None:
                 continue
-            ev = int(self._sorted_rows[pos_clipped[first]])
-            k = first - int(starts[m])
-            snippet = " ".join(near.split()[k:k + self.ngram])
-            hits[r] = Hit("ngram", field, self._where[ev], self._source[ev], int(counts[m]), snippet)
+            lo = int(starts[m])
+            k0, k1 = _longest_run(found[lo:lo + int(counts[m])])
+            ev = int(self._sorted_rows[pos[lo + k0]])
+            # the overlapping passage: n-grams k0..k1 cover words k0 .. k1 + n - 1
+            snippet = _short(" ".join(near.split()[k0:k1 + self.ngram]))
+            hits[r] = Hit("ngram", field, self._where[ev], self._source[ev], int(per_text[m]),
+                          snippet)
         return hits
+
+
+def _longest_run(mask: np.ndarray) -> tuple[int, int]:
+    """First and last index of the longest run of True in ``mask`` (which has one)."""
+    best, start, best_span = 0, -1, (0, 0)
+    for i, flag in enumerate(mask.tolist()):
+        if flag:
+            if start < 0:
+                start = i
+            if i - start + 1 > best:
+                best, best_span = i - start + 1, (start, i)
+        else:
+            start = -1
+    return best_span
 
 
 def _short(text: str, limit: int = 160) -> str:

@@ -5,9 +5,9 @@ checked while streaming, so a repeat never reaches the later steps.
 
 Near duplicates: MinHash signatures of character n-gram sets (datasketch's ``affine32``
 scheme, computed for many rows at once with numpy: the result is bit-identical to
-``datasketch.MinHash.update_batch``) cut into LSH bands (b bands of r rows chosen by
-``datasketch.MinHashLSH`` for the threshold). Instead of one Python dict entry per band and
-row (gigabytes at a million rows), band hashes go into a ``rows x b`` uint64 array; rows
+``datasketch.MinHash.update_batch``) cut into LSH bands (b bands of r rows, chosen so a
+pair at the threshold is found 98% of the time). Instead of one Python dict entry per band
+and row (gigabytes at a million rows), band hashes go into a ``rows x b`` uint32 array; rows
 sharing a band value are found by sorting each band column. Every candidate pair is then
 verified by comparing signatures (the low 16 bits of each value, kept in a file on disk: a
 b-bit MinHash), so a row is removed only when its estimated Jaccard similarity to a *kept*
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunesmith.data.prepare.textkeys import char_shingles, fmix64
+from tunesmith.data.prepare.textkeys import char_shingles_many, fmix64
 
 _U32, _U64 = np.uint32, np.uint64
 _SIG_BITS = 16  # bits of each MinHash value kept for verification (b-bit MinHash)
@@ -48,13 +48,25 @@ class ExactDeduper:
         return len(self._first)
 
 
-@functools.lru_cache(maxsize=16)
-def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
-    """Bands and rows per band that minimise false positives + negatives (datasketch)."""
-    from datasketch import MinHashLSH
+LSH_RECALL = 0.98
 
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    return int(lsh.b), int(lsh.r)
+
+@functools.lru_cache(maxsize=64)
+def lsh_params(threshold: float, num_perm: int, recall: float = LSH_RECALL) -> tuple[int, int]:
+    """Bands ``b`` and rows per band ``r`` for the LSH index.
+
+    datasketch's ``MinHashLSH`` balances false positives against false negatives, which puts
+    the middle of the S-curve at the threshold: a pair exactly at the threshold is found
+    about half the time. Every candidate here is verified against its signature afterwards,
+    so false positives only cost a comparison; we therefore take the largest ``r`` (fewest
+    spurious candidates) for which a pair *at* the threshold becomes a candidate with
+    probability ``recall``: ``1 - (1 - t**r)**b >= recall`` with ``b = num_perm // r``.
+    """
+    for r in range(num_perm, 0, -1):
+        b = num_perm // r
+        if 1.0 - (1.0 - threshold**r) ** b >= recall:
+            return b, r
+    return num_perm, 1
 
 
 @functools.lru_cache(maxsize=16)
@@ -80,40 +92,56 @@ def signatures(shingle_sets: list[np.ndarray], num_perm: int, seed: int) -> np.n
     Equal to ``MinHash(num_perm, seed).update_batch(...)`` with a hash function returning
     the given values; an empty set gives the all-ones "empty" signature.
     """
+    counts = np.array([len(x) for x in shingle_sets], dtype=np.int64)
+    flat = np.concatenate(shingle_sets) if shingle_sets else np.empty(0, dtype=_U32)
+    return signatures_flat(flat.astype(_U32), counts, num_perm, seed)
+
+
+def signatures_flat(hashes: np.ndarray, counts: np.ndarray, num_perm: int,
+                    seed: int) -> np.ndarray:
+    """``signatures`` for sets laid end to end in ``hashes`` with sizes ``counts``."""
     a, b = permutations(num_perm, seed)
-    out = np.full((len(shingle_sets), num_perm), np.iinfo(_U32).max, dtype=_U32)
-    nonempty = [i for i, s in enumerate(shingle_sets) if len(s)]
-    if not nonempty:
-        return out
-    # Process rows in slices so the (shingles x num_perm) matrix stays around 32 MB.
-    start = 0
-    while start < len(nonempty):
-        total, stop = 0, start
-        while stop < len(nonempty) and (total == 0 or total + len(shingle_sets[nonempty[stop]])
+    a_col, b_col = a[:, None], b[:, None]
+    out = np.full((len(counts), num_perm), np.iinfo(_U32).max, dtype=_U32)
+    hv_all = _fmix32(hashes.astype(_U32, copy=False))
+    starts = np.cumsum(counts) - counts
+    nonempty = np.nonzero(counts)[0].tolist()
+    first = 0
+    while first < len(nonempty):
+        total, stop = 0, first
+        while stop < len(nonempty) and (total == 0 or total + counts[nonempty[stop]]
                                         <= _FLUSH_SHINGLES):
-            total += len(shingle_sets[nonempty[stop]])
+            total += int(counts[nonempty[stop]])
             stop += 1
-        rows = nonempty[start:stop]
-        hv = _fmix32(np.concatenate([shingle_sets[i] for i in rows]).astype(_U32))
-        offsets = np.cumsum([0] + [len(shingle_sets[i]) for i in rows[:-1]])
-        for lo in range(0, len(hv), _FLUSH_SHINGLES):  # one huge row is cut into pieces
-            piece = hv[lo:lo + _FLUSH_SHINGLES]
-            phv = piece[:, None] * a + b
-            if len(rows) == 1:
-                out[rows[0]] = np.minimum(out[rows[0]], phv.min(axis=0))
-            else:
-                out[rows] = np.minimum.reduceat(phv, offsets, axis=0)
-        start = stop
+        rows = nonempty[first:stop]
+        lo, hi = int(starts[rows[0]]), int(starts[rows[-1]] + counts[rows[-1]])
+        if len(rows) == 1:  # one huge row: running minimum over pieces
+            for piece in range(lo, hi, _FLUSH_SHINGLES):
+                phv = a_col * hv_all[piece:min(hi, piece + _FLUSH_SHINGLES)]
+                phv += b_col
+                out[rows[0]] = np.minimum(out[rows[0]], phv.min(axis=1))
+        else:
+            # (num_perm x shingles): the per-row minimum is a reduceat along the contiguous
+            # axis, many times faster than along axis 0. Rows in between are non-empty and
+            # contiguous, so the offsets are their starts relative to ``lo``.
+            phv = a_col * hv_all[lo:hi]
+            phv += b_col
+            out[rows] = np.minimum.reduceat(phv, starts[rows] - lo, axis=1).T
+        first = stop
     return out
 
 
 def band_hashes(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """One 64-bit hash per LSH band: ``len(sigs) x bands`` uint64."""
+    """One 32-bit hash per LSH band: ``len(sigs) x bands`` uint32.
+
+    32 bits halve the memory of the band table; the rare accidental equality of two band
+    hashes only adds a candidate pair, which verification then rejects.
+    """
     n = len(sigs)
     cut = sigs[:, : bands * rows].astype(_U64).reshape(n, bands, rows)
     mult = fmix64(np.arange(1, rows + 1, dtype=_U64)) | _U64(1)
-    acc = (cut * mult).sum(axis=2, dtype=_U64)
-    return fmix64(acc ^ np.arange(bands, dtype=_U64))
+    acc = fmix64((cut * mult).sum(axis=2, dtype=_U64) ^ np.arange(bands, dtype=_U64))
+    return (acc >> _U64(32)).astype(_U32)
 
 
 @dataclass
@@ -131,7 +159,7 @@ class NearDupIndex:
     """Collect signatures row by row, then find near-duplicate rows in one linear pass.
 
     ``add`` takes the near-normalised text of each row in order and returns its index.
-    Signatures are computed in vectorised batches; band hashes stay in memory (8 bytes per
+    Signatures are computed in vectorised batches; band hashes stay in memory (4 bytes per
     band and row), 16-bit signatures go to ``sig_path``.
     """
 
@@ -141,32 +169,33 @@ class NearDupIndex:
         self.bands, self.rows = lsh_params(threshold, num_perm)
         self.sig_path = sig_path
         self._sig_file = sig_path.open("wb")
-        self._pending: list[np.ndarray] = []
-        self._pending_shingles = 0
+        self._pending: list[str] = []
+        self._pending_chars = 0
         self._band_chunks: list[np.ndarray] = []
-        self._empty: list[bool] = []
+        self._empty_chunks: list[np.ndarray] = []
         self.count = 0
 
     def add(self, text: str) -> int:
         """Queue the (near-normalised) text of the next row; return the row's index."""
-        shingles = char_shingles(text, self.ngram)
-        self._empty.append(len(shingles) == 0)
-        # MinHash works on 32-bit hashes: fold the 64-bit shingle hashes.
-        self._pending.append((shingles ^ (shingles >> _U64(32))).astype(_U32))
-        self._pending_shingles += len(shingles)
+        self._pending.append(text)
+        self._pending_chars += len(text)
         index = self.count
         self.count += 1
-        if self._pending_shingles >= _FLUSH_SHINGLES or len(self._pending) >= 4096:
+        if self._pending_chars >= _FLUSH_SHINGLES or len(self._pending) >= 4096:
             self._flush()
         return index
 
     def _flush(self) -> None:
         if not self._pending:
             return
-        sigs = signatures(self._pending, self.num_perm, self.seed)
+        shingles, counts = char_shingles_many(self._pending, self.ngram)
+        # MinHash works on 32-bit hashes: fold the 64-bit shingle hashes.
+        folded = (shingles ^ (shingles >> _U64(32))).astype(_U32)
+        sigs = signatures_flat(folded, counts, self.num_perm, self.seed)
         self._band_chunks.append(band_hashes(sigs, self.bands, self.rows))
+        self._empty_chunks.append(counts == 0)
         self._sig_file.write((sigs & _U32((1 << _SIG_BITS) - 1)).astype(np.uint16).tobytes())
-        self._pending, self._pending_shingles = [], 0
+        self._pending, self._pending_chars = [], 0
 
     def find(self, progress: Callable[[str, int], None] | None = None) -> NearDupResult:
         """Cluster the added rows; every dropped row is similar to an earlier kept row."""
@@ -179,8 +208,8 @@ class NearDupIndex:
         if n < 2:
             return NearDupResult(drop, kept_of, sim, 0, 0)
         bands = np.concatenate(self._band_chunks)
-        self._band_chunks = []
-        empty = np.asarray(self._empty, dtype=bool)
+        empty = np.concatenate(self._empty_chunks)
+        self._band_chunks, self._empty_chunks = [], []
         firsts, seconds = [], []
         for k in range(self.bands):
             col = bands[:, k]

@@ -35,21 +35,25 @@ PERCENTILES = (50, 90, 95, 99)
 
 def load_tokenizer(name: str) -> Any:
     """Load a tokenizer from a local path, an embedded model name or a hub id."""
-    from transformers import AutoTokenizer
-
     target: str = name
     if not Path(name).exists():
         try:  # embedded model names (e.g. smollm2-135m-instruct) resolve to a local dir
             from tunesmith.models.registry import resolve_model_dir
+        except ImportError:  # no registry in this build: let transformers try the name
+            resolve_model_dir = None
+        if resolve_model_dir is not None:
+            try:
+                target = str(resolve_model_dir(name))
+            except ModelError as exc:  # re-point it at the option the user typed
+                raise ModelError(exc.what, where=f"--tokenizer {name}", got=exc.got,
+                                 fix=exc.fix) from None
+    from transformers import AutoTokenizer
 
-            target = str(resolve_model_dir(name))
-        except Exception:  # registry missing or name unknown there: try it as given
-            target = name
     try:
         return AutoTokenizer.from_pretrained(target)
     except Exception as exc:
-        raise ModelError(f"cannot load tokenizer ({type(exc).__name__})", where=name,
-                         got=short(str(exc), 160),
+        raise ModelError(f"cannot load tokenizer ({type(exc).__name__})",
+                         where=f"--tokenizer {name}", got=short(str(exc), 160),
                          fix="pass a local model directory, an embedded model name "
                          "(tunesmith models list) or a hub id you have downloaded") from None
 

@@ -52,7 +52,8 @@ def _is_card(match: str) -> bool:
 
 
 def _is_ipv6(match: str) -> bool:
-    if sum(c.isalnum() for c in match) < 2:
+    # "a::b" in code parses as IPv6 too; real addresses carry digits and several groups
+    if not any(c.isdigit() for c in match) or sum(1 for g in match.split(":") if g) < 2:
         return False
     try:
         ipaddress.IPv6Address(match)
@@ -84,12 +85,16 @@ _VALIDATORS: dict[str, tuple[tuple[re.Pattern[str], Callable[[str], bool] | None
 }
 
 
+_DIGIT_RUN = re.compile(r"\d{2}")
+_IP_HINT = re.compile(r"\d\.\d|[0-9A-Fa-f]?::?[0-9A-Fa-f]")
+
+
 def _may_contain(kind: str, text: str) -> bool:
     if kind == "email":
         return "@" in text
     if kind == "ip":
-        return "." in text or ":" in text
-    return any(c.isdigit() for c in text)
+        return _IP_HINT.search(text) is not None
+    return _DIGIT_RUN.search(text) is not None
 
 
 @dataclass

@@ -159,8 +159,22 @@ class _Run:
         counts = self._pass3(near, split_of, index)
         self.rejected.close()
         self.removed.close()
+        if not any(w.count for w in counts["writers"].values()):
+            self._nothing_left()
         self._write_cluster_report(near, snippets)
         return self._finish(near, split_of, index, counts)
+
+    def _nothing_left(self) -> None:
+        """An empty result is a mistake worth stopping for: say where the rows went."""
+        reasons = dict(self.reject_reasons)
+        reasons.update({f"removed by {k}": v for k, v in self.removed_by_step.items()})
+        first = self.reject_examples[0] if self.reject_examples else None
+        raise DataError(f"no rows left after preparing {self.read:,} input rows",
+                        where=first["where"] if first else ", ".join(self.inputs),
+                        got=reasons,
+                        fix="check the format and fields of the input (first problem: "
+                        f"{first['message'] if first else 'none'}); use --format or "
+                        "--label-field if detection guessed wrong, or relax the filters")
 
     def _items(self) -> Iterator[tuple[int, Row | BadRow]]:
         for si, source in enumerate(self.inputs):
@@ -246,7 +260,10 @@ class _Run:
         if self.stratify_field:
             kept.stratum.append(self.strata.code(get_path(data, self.stratify_field)))
         if group_value is not None:
-            kept.group.append(hash64(json.dumps(group_value, sort_keys=True, default=str)))
+            # "Who is X?" and "who is x ?" are the same group: compare strings normalised
+            key = (exact_key(group_value) if isinstance(group_value, str)
+                   else json.dumps(group_value, sort_keys=True, default=str))
+            kept.group.append(hash64(key))
         if self.near is not None:
             self.near.add(" ".join(near_from_exact(key) for _, key in keys))
         self.spool.write(data)

@@ -78,47 +78,74 @@ def mix_with_seed(values: np.ndarray, seed: int) -> np.ndarray:
     return fmix64(values.astype(_U64) ^ salt)
 
 
-def rolling_hashes(units: np.ndarray, n: int) -> np.ndarray:
-    """64-bit hashes of every window of ``n`` consecutive units (codepoints or word hashes).
+def windows_many(units: np.ndarray, lengths: np.ndarray, n: int,
+                 short_whole: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of every ``n``-unit window inside each of several sequences laid end to end.
 
-    A sequence shorter than ``n`` yields one hash of the whole sequence, so short texts still
-    have a shingle; an empty sequence yields none.
+    ``units`` holds the sequences back to back (codepoints or word hashes) and ``lengths``
+    their lengths. Windows never cross from one sequence into the next. A sequence shorter
+    than ``n`` yields one hash of the whole sequence when ``short_whole`` (so a short text
+    still has a shingle), else none. Returns ``(hashes, count per sequence)``, the hashes
+    grouped by sequence in order. One vectorised pass for many rows keeps numpy's per-call
+    overhead off the per-row cost.
     """
     if not 1 <= n <= MAX_NGRAM:
         raise ValueError(f"n-gram size must be between 1 and {MAX_NGRAM}")
     units = units.astype(_U64, copy=False)
-    length = len(units)
-    if length == 0:
-        return np.empty(0, dtype=_U64)
-    if length < n:
+    lengths = np.asarray(lengths, dtype=np.int64)
+    starts = np.cumsum(lengths) - lengths
+    full = np.maximum(lengths - n + 1, 0)
+    short = np.nonzero((lengths > 0) & (lengths < n))[0] if short_whole else np.empty(0, np.int64)
+    counts = full.copy()
+    counts[short] = 1
+    out = np.empty(int(counts.sum()), dtype=_U64)
+    out_starts = np.cumsum(counts) - counts
+    n_full = int(full.sum())
+    if n_full:
+        windows = len(units) - n + 1
+        acc = units[:windows] * _ROLL_MULTS[0]
+        for k in range(1, n):
+            acc += units[k:k + windows] * _ROLL_MULTS[k]
+        within = np.arange(n_full) - np.repeat(np.cumsum(full) - full, full)
+        out[np.repeat(out_starts, full) + within] = acc[np.repeat(starts, full) + within]
+    for i in short.tolist():
+        seq = units[starts[i]:starts[i] + lengths[i]]
         # array (not scalar) arithmetic: it wraps modulo 2**64 silently, as intended
-        acc = np.array([(units * _ROLL_MULTS[:length]).sum(dtype=_U64)], dtype=_U64)
-        acc += _U64(length)
-        return fmix64(acc)
-    count = length - n + 1
-    acc = np.zeros(count, dtype=_U64)
-    for k in range(n):
-        acc += units[k:k + count] * _ROLL_MULTS[k]
-    return fmix64(acc)
+        acc1 = np.array([(seq * _ROLL_MULTS[:len(seq)]).sum(dtype=_U64)], dtype=_U64)
+        acc1 += _U64(len(seq))
+        out[out_starts[i]] = acc1[0]
+    return fmix64(out), counts
+
+
+def char_shingles_many(texts: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Character n-gram hashes of several (normalised) texts, and the count per text."""
+    joined = "".join(texts).encode("utf-32-le", "surrogatepass")
+    codepoints = np.frombuffer(joined, dtype=np.uint32)
+    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+    return windows_many(codepoints, lengths, n, short_whole=True)
 
 
 def char_shingles(text: str, n: int) -> np.ndarray:
-    """Hashes of the character n-grams of ``text`` (already normalised), deduplicated."""
-    if not text:
-        return np.empty(0, dtype=_U64)
-    codepoints = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    return np.unique(rolling_hashes(codepoints, n))
+    """Hashes of the character n-grams of one (normalised) text."""
+    return char_shingles_many([text], n)[0]
 
 
-def word_hashes(text: str) -> np.ndarray:
-    """CRC-32 of each whitespace-separated word of ``text``, as uint64."""
-    words = text.encode("utf-8", "surrogatepass").split()
-    return np.fromiter((zlib.crc32(w) for w in words), dtype=_U64, count=len(words))
+def word_ngrams_many(texts: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Word n-gram hashes of several (normalised) texts, and the count per text.
+
+    Words are whitespace-separated and hashed with CRC-32; texts with fewer than ``n``
+    words contribute none.
+    """
+    flat: list[int] = []
+    lengths = np.empty(len(texts), dtype=np.int64)
+    crc = zlib.crc32
+    for i, text in enumerate(texts):
+        words = text.encode("utf-8", "surrogatepass").split()
+        lengths[i] = len(words)
+        flat.extend(map(crc, words))
+    return windows_many(np.array(flat, dtype=_U64), lengths, n, short_whole=False)
 
 
 def word_ngrams(text: str, n: int) -> np.ndarray:
-    """Hashes of every word n-gram of ``text`` (already normalised); none if it is shorter."""
-    words = word_hashes(text)
-    if len(words) < n:
-        return np.empty(0, dtype=_U64)
-    return rolling_hashes(words, n)
+    """Hashes of every word n-gram of one (normalised) text; none if it is shorter."""
+    return word_ngrams_many([text], n)[0]

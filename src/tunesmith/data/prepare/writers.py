@@ -110,7 +110,9 @@ def jsonl_to_parquet(src: Path, dest: Path) -> None:
 
     schema = None
     for batch in _jsonl_batches(src):
-        batch_schema = pa.Table.from_pylist(batch).schema
+        # from_pylist would take the columns from the first row only; rows may differ
+        keys = list(dict.fromkeys(k for row in batch for k in row))
+        batch_schema = pa.Table.from_pydict({k: [row.get(k) for row in batch] for k in keys}).schema
         schema = batch_schema if schema is None else pa.unify_schemas(
             [schema, batch_schema], promote_options="permissive")
     if schema is None:

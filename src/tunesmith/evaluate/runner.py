@@ -1,0 +1,345 @@
+"""``tunesmith eval``: one or more models on one data file, one directory of results.
+
+    OUT/metrics.json              task, data, settings, every model's metrics with 95% CIs,
+                                  and the paired-bootstrap comparison against the first model
+    OUT/<model>/predictions.jsonl one record per row (input, reference/label, prediction,
+                                  per-example scores and the statistics behind the metrics)
+    OUT/<model>/metrics.json      that model's metrics
+    OUT/report.html, report.md    the readable report
+
+Data and settings are checked before any model loads, so a typo costs seconds, not a model
+load. The directory is written to a temporary sibling and renamed into place.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tunesmith.data.readers import read_rows
+from tunesmith.errors import ConfigError, ModelError
+from tunesmith.evaluate import tasks as T
+from tunesmith.evaluate.metrics import (INFO, GenerationScorer, StreamingMetrics, aggregator,
+                                        bootstrap_ci, paired_bootstrap, resolve_metrics,
+                                        stats_matrix)
+from tunesmith.models.load import DTYPES, load_causal_lm, load_tokenizer, resolve_artifact
+from tunesmith.train.checkpoint import atomic_dir, atomic_write_text, commit_dir
+
+FAMILY = {"generation": "generation", "lm": "lm", "classification": "labels",
+          "zero-shot": "labels"}
+DEFAULT_METRICS = {"generation": ["exact_match", "token_f1", "bleu", "chrf", "rouge1", "rouge2",
+                                  "rougeL"],
+                   "lm": ["loss", "perplexity", "token_accuracy"],
+                   "labels": ["accuracy", "macro_f1"]}
+KIND_OF_FAMILY = {"generation": "generation", "lm": "lm", "labels": "classification"}
+OnProgress = Callable[[str, int, int], None]
+
+
+# -- models -------------------------------------------------------------------------------------
+def run_dir_of(name: str) -> Path | None:
+    """The training run directory behind ``name`` (for its ``metrics.jsonl`` curves), if any."""
+    path = Path(name).expanduser()
+    for cand in (path, path.parent):
+        if (cand / "manifest.json").exists() and (cand / "metrics.jsonl").exists():
+            return cand
+    return None
+
+
+def model_kind(source: Path | str) -> str:
+    """``classifier`` for sequence-classification checkpoints, else ``causal-lm``."""
+    path = Path(str(source))
+    if (path / "adapter_config.json").exists():
+        cfg = json.loads((path / "adapter_config.json").read_text())
+        return "classifier" if cfg.get("task_type") == "SEQ_CLS" else "causal-lm"
+    if (path / "config.json").exists():
+        archs = json.loads((path / "config.json").read_text()).get("architectures") or []
+    else:  # a hub id
+        from transformers import AutoConfig
+
+        archs = AutoConfig.from_pretrained(str(source)).architectures or []
+    return "classifier" if any(a.endswith("ForSequenceClassification") for a in archs) \
+        else "causal-lm"
+
+
+def load_classifier(source: Path | str, dtype: str) -> Any:
+    from transformers import AutoModelForSequenceClassification
+
+    src = Path(str(source))
+    try:
+        if (src / "adapter_config.json").exists():
+            from peft import PeftModel
+
+            base_name = json.loads((src / "adapter_config.json").read_text())[
+                "base_model_name_or_path"]
+            cfg = json.loads((src / "config.json").read_text()) if (
+                src / "config.json").exists() else {}
+            base = AutoModelForSequenceClassification.from_pretrained(
+                base_name, dtype=DTYPES[dtype], id2label=cfg.get("id2label"),
+                label2id=cfg.get("label2id"))
+            return PeftModel.from_pretrained(base, str(src))
+        return AutoModelForSequenceClassification.from_pretrained(str(source),
+                                                                  dtype=DTYPES[dtype])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load classifier ({str(exc).splitlines()[0][:300]})",
+                         where=str(source), fix="point at a directory saved by "
+                         "`tunesmith train` with task classify, or a hub classifier") from None
+
+
+def class_names(model: Any) -> list[str]:
+    id2label = getattr(model.config, "id2label", None) or {}
+    return [str(id2label[i]) for i in sorted(int(k) for k in id2label)] or \
+        [str(i) for i in range(model.config.num_labels)]
+
+
+def _dtype(requested: str) -> str:
+    if requested != "auto":
+        if requested not in DTYPES:
+            raise ConfigError("unknown dtype", where="--dtype", got=requested,
+                              fix=f"use auto or one of {', '.join(DTYPES)}")
+        return requested
+    from tunesmith.train.precision import resolve_precision
+
+    return "bfloat16" if resolve_precision("auto") == "bf16" else "float32"
+
+
+def load_model(name: str, kind: str, dtype: str) -> tuple[Any, Any, Path | str]:
+    src = resolve_artifact(name)
+    tok = load_tokenizer(src)
+    model = load_classifier(src, dtype) if kind == "classifier" else \
+        load_causal_lm(src, dtype=dtype)
+    if kind == "classifier" and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tok.pad_token_id  # batched decoder classifiers need it
+    model.eval()
+    return model, tok, src
+
+
+def slug(name: str, taken: set[str]) -> str:
+    path = Path(name)
+    base = path.name if path.name not in ("final", "best", "") else f"{path.parent.name}-{path.name}"
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.") or "model"
+    out, k = base, 2
+    while out in taken:
+        out, k = f"{base}-{k}", k + 1
+    taken.add(out)
+    return out
+
+
+# -- task resolution ----------------------------------------------------------------------------
+def resolve_task(kind: str, first: dict[str, Any], s: T.EvalSettings) -> str:
+    if s.task != "auto":
+        if s.task not in T.TASKS:
+            raise ConfigError("unknown task", where="--task", got=s.task,
+                              fix=f"use auto or one of {', '.join(T.TASKS)}")
+        if s.task == "classification" and kind != "classifier":
+            raise ConfigError("--task classification needs a sequence-classification model",
+                              where="--task", got=s.task, fix="use --task zero-shot to score a "
+                              "causal LM by label likelihood")
+        if s.task != "classification" and kind == "classifier":
+            raise ConfigError(f"a classifier cannot run the {s.task} task", where="--task",
+                              got=s.task, fix="use --task classification (or auto)")
+        return s.task
+    if kind == "classifier":
+        return "classification"
+    if s.labels or (s.label_field in first and not s.reference_field):
+        return "zero-shot"
+    keys = set(first)
+    if ("text" in keys and not s.prompt_template and not s.reference_field
+            and not keys & {"messages", "instruction", "prompt", *T.REFERENCE_FIELDS}):
+        return "lm"
+    return "generation"
+
+
+# -- the command --------------------------------------------------------------------------------
+def default_out_dir(models: Sequence[str]) -> Path:
+    run = run_dir_of(models[0])
+    if run is not None and len(models) == 1:
+        return run / "eval"
+    return Path("evals") / f"{slug(models[0], set())}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir())
+                                              and not (out / "metrics.json").exists())):
+        raise ConfigError("the output directory exists and is not an evaluation directory",
+                          where="-o/--output", got=str(out),
+                          fix="choose a new directory (an old eval directory is replaced)")
+
+
+def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettings,
+             on_progress: OnProgress | None = None) -> dict[str, Any]:
+    """Evaluate ``models`` on ``data``; returns the summary written to ``metrics.json``."""
+    if not models:
+        raise ConfigError("no model to evaluate", where="command line",
+                          fix="tunesmith eval MODEL_OR_RUN [MORE...] --data FILE")
+    out = out or default_out_dir(models)
+    _check_out_dir(out)
+    dtype = _dtype(s.dtype)
+    rows = read_rows(data, limit=s.limit)
+    sources = [resolve_artifact(m) for m in models]
+    kinds = [model_kind(src) for src in sources]
+    task_of = [resolve_task(k, rows[0].data, s) for k in kinds]
+    families = {FAMILY[t] for t in task_of}
+    if len(families) > 1:
+        raise ConfigError("these models cannot be compared on one task", where="MODELS",
+                          got=dict(zip(models, task_of)), fix="compare models of one kind "
+                          "(generation, language modelling, or labels)")
+    family = families.pop()
+    metrics = resolve_metrics(s.metrics, KIND_OF_FAMILY[family]) if s.metrics else \
+        list(DEFAULT_METRICS[family])
+    # Inputs are built before any model loads, so bad rows fail fast.
+    items: dict[str, list[T.Item]] = {}
+    if family == "generation":
+        items["generation"] = T.build_generation(rows, s)
+    elif family == "lm":
+        items["lm"] = T.build_lm(rows)
+    elif "zero-shot" in task_of:
+        items["zero-shot"] = T.build_labelled(rows, s, T.zero_shot_labels(rows, s))
+
+    results, taken = [], set()
+    for name, kind, task in zip(models, kinds, task_of):
+        dirname = slug(name, taken)
+        label = name if list(models).count(name) == 1 else f"{name} ({dirname})"
+        model, tok, path = load_model(name, kind, dtype)
+        progress = (lambda d, n, _l=label: on_progress(_l, d, n)) if on_progress else None
+        names: list[str] | None = None
+        if task == "generation":
+            records = T.run_generation(model, tok, items["generation"], s,
+                                       GenerationScorer(metrics), progress)
+        elif task == "lm":
+            records = T.run_lm(model, tok, items["lm"], s, progress)
+        elif task == "classification":
+            names = class_names(model)
+            records = T.run_classifier(model, tok, T.build_labelled(rows, s, names), s, names,
+                                       progress)
+        else:
+            names = T.zero_shot_labels(rows, s)
+            records = T.run_zero_shot(model, tok, items["zero-shot"], s, names, progress)
+        T.check_finite(records, name)
+        del model
+        gc.collect()
+        results.append(_summarise(label, name, dirname, str(path), task, metrics, records,
+                                  names, s))
+    summary = {"task": task_of[0] if len(set(task_of)) == 1 else "labels", "data": str(data),
+               "examples": len(rows), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "settings": {k: v for k, v in asdict(s).items() if v is not None},
+               "metric_info": {m: asdict(INFO[m]) for m in metrics},
+               "models": [{k: v for k, v in r.items() if k != "records"} for r in results],
+               "comparison": compare(results, metrics, s.bootstrap, s.seed)}
+    _write(out, summary, results)
+    summary["out_dir"] = str(out)
+    return summary
+
+
+def _summarise(label: str, name: str, dirname: str, path: str, task: str, metrics: list[str],
+               records: list[dict[str, Any]], names: list[str] | None, s: T.EvalSettings
+               ) -> dict[str, Any]:
+    n_labels = len(names or [])
+    acc = StreamingMetrics(metrics, n_labels)
+    acc.update(records)
+    values = acc.compute()
+    ci = {}
+    for m in metrics:
+        _, lo, hi = bootstrap_ci(stats_matrix(m, records, n_labels), aggregator(m, n_labels),
+                                 s.bootstrap, s.seed)
+        ci[m] = [lo, hi]
+    run = run_dir_of(name)
+    out: dict[str, Any] = {"name": label, "dir": dirname, "path": path, "task": task,
+                           "run_dir": str(run) if run else None, "metrics": values, "ci95": ci,
+                           "records": records}
+    if names is not None:
+        from tunesmith.evaluate.classification_metrics import ConfusionMatrix
+
+        cm = ConfusionMatrix(names)
+        cm.update([r["pred_id"] for r in records], [r["label_id"] for r in records])
+        out["classification"] = cm.compute()
+    return out
+
+
+def _aligned(records: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """Label records re-indexed into ``names`` (models may order their classes differently)."""
+    return [{**r, "label_id": names.index(r["label"]), "pred_id": names.index(r["prediction"])}
+            for r in records]
+
+
+def compare(results: list[dict[str, Any]], metrics: list[str], n_boot: int, seed: int
+            ) -> list[dict[str, Any]]:
+    """Each model against the first, per metric: difference and paired-bootstrap 95% CI."""
+    if len(results) < 2:
+        return []
+    base = results[0]
+    names = base.get("classification", {}).get("labels")
+    out = []
+    for other in results[1:]:
+        a, b = base["records"], other["records"]
+        if names is not None:
+            if set(other["classification"]["labels"]) != set(names):
+                continue  # different label sets: metrics are shown, not compared
+            a, b = _aligned(a, names), _aligned(b, names)
+        k = len(names or [])
+        for m in metrics:
+            res = paired_bootstrap(stats_matrix(m, a, k), stats_matrix(m, b, k),
+                                   aggregator(m, k), n_boot, seed)
+            out.append({"metric": m, "baseline": base["name"], "model": other["name"], **res,
+                        "significant": bool(res["p_value"] < 0.05),
+                        "higher_is_better": INFO[m].higher_is_better})
+    return out
+
+
+def _jsonl(records: Sequence[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
+
+
+def _write(out: Path, summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    from tunesmith.evaluate.report import eval_report, write_report
+
+    tmp = atomic_dir(out)
+    try:
+        for r in results:
+            d = tmp / r["dir"]
+            d.mkdir()
+            (d / "predictions.jsonl").write_text(_jsonl(r["records"]), encoding="utf-8")
+            (d / "metrics.json").write_text(json.dumps(
+                {**{k: v for k, v in r.items() if k != "records"}, "data": summary["data"],
+                 "settings": summary["settings"]}, indent=1, default=str), encoding="utf-8")
+        atomic_write_text(tmp / "metrics.json", json.dumps(summary, indent=1, default=str))
+        write_report(tmp, eval_report(summary, {r["name"]: r["records"] for r in results}))
+        commit_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_eval_dir(path: Path) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """The summary and every model's records of an eval directory (or one model's subdir)."""
+    from tunesmith.errors import DataError
+
+    summary_path = path / "metrics.json"
+    if not summary_path.exists():
+        raise DataError("not an evaluation directory (no metrics.json)", where=str(path),
+                        fix="run `tunesmith eval MODEL --data FILE -o DIR` first and pass DIR")
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    if "models" not in summary:  # a model's own subdirectory
+        parent = json.loads((path.parent / "metrics.json").read_text(encoding="utf-8")) \
+            if (path.parent / "metrics.json").exists() else {}
+        models = [{k: v for k, v in summary.items() if k not in ("data", "settings")}]
+        summary = {**parent, "data": summary.get("data"), "settings": summary.get("settings"),
+                   "models": models, "comparison": []}
+        dirs = {models[0]["name"]: path}
+    else:
+        dirs = {m["name"]: path / m["dir"] for m in summary["models"]}
+    records = {}
+    for name, d in dirs.items():
+        pred = d / "predictions.jsonl"
+        if not pred.exists():
+            raise DataError("evaluation directory has no predictions", where=str(pred),
+                            fix="re-run `tunesmith eval`; the directory is incomplete")
+        records[name] = [json.loads(line) for line in pred.read_text(encoding="utf-8")
+                         .splitlines() if line.strip()]
+    return summary, records

@@ -1,0 +1,135 @@
+"""Sequence classifiers: an encoder or decoder with a classification head.
+
+``AutoModelForSequenceClassification`` puts a head on any supported backbone: BERT-family
+encoders pool the first token (through BERT's pooler), decoders (Llama/SmolLM2, GPT-2) the
+last token that is not padding, found through ``config.pad_token_id`` — so the config's pad
+id must be the id the batches are padded with, which :func:`load_classifier` guarantees.
+The label names go into the config (``id2label`` / ``label2id``) and therefore into every
+saved model. ``tunesmith_classifier.json`` beside the weights records what prediction needs
+besides the weights (text fields, threshold, maximum length).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from tunesmith.errors import ModelError
+from tunesmith.models.adapters import layer_index
+from tunesmith.models.load import DTYPES, _first_line
+
+CLASSIFIER_FILE = "tunesmith_classifier.json"
+
+
+def load_classifier(source: Path | str, names: list[str], multi_label: bool, pad_token_id: int,
+                    dtype: str = "float32", trust_remote_code: bool = False,
+                    attn_implementation: str = "sdpa") -> Any:
+    """Backbone weights from ``source`` plus a head for ``names`` (new unless it fits)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    try:
+        config = AutoConfig.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model config ({_first_line(exc)})", where=str(source),
+                         fix="use an embedded model (`tunesmith models list`), a local "
+                         "checkpoint directory, or a hub id while online") from None
+    same_head = (list(getattr(config, "id2label", {}).values()) == list(names)
+                 and _is_classifier(config))
+    config.num_labels = len(names)
+    config.id2label = dict(enumerate(names))
+    config.label2id = {n: i for i, n in enumerate(names)}
+    config.problem_type = ("multi_label_classification" if multi_label
+                           else "single_label_classification")
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "pad_token_id", None) != pad_token_id:
+        # decoders find the last real token by comparing input ids with this id
+        text.pad_token_id = pad_token_id
+        config.pad_token_id = pad_token_id
+    if hasattr(config, "use_cache"):
+        config.use_cache = False
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(source), config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation, ignore_mismatched_sizes=not same_head)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load a sequence-classification model ({_first_line(exc)})",
+                         where=str(source), fix="use an encoder (BERT family) or a decoder "
+                         "(Llama, GPT-2 ...) checkpoint that transformers supports for "
+                         "AutoModelForSequenceClassification") from None
+    return model
+
+
+def _is_classifier(config: Any) -> bool:
+    return any(a.endswith("ForSequenceClassification") for a in
+               (getattr(config, "architectures", None) or []))
+
+
+def head_modules(model: nn.Module) -> list[str]:
+    """Names of the modules that form the head: trained fully (and saved) under LoRA.
+
+    The head is every direct child of the classifier that holds parameters and is not the
+    backbone, plus the backbone's pooler when there is one (BERT's classifier reads the
+    pooler output, whose weights were not trained for this task).
+    """
+    base_name = getattr(model, "base_model_prefix", "")
+    base = getattr(model, base_name, None)
+    names = [n for n, m in model.named_children()
+             if m is not base and any(True for _ in m.parameters())]
+    pooler = getattr(base, "pooler", None) if base is not None else None
+    if isinstance(pooler, nn.Module) and any(True for _ in pooler.parameters()):
+        names.append("pooler")
+    return names
+
+
+def default_lora_targets(model: nn.Module, requested: list[str] | str) -> list[str] | str:
+    """``requested`` when the model has those modules, else every linear layer of the blocks.
+
+    The schema's default targets are Llama's attention projections; BERT calls them
+    query/key/value/dense. Targets are given as the last two name parts (``self.query``,
+    ``output.dense``) so that the pooler and head are never wrapped.
+    """
+    names = [n for n, _ in model.named_modules()]
+    if isinstance(requested, str) or all(any(n.endswith("." + t) for n in names)
+                                         for t in requested):
+        return requested
+    inside = {".".join(n.split(".")[-2:]) for n, m in model.named_modules()
+              if isinstance(m, nn.Linear) and layer_index(n + ".") is not None}
+    outside = [n for n, m in model.named_modules()
+               if isinstance(m, nn.Linear) and layer_index(n + ".") is None]
+    if any(n.endswith("." + t) for n in outside for t in inside):
+        return sorted(n for n, m in model.named_modules()
+                      if isinstance(m, nn.Linear) and layer_index(n + ".") is not None)
+    return sorted(inside)
+
+
+def write_classifier_info(out: Path, info: dict[str, Any]) -> None:
+    (out / CLASSIFIER_FILE).write_text(json.dumps(info, indent=1))
+
+
+def read_classifier_info(path: Path) -> dict[str, Any]:
+    f = path / CLASSIFIER_FILE
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+def save_classifier(model: nn.Module, tokenizer: Any, out: Path, info: dict[str, Any]) -> None:
+    """A plain transformers classifier in ``out`` (LoRA merged; its adapter in ``adapter/``).
+
+    The merged weights load with ``AutoModelForSequenceClassification`` alone; the adapter
+    (with the tokenizer and label list, so ``tunesmith predict`` accepts it too) is kept for
+    users who want the small artifact.
+    """
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(out / "adapter", safe_serialization=True)
+        tokenizer.save_pretrained(out / "adapter")
+        write_classifier_info(out / "adapter", info)
+        merged = copy.deepcopy(model).merge_and_unload()
+        merged.save_pretrained(out, safe_serialization=True)
+        del merged
+    else:
+        model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    write_classifier_info(out, info)
