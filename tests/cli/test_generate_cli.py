@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.cli.test_train_cli import cli, write_config
 from tests.helpers.tiny import write_jsonl
-from tests.unit.sft_support import isolated_home, raw_cfg  # noqa: F401 (fixture)
+from tests.unit.sft_support import cli, has, isolated_home, raw_cfg, write_config  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("isolated_home")
 
@@ -36,7 +35,7 @@ def test_generate_file_batched_matches_one_by_one(tiny_model_dir: Path, tmp_path
     assert [r["id"] for r in rows] == [1, 2, 3, 4, 5]  # order kept, input fields kept
     assert rows[1]["messages"] == PROMPTS[1]["messages"]
     assert all(isinstance(r["generated"], str) for r in rows)
-    assert f"wrote 5 rows" in err
+    assert "wrote 5 rows" in err
     assert sorted(p.name for p in out.parent.iterdir()) == ["gen.jsonl"]  # no temp files left
 
     # the single-prompt path prints the same text as the batched (left-padded) file path
@@ -83,7 +82,7 @@ def test_generate_bad_input_file(tiny_model_dir: Path, tmp_path: Path,
     code, _, err = cli(["generate", str(tiny_model_dir), "--file", str(src), "-o",
                         str(tmp_path / "o.jsonl")], capsys)
     assert code == 2 and "record has no prompt" in err and "Traceback" not in err
-    assert re.sub(r"\s+", "", f"{src}:2") in re.sub(r"\s+", "", err)
+    assert has(err, f"{src}:2")
     assert not (tmp_path / "o.jsonl").exists()
 
 
@@ -106,7 +105,7 @@ def test_data_preview_shows_counts(tiny_model_dir: Path, messages_file: Path, tm
     assert "format: messages" in flat and "rows previewed: 16" in flat
     # two samples, each with its own trained / masked count, and the check table all ok
     assert len(re.findall(r"\(\d+ trained / \d+ masked\)", flat)) == 2
-    # output is not a terminal: the trained spans are marked «…» — exactly the assistant replies
+    # not a terminal: the trained spans are marked «…», exactly the assistant replies
     spans = [m for m in re.findall(r"«(.*?)»", out, flags=re.S) if m != "…"]  # not the legend
     assert spans == ["hello<|im_end|>", "yes<|im_end|>"]
     assert "Say hello." in out and "failing" not in flat

@@ -121,3 +121,27 @@ def test_bf16_and_fp32_runs_in_one_process(tiny_model_dir: Path, alpaca_file: Pa
         res = sft.run(cfg, progress=False)
         manifest = json.loads((res.run_dir / "manifest.json").read_text())
         assert manifest["precision"] == precision
+
+
+def test_gradient_accumulation_matches_a_big_batch(tiny_model_dir: Path, alpaca_file: Path,
+                                                   tmp_path: Path) -> None:
+    """batch 2 x accumulation 2 trains exactly like batch 4 (token-weighted loss, same rows)."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for bs, accum in ((4, 1), (2, 2)):
+        cfg = make_cfg(tiny_model_dir, alpaca_file, tmp_path / f"{bs}x{accum}",
+                       train={"max_steps": 3, "batch_size": bs, "grad_accum": accum,
+                              "group_by_length": False, "lr": 2e-2})
+        losses: dict[int, float] = {}
+        res = sft.run(cfg, progress=False,
+                      callbacks=[lambda s, v, losses=losses: losses.__setitem__(s, v["loss"])])
+        runs[(bs, accum)] = (losses, load_file(res.final_dir / "adapter_model.safetensors"))
+    (la, wa), (lb, wb) = runs[(4, 1)], runs[(2, 2)]
+    assert sorted(la) == sorted(lb) == [1, 2, 3]
+    for step in la:
+        assert lb[step] == pytest.approx(la[step], rel=1e-5)
+    import torch
+
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tunesmith.config import validate_dict
 from tunesmith.config.schema import RunConfig
@@ -48,3 +50,26 @@ def raw_cfg(model_dir: Path, train_file: Path, out_dir: Path, **sections: Any
 
 def make_cfg(model_dir: Path, train_file: Path, out_dir: Path, **sections: Any) -> RunConfig:
     return validate_dict(raw_cfg(model_dir, train_file, out_dir, **sections))
+
+
+def write_config(path: Path, raw: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run ``tunesmith.cli.main`` in-process; returns (exit code, stdout, stderr)."""
+    from tunesmith.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def has(text: str, needle: str) -> bool:
+    """``needle`` occurs in ``text`` ignoring whitespace (rich wraps long lines)."""
+    return re.sub(r"\s+", "", needle) in re.sub(r"\s+", "", text)

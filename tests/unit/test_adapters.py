@@ -47,17 +47,20 @@ def test_full_every_parameter_changes(tiny_model_dir: Path, alpaca_file: Path, t
     assert _changed(model, before) == names
 
 
-def test_lora_only_adapters_train(tiny_model_dir: Path, alpaca_file: Path, tmp_path: Path
-                                  ) -> None:
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_lora_only_adapters_train(tiny_model_dir: Path, alpaca_file: Path, tmp_path: Path,
+                                  dora: bool) -> None:
     # Two steps: lora_B starts at zero, so lora_A has no gradient until B has moved once.
     cfg = make_cfg(tiny_model_dir, alpaca_file, tmp_path,
-                   method={"type": "lora", "target_modules": ["q_proj", "v_proj", "down_proj"]},
-                   train={"max_steps": 2, "weight_decay": 0.1})
+                   method={"type": "lora", "target_modules": ["q_proj", "v_proj", "down_proj"],
+                           "use_dora": dora},
+                   train={"max_steps": 2})
     model, before, trainable = _train(cfg, tmp_path / "run")
     lora = {n for n in before if "lora_" in n}
     assert lora and trainable == lora
-    # every wrapped module got an A and a B on every layer
-    assert len(lora) == 3 * 2 * 2
+    # every wrapped module on every layer got an A and a B (and a magnitude for DoRA)
+    assert len(lora) == 3 * 2 * (3 if dora else 2)
+    assert len([n for n in lora if "magnitude" in n]) == (6 if dora else 0)
     assert _changed(model, before) == lora
 
 
@@ -78,7 +81,8 @@ def test_freeze_first_layers_and_embeddings(tiny_model_dir: Path, alpaca_file: P
 
 def test_freeze_patterns(tiny_model_dir: Path, alpaca_file: Path, tmp_path: Path) -> None:
     cfg = make_cfg(tiny_model_dir, alpaca_file, tmp_path,
-                   method={"type": "freeze", "freeze_patterns": [r"\.mlp\.", r"layers\.1\.self_attn\.q_"]},
+                   method={"type": "freeze",
+                           "freeze_patterns": [r"\.mlp\.", r"layers\.1\.self_attn\.q_"]},
                    train={"max_steps": 1})
     model, before, trainable = _train(cfg, tmp_path / "run")
     frozen = set(before) - trainable
@@ -169,3 +173,20 @@ def test_gradual_unfreezing_keeps_freeze_rules(tiny_model_dir: Path, alpaca_file
     g = _groups(model)
     # layer 0 and the embeddings were frozen by freeze_layers: unfreezing never opens them
     assert seen[4] == g[0]
+
+
+@pytest.mark.parametrize("dropout", [None, 0.3])
+def test_dropout_override_takes_effect(tiny_model_dir: Path, alpaca_file: Path, tmp_path: Path,
+                                       dropout: float | None) -> None:
+    """train.dropout reaches the attention kernel of a Llama model (which has no nn.Dropout)."""
+    cfg = make_cfg(tiny_model_dir, alpaca_file, tmp_path, method={"type": "full"},
+                   train={"dropout": dropout})
+    model, _, _ = sft.build_model(cfg)
+    model.train()
+    ids = torch.tensor([[5, 17, 42, 8, 9, 60, 61, 62]])
+    torch.manual_seed(0)
+    a = model(ids).logits
+    b = model(ids).logits
+    assert torch.equal(a, b) == (dropout is None)
+    model.eval()
+    assert torch.equal(model(ids).logits, model(ids).logits)

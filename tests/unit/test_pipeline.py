@@ -138,3 +138,28 @@ def test_relative_missing_file_is_not_taken_for_a_hub_dataset(
     with pytest.raises(DataError) as info:
         prepare_data(DataConfig(train="data/train.jsonl"), tok)
     assert info.value.what == "data file not found"
+
+
+def test_fallback_template_is_kept_on_cache_hits(tmp_path: Path) -> None:
+    """A tokenizer without a chat template gets the built-in alpaca template for chat data —
+    on the run that fills the tokenization cache and on every run that reuses it (the
+    tokenizer saved with the model must match what the ids were rendered with)."""
+    from tunesmith.data.templates import ALPACA
+
+    path = write_jsonl(tmp_path / "t.jsonl", _rows(4, 0))
+    cfg = DataConfig(train=str(path), max_length=64)
+    first_tok = build_tokenizer(chat_template=None)
+    first = prepare_data(cfg, first_tok)
+    second_tok = build_tokenizer(chat_template=None)
+    second = prepare_data(cfg, second_tok)
+    assert second.stats["train"].cached
+    assert first_tok.chat_template == second_tok.chat_template == ALPACA
+    assert first.stats["train"].fallback_template and second.stats["train"].fallback_template
+    assert [e.input_ids for e in second.train] == [e.input_ids for e in first.train]
+    trained = [first_tok.decode([t for t in e.labels if t != IGNORE]) for e in first.train]
+    assert trained[0] == "hello<|im_end|>"
+    # text data never needs a chat template: none is added
+    text_tok = build_tokenizer(chat_template=None)
+    prepare_data(DataConfig(train=str(write_jsonl(tmp_path / "x.jsonl", [{"text": "a b"}])),
+                            max_length=64), text_tok)
+    assert not text_tok.chat_template

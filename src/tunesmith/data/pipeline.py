@@ -25,7 +25,7 @@ from tunesmith.data.templates import Encoded, Encoder, check_encoded, raise_on_f
 from tunesmith.errors import DataError
 from tunesmith.models.registry import cache_root
 
-ENCODING_VERSION = "1"  # bump when encoding logic changes, to invalidate caches
+ENCODING_VERSION = "2"  # bump when encoding logic changes, to invalidate caches
 
 
 @dataclass
@@ -41,6 +41,8 @@ class SplitStats:
     masked_tokens: int = 0
     cached: bool = False
     sha256: str = ""
+    # the tokenizer had no chat template, so the built-in alpaca one was used (and is saved)
+    fallback_template: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -90,6 +92,10 @@ def encode_file(path: str, cfg: DataConfig, encoder: Encoder, limit: int | None 
         encs, meta = _load_cache(cache_file)
         stats.__dict__.update(meta)
         stats.cached = True
+        if stats.fallback_template:
+            # the cached ids were rendered with the fallback template: the tokenizer saved
+            # with the model must carry it, exactly as on the run that filled the cache
+            encoder.use_fallback_template()
         return encs, stats
     rows = read_rows(path, limit=limit)
     stats.rows = len(rows)
@@ -105,7 +111,9 @@ def encode_file(path: str, cfg: DataConfig, encoder: Encoder, limit: int | None 
         first = bad[0]
         raise DataError(f"{len(bad)} of {len(rows)} records are invalid; the first: {first.what}",
                         where=first.where, got=first.got, fix=first.fix)
+    had_template = encoder.has_template
     full = [encoder.encode(ex) for ex in examples]
+    stats.fallback_template = encoder.has_template and not had_template
     raise_on_failures(check_encoded(full, encoder), path)
     kept = []
     for enc in full:

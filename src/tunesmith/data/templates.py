@@ -77,12 +77,17 @@ class Encoder:
         """Full-length encoding (truncation is applied by :meth:`fit`)."""
         if ex.kind == "chat":
             if not self.has_template:
-                self.tokenizer.chat_template = ALPACA
-                self.has_template = True
+                self.use_fallback_template()
             return self._encode_chat(ex)
         if ex.kind == "completion":
             return self._encode_pieces(ex.where, ex.prompt, ex.completion)
         return self._encode_pieces(ex.where, "", ex.text)
+
+    def use_fallback_template(self) -> None:
+        """Chat data for a tokenizer without a chat template: use the built-in alpaca one."""
+        if not self.has_template:
+            self.tokenizer.chat_template = ALPACA
+            self.has_template = True
 
     def fit(self, enc: Encoded) -> Encoded | None:
         """Apply ``max_length``: cut or drop; None when nothing trainable is left."""

@@ -48,6 +48,13 @@ def primary(records: Sequence[dict[str, Any]], task: str) -> tuple[str, bool]:
     return next((m for m in PRIMARY_ORDER if m in scores), next(iter(scores), "loss")), True
 
 
+def primary_metric(task: str, metrics: Sequence[str]) -> str | None:
+    """The corpus metric to chart: chrF, token F1, ... for generation; accuracy; loss."""
+    order = {"lm": ("perplexity", "loss")}.get(task, ("accuracy",) if task in LABEL_TASKS
+                                               else PRIMARY_ORDER)
+    return next((m for m in order if m in metrics), metrics[0] if metrics else None)
+
+
 def value_of(rec: dict[str, Any], name: str) -> float:
     return float(rec["loss"]) if name == "loss" else float(rec["scores"][name])
 
@@ -369,13 +376,16 @@ def analysis_report(result: dict[str, Any], summary: dict[str, Any]) -> Any:
         by_metric: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in a["slices"]:
             by_metric[r["metric"]].append(r)
+        chart = primary_metric(a["task"], list(by_metric))
         for metric, rs in by_metric.items():
             sl.heading(f"{name} — {metric}")
-            labels = [f"{r['dimension']}: {r['slice']} (n={r['n']})" for r in rs]
-            sl.image(f"slices-{a['dir']}-{metric}", bars_png(
-                labels, [r["value"] for r in rs], flags=[r["flagged"] for r in rs],
-                reference=rs[0]["overall"], reference_label=f"overall {fmt(rs[0]['overall'])}",
-                title=f"{metric} by slice", xlabel=metric), f"{metric} by slice")
+            if metric == chart:  # one chart per model; every metric gets its table
+                labels = [f"{r['dimension']}: {r['slice']} (n={r['n']})" for r in rs]
+                sl.image(f"slices-{a['dir']}-{metric}", bars_png(
+                    labels, [r["value"] for r in rs], flags=[r["flagged"] for r in rs],
+                    reference=rs[0]["overall"],
+                    reference_label=f"overall {fmt(rs[0]['overall'])}",
+                    title=f"{metric} by slice", xlabel=metric), f"{metric} by slice")
             sl.table(["dimension", "slice", "n", metric, "rest", "difference 95% CI", "p (Holm)"],
                      [[r["dimension"], r["slice"], r["n"], r["value"], r["rest"],
                        f"[{fmt(r.get('low', float('nan')))}, {fmt(r.get('high', float('nan')))}]",

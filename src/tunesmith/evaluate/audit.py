@@ -177,13 +177,13 @@ def counterfactual(model: Any, tok: Any, texts: Sequence[tuple[str, str]], names
 # -- the command ----------------------------------------------------------------------------
 def run_audit(model_name: str, data: str, out: Path | None = None, kind: str = "auto",
               threshold: float | None = None, terms: Path | None = None,
-              groups: list[str] | None = None, text_field: str = "text",
-              limit: int | None = None, batch_size: int = 16, max_length: int = 512,
+              groups: list[str] | None = None, text_field: str | None = None,
+              limit: int | None = None, batch_size: int = 16, max_length: int | None = None,
               examples: int = 3, dtype: str = "auto", progress: Progress | None = None
               ) -> dict[str, Any]:
     from tunesmith.evaluate.audit_terms import swappers
-    from tunesmith.evaluate.runner import (_dtype, class_names, load_model, model_kind,
-                                           run_dir_of, slug)
+    from tunesmith.evaluate.runner import (_dtype, class_names, classifier_info, load_model,
+                                           model_kind, run_dir_of, slug)
     from tunesmith.models.load import resolve_artifact
 
     src = resolve_artifact(model_name)
@@ -211,6 +211,9 @@ def run_audit(model_name: str, data: str, out: Path | None = None, kind: str = "
     if kind == "crows-pairs":
         pairs = read_pairs(data, limit)
     else:
+        info = classifier_info(src)
+        text_field = text_field or info.get("text_field") or "text"
+        max_length = max_length or info.get("max_length") or 512
         swap = swappers(terms, groups)
         texts = []
         for row in read_rows(data, limit=limit):
@@ -225,7 +228,7 @@ def run_audit(model_name: str, data: str, out: Path | None = None, kind: str = "
         result = crows_pairs(model, tok, pairs, threshold, batch_size, examples, progress)
     else:
         result = counterfactual(model, tok, texts, class_names(model), swap, threshold,
-                                batch_size, max_length, examples, progress)
+                                batch_size, max_length or 512, examples, progress)
     result.update(model=model_name, path=str(path), data=str(data),
                   run_dir=str(run) if run else None,
                   created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))

@@ -2,7 +2,8 @@
 
 Each group lists ``(a, b)`` pairs; a swap replaces every whole-word occurrence of ``a`` by
 ``b`` and of ``b`` by ``a`` in one pass, keeping the case shape (``He`` → ``She``, ``HE`` →
-``SHE``). A term appears once per group, so the swap is well defined.
+``SHE``). A term appears once per group (``her`` aside, see below), so the swap is well
+defined.
 
 Known limits, kept on purpose (a word list without part-of-speech tagging):
 

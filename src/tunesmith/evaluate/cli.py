@@ -54,22 +54,29 @@ def eval_command(
         "--metrics", "-m", help="Comma-separated: em, f1, bleu, chrf, rouge (generation); "
         "loss, perplexity, token_accuracy (lm); accuracy, macro_f1 (labels).")] = None,
     output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="Output directory (default: RUN/eval or evals/<model>-<time>).")
+        "--output", "-o",
+        help="Output directory (default: RUN/eval/<data name> or evals/<model>-<time>).")
     ] = None,
     prompt_template: Annotated[Optional[str], typer.Option(
         help="Build the prompt from fields, e.g. 'Translate to French:\\n{source}'.")] = None,
     reference_field: Annotated[Optional[str], typer.Option(
         help="Field holding the expected output (default: the format's answer, or target, "
         "answer, summary...).")] = None,
-    text_field: Annotated[str, typer.Option(help="Text field for label tasks.")] = "text",
-    label_field: Annotated[str, typer.Option(help="Label field for label tasks.")] = "label",
+    text_field: Annotated[Optional[str], typer.Option(
+        help="Text field for label tasks (default: the classifier's, else text).")] = None,
+    text_pair_field: Annotated[Optional[str], typer.Option(
+        help="Second text field of sentence-pair classifiers.")] = None,
+    label_field: Annotated[Optional[str], typer.Option(
+        help="Label field for label tasks (default: the classifier's, else label).")] = None,
     labels: Annotated[Optional[str], typer.Option(
         help="Zero-shot: class texts in id order, comma-separated.")] = None,
     normalize: Annotated[bool, typer.Option(
         help="Zero-shot: rank labels by mean (not total) token log-likelihood.")] = False,
     max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
-    batch_size: int = 8, max_length: int = 2048,
+    batch_size: int = 8,
+    max_length: Annotated[Optional[int], typer.Option(
+        help="Token limit (default: the classifier's, else 2048).")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Use the first N rows.")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.")] = 1000,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
@@ -80,6 +87,7 @@ def eval_command(
 
     settings = EvalSettings(task=task, metrics=_split(metrics), prompt_template=prompt_template,
                             reference_field=reference_field, text_field=text_field,
+                            text_pair_field=text_pair_field,
                             label_field=label_field, labels=_split([labels]) if labels else None,
                             normalize=normalize, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_p=top_p, seed=seed, system=system,
@@ -87,7 +95,8 @@ def eval_command(
                             bootstrap=bootstrap, dtype=dtype)
     with _progress("eval") as update:
         summary = run_eval(models, data, output, settings, update)
-    table = Table(title=f"{summary['task']} · {summary['examples']} examples", title_justify="left")
+    table = Table(title=f"{summary['task']} · {summary['examples']} examples",
+                  title_justify="left")
     table.add_column("metric")
     for m in summary["models"]:
         table.add_column(escape(m["name"]), justify="right")
@@ -139,9 +148,12 @@ def audit_command(
     terms: Annotated[Optional[Path], typer.Option(
         help="Extra term pairs: lines `group,term_a,term_b`.")] = None,
     groups: Annotated[Optional[list[str]], typer.Option(help="Only these term groups.")] = None,
-    text_field: Annotated[str, typer.Option(help="Text field (counterfactual).")] = "text",
+    text_field: Annotated[Optional[str], typer.Option(
+        help="Text field (counterfactual; default: the classifier's, else text).")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Use the first N rows.")] = None,
-    batch_size: int = 16, max_length: int = 512,
+    batch_size: int = 16,
+    max_length: Annotated[Optional[int], typer.Option(
+        help="Token limit (default: the classifier's, else 512).")] = None,
     examples: Annotated[int, typer.Option(help="Examples per category.")] = 3,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Output directory (default: RUN/audit or audits/...).")] = None,

@@ -131,6 +131,7 @@ class GenerationScorer:
     def __init__(self, metrics: Sequence[str]) -> None:
         self.metrics = list(metrics)
         self._bleu = self._chrf = self._rouge = None
+        self._nrefs: set[int] = set()
         if "bleu" in self.metrics:
             from sacrebleu.metrics import BLEU
 
@@ -146,10 +147,22 @@ class GenerationScorer:
 
             self._rouge = RougeScorer(rouge, use_stemmer=True)
 
+    def signatures(self) -> dict[str, str]:
+        """sacrebleu's signature strings (tokeniser, smoothing, version) of BLEU and chrF."""
+        out = {}
+        for name, metric in (("bleu", self._bleu), ("chrf", self._chrf)):
+            if metric is not None:
+                sig = metric.get_signature()
+                sig.info["nrefs"] = "var" if len(self._nrefs) > 1 else str(
+                    next(iter(self._nrefs), 1))
+                out[name] = sig.format()
+        return out
+
     def score(self, predictions: Sequence[str], references: Sequence[Sequence[str]]
               ) -> list[dict[str, Any]]:
         """``{"scores": {metric: sentence score}, "stats": {metric: vector}}`` per example."""
         out: list[dict[str, Any]] = [{"scores": {}, "stats": {}} for _ in predictions]
+        self._nrefs.update(len(r) for r in references)
         hyps = [_one_line(p) for p in predictions]
         width = max((len(r) for r in references), default=1)
         # sacrebleu wants reference *streams*; None pads a shorter reference list

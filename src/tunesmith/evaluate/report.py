@@ -274,6 +274,15 @@ def _ci(m: dict[str, Any], k: str) -> str:
     return f"[{fmt(lo)}, {fmt(hi)}]"
 
 
+_SETTINGS = {"generation": ("prompt_template", "reference_field", "system", "max_new_tokens",
+                            "temperature", "top_p"),
+             "zero-shot": ("prompt_template", "text_field", "label_field", "labels", "normalize",
+                           "system"),
+             "labels": ("prompt_template", "text_field", "label_field", "labels", "normalize"),
+             "classification": ("text_field", "label_field", "max_length"),
+             "lm": ("max_length",)}
+
+
 def eval_report(summary: dict[str, Any], records: dict[str, list[dict[str, Any]]]) -> Report:
     """The eval report: summary, training curves, metrics, comparison, confusion, examples."""
     from tunesmith.evaluate.analysis import worst_examples, example_card
@@ -286,8 +295,9 @@ def eval_report(summary: dict[str, Any], records: dict[str, list[dict[str, Any]]
     rep.add(Section("summary", "Summary").table(["setting", "value"], [
         ["task", summary["task"]], ["data", summary["data"]], ["examples", summary["examples"]],
         ["models", ", ".join(f"{m['name']} ({m['path']})" for m in models)],
-        *[[k, s[k]] for k in ("prompt_template", "system", "max_new_tokens", "temperature",
-                              "labels", "normalize", "dtype", "bootstrap", "seed") if k in s]]))
+        *[[k, s[k]] for k in _SETTINGS.get(summary["task"], ()) + (
+            "dtype", "bootstrap", "seed") if s.get(k) not in (None, [], "")],
+        *[[f"{k} signature", v] for k, v in summary.get("signatures", {}).items()]]))
     rep.add(training_section(models))
     metrics = list(models[0]["metrics"])
     sec = Section("metrics", "Metrics")
@@ -301,9 +311,9 @@ def eval_report(summary: dict[str, Any], records: dict[str, list[dict[str, Any]]
         rows, flags = [], []
         for c in summary["comparison"]:
             better = (c["delta"] > 0) == c["higher_is_better"]
+            verdict = ("better" if better else "worse") if c["significant"] else "no sig. diff."
             rows.append([c["metric"], c["model"], c["baseline"], c["b"], c["a"], c["delta"],
-                         f"[{fmt(c['low'])}, {fmt(c['high'])}]", c["p_value"],
-                         ("better" if better else "worse") if c["significant"] else "no sig. diff."])
+                         f"[{fmt(c['low'])}, {fmt(c['high'])}]", c["p_value"], verdict])
             flags.append(c["significant"] and not better)
         rep.add(Section("comparison", "Comparison").table(
             ["metric", "model", "baseline", "model value", "baseline value", "difference",

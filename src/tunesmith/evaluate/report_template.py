@@ -47,7 +47,8 @@ HTML = r"""<!DOCTYPE html>
 </style>
 </head>
 <body>
-<header><h1>{{ report.title }}</h1>{% if report.subtitle %}<p>{{ report.subtitle }}</p>{% endif %}</header>
+<header><h1>{{ report.title }}</h1>
+{% if report.subtitle %}<p>{{ report.subtitle }}</p>{% endif %}</header>
 <nav>{% for s in report.sections %}<a href="#{{ s.id }}">{{ s.title }}</a>{% endfor %}</nav>
 <main>
 {% for s in report.sections %}
@@ -60,11 +61,15 @@ HTML = r"""<!DOCTYPE html>
 <table>{% if b.caption %}<caption>{{ b.caption }}</caption>{% endif %}
 <thead><tr>{% for h in b.headers %}<th>{{ h }}</th>{% endfor %}</tr></thead>
 <tbody>{% for row in b.rows %}<tr{% if b.flags and b.flags[loop.index0] %} class="flag"{% endif %}>
-{% for c in row %}<td{% if c is number %} class="num"{% endif %}>{{ c | cell }}</td>{% endfor %}</tr>
+{% for c in row %}<td{% if c is number %} class="num"{% endif %}>{{ c | cell }}</td>
+{% endfor %}</tr>
 {% endfor %}</tbody></table>
-{% elif b.kind == "image" %}<figure><img src="data:image/png;base64,{{ b.png | b64 }}" alt="{{ b.alt }}">{% if b.alt %}<figcaption class="note">{{ b.alt }}</figcaption>{% endif %}</figure>
+{% elif b.kind == "image" %}<figure>
+<img src="data:image/png;base64,{{ b.png | b64 }}" alt="{{ b.alt }}">
+{% if b.alt %}<figcaption class="note">{{ b.alt }}</figcaption>{% endif %}</figure>
 {% elif b.kind == "examples" %}
-{% for ex in b["items"] %}<div class="example{% if ex.flag %} flag{% endif %}"><h4>{{ ex.title }}</h4><dl>
+{% for ex in b["items"] %}<div class="example{% if ex.flag %} flag{% endif %}">
+<h4>{{ ex.title }}</h4><dl>
 {% for k, v in ex.fields %}<dt>{{ k }}</dt><dd>{{ v | cell }}</dd>{% endfor %}</dl></div>
 {% endfor %}
 {% elif b.kind == "verdicts" %}

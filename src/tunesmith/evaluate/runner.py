@@ -19,7 +19,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,38 @@ def class_names(model: Any) -> list[str]:
         [str(i) for i in range(model.config.num_labels)]
 
 
+def config_class_names(source: Path | str) -> list[str] | None:
+    """Class names from a local checkpoint's config.json, without loading weights."""
+    cfg = Path(str(source)) / "config.json"
+    if not cfg.exists():
+        return None
+    config = json.loads(cfg.read_text())
+    if config.get("problem_type") == "multi_label_classification":
+        raise ConfigError("multi-label classifiers are not supported by `tunesmith eval` yet",
+                          where=str(source), got="problem_type multi_label_classification",
+                          fix="score them with `tunesmith predict` and the classification "
+                          "metrics, or evaluate a single-label model")
+    id2label = config.get("id2label") or {}
+    return [str(id2label[k]) for k in sorted(id2label, key=int)] or None
+
+
+def classifier_info(source: Path | str) -> dict[str, Any]:
+    """``tunesmith_classifier.json`` written by the classify recipe (fields, max length)."""
+    from tunesmith.models.classifier import read_classifier_info
+
+    return read_classifier_info(Path(str(source))) if Path(str(source)).is_dir() else {}
+
+
+def resolve_fields(s: T.EvalSettings, sources: Sequence[Path | str], kinds: Sequence[str]
+                   ) -> T.EvalSettings:
+    """Unset text/label fields come from the first classifier's training config, else defaults."""
+    info = next((classifier_info(src) for src, k in zip(sources, kinds) if k == "classifier"),
+                {})
+    return replace(s, text_field=s.text_field or info.get("text_field") or "text",
+                   label_field=s.label_field or info.get("label_field") or "label",
+                   text_pair_field=s.text_pair_field or info.get("text_pair_field"))
+
+
 def _dtype(requested: str) -> str:
     if requested != "auto":
         if requested not in DTYPES:
@@ -122,7 +154,8 @@ def load_model(name: str, kind: str, dtype: str) -> tuple[Any, Any, Path | str]:
 
 def slug(name: str, taken: set[str]) -> str:
     path = Path(name)
-    base = path.name if path.name not in ("final", "best", "") else f"{path.parent.name}-{path.name}"
+    base = path.name if path.name not in ("final", "best", "") else \
+        f"{path.parent.name}-{path.name}"
     base = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.") or "model"
     out, k = base, 2
     while out in taken:
@@ -157,10 +190,12 @@ def resolve_task(kind: str, first: dict[str, Any], s: T.EvalSettings) -> str:
 
 
 # -- the command --------------------------------------------------------------------------------
-def default_out_dir(models: Sequence[str]) -> Path:
+def default_out_dir(models: Sequence[str], data: str) -> Path:
+    """``RUN/eval/<data name>/`` for one run directory (the training loop owns other files
+    in ``RUN/eval/``), else ``evals/<model>-<time>/``."""
     run = run_dir_of(models[0])
     if run is not None and len(models) == 1:
-        return run / "eval"
+        return run / "eval" / slug(Path(data).stem or "data", set())
     return Path("evals") / f"{slug(models[0], set())}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -178,12 +213,13 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
     if not models:
         raise ConfigError("no model to evaluate", where="command line",
                           fix="tunesmith eval MODEL_OR_RUN [MORE...] --data FILE")
-    out = out or default_out_dir(models)
+    out = out or default_out_dir(models, data)
     _check_out_dir(out)
     dtype = _dtype(s.dtype)
     rows = read_rows(data, limit=s.limit)
     sources = [resolve_artifact(m) for m in models]
     kinds = [model_kind(src) for src in sources]
+    s = resolve_fields(s, sources, kinds)
     task_of = [resolve_task(k, rows[0].data, s) for k in kinds]
     families = {FAMILY[t] for t in task_of}
     if len(families) > 1:
@@ -201,23 +237,28 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
         items["lm"] = T.build_lm(rows)
     elif "zero-shot" in task_of:
         items["zero-shot"] = T.build_labelled(rows, s, T.zero_shot_labels(rows, s))
+    for src, task in zip(sources, task_of):
+        known = config_class_names(src) if task == "classification" else None
+        if known:
+            T.build_labelled(rows, s, known)  # labels the classifier cannot know fail now
 
-    results, taken = [], set()
-    for name, kind, task in zip(models, kinds, task_of):
+    results, taken, signatures = [], set(), {}
+    for name, src, kind, task in zip(models, sources, kinds, task_of):
         dirname = slug(name, taken)
         label = name if list(models).count(name) == 1 else f"{name} ({dirname})"
         model, tok, path = load_model(name, kind, dtype)
         progress = (lambda d, n, _l=label: on_progress(_l, d, n)) if on_progress else None
         names: list[str] | None = None
         if task == "generation":
-            records = T.run_generation(model, tok, items["generation"], s,
-                                       GenerationScorer(metrics), progress)
+            scorer = GenerationScorer(metrics)
+            records = T.run_generation(model, tok, items["generation"], s, scorer, progress)
+            signatures = scorer.signatures()
         elif task == "lm":
             records = T.run_lm(model, tok, items["lm"], s, progress)
         elif task == "classification":
             names = class_names(model)
             records = T.run_classifier(model, tok, T.build_labelled(rows, s, names), s, names,
-                                       progress)
+                                       progress, classifier_info(src).get("max_length") or 512)
         else:
             names = T.zero_shot_labels(rows, s)
             records = T.run_zero_shot(model, tok, items["zero-shot"], s, names, progress)
@@ -229,7 +270,7 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
     summary = {"task": task_of[0] if len(set(task_of)) == 1 else "labels", "data": str(data),
                "examples": len(rows), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "settings": {k: v for k, v in asdict(s).items() if v is not None},
-               "metric_info": {m: asdict(INFO[m]) for m in metrics},
+               "metric_info": {m: asdict(INFO[m]) for m in metrics}, "signatures": signatures,
                "models": [{k: v for k, v in r.items() if k != "records"} for r in results],
                "comparison": compare(results, metrics, s.bootstrap, s.seed)}
     _write(out, summary, results)

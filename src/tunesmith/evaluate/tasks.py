@@ -35,6 +35,7 @@ TASKS = ("generation", "lm", "classification", "zero-shot")
 REFERENCE_FIELDS = ("target", "reference", "references", "answer", "answers", "summaries",
                     "summary", "output", "completion", "response")
 Progress = Callable[[int, int], None]
+LM_MAX_LENGTH = 2048
 
 
 @dataclass
@@ -45,8 +46,9 @@ class EvalSettings:
     metrics: list[str] = field(default_factory=list)
     prompt_template: str | None = None
     reference_field: str | None = None
-    text_field: str = "text"
-    label_field: str = "label"
+    text_field: str | None = None  # None: the classifier's own, else "text"
+    text_pair_field: str | None = None
+    label_field: str | None = None  # None: the classifier's own, else "label"
     labels: list[str] | None = None
     normalize: bool = False
     max_new_tokens: int = 256
@@ -55,7 +57,7 @@ class EvalSettings:
     seed: int = 0
     system: str | None = None
     batch_size: int = 8
-    max_length: int = 2048
+    max_length: int | None = None  # None: the classifier's own (else 512); 2048 for LMs
     limit: int | None = None
     bootstrap: int = 1000
     dtype: str = "auto"
@@ -72,6 +74,7 @@ class Item:
     prompt: Prompt | None = None
     references: list[str] | None = None
     label: str | None = None
+    pair: str | None = None
     example: Example | None = None
 
 
@@ -199,8 +202,17 @@ def build_labelled(rows: Sequence[Row], s: EvalSettings, names: Sequence[str]) -
                                 got=text if s.text_field in row.data else sorted(row.data),
                                 fix="name the text field with --text-field, or build the "
                                 "input with --prompt-template")
+        pair = None
+        if s.text_pair_field:
+            pair = row.data.get(s.text_pair_field)
+            if not isinstance(pair, str):
+                raise DataError(f"record has no text in the pair field `{s.text_pair_field}`",
+                                where=f"{row.where} field {s.text_pair_field}",
+                                got=pair if s.text_pair_field in row.data else sorted(row.data),
+                                fix="give every record the second text, or drop "
+                                "--text-pair-field")
         label = label_name(row.data[s.label_field], names, row.where, s.label_field)
-        items.append(Item(i, row.where, row.data, text, prompt=text, label=label))
+        items.append(Item(i, row.where, row.data, text, prompt=text, label=label, pair=pair))
     return items
 
 
@@ -233,7 +245,7 @@ def run_generation(model: Any, tok: Any, items: Sequence[Item], s: EvalSettings,
 def run_lm(model: Any, tok: Any, items: Sequence[Item], s: EvalSettings,
            progress: Progress | None = None) -> list[dict[str, Any]]:
     """Per-row loss over the tokens training would learn (the chat template's label mask)."""
-    encoder = Encoder(tok, s.max_length)
+    encoder = Encoder(tok, s.max_length or LM_MAX_LENGTH)
     lm_loss = CausalLMLoss(model)
     records, step = [], s.batch_size * 8
     for start in range(0, len(items), step):
@@ -243,7 +255,7 @@ def run_lm(model: Any, tok: Any, items: Sequence[Item], s: EvalSettings,
             enc = encoder.fit(encoder.encode(it.example))  # type: ignore[arg-type]
             if enc is None:
                 raise DataError("record has no token to score within --max-length",
-                                where=it.where, got=f"max_length {s.max_length}",
+                                where=it.where, got=f"max_length {encoder.max_length}",
                                 fix="raise --max-length or shorten the record")
             encs.append(enc)
         for it, (nll, n, hits) in zip(chunk, score_encoded(lm_loss, encs, tok.pad_token_id,
@@ -269,22 +281,24 @@ def _label_record(it: Item, names: Sequence[str], logp: torch.Tensor,
 
 
 @torch.inference_mode()
-def classifier_logprobs(model: Any, tok: Any, texts: Sequence[str], max_length: int
-                        ) -> torch.Tensor:
+def classifier_logprobs(model: Any, tok: Any, texts: Sequence[str], max_length: int,
+                        pairs: Sequence[str] | None = None) -> torch.Tensor:
     """Log-probabilities [len(texts), classes] of a sequence classifier for one batch."""
     device = next(model.parameters()).device
-    enc = tok(list(texts), truncation=True, max_length=max_length, padding=True,
-              return_tensors="pt").to(device)
+    enc = tok(list(texts), list(pairs) if pairs is not None else None, truncation=True,
+              max_length=max_length, padding=True, return_tensors="pt").to(device)
     return torch.log_softmax(model(**enc).logits.float(), -1).cpu()
 
 
 def run_classifier(model: Any, tok: Any, items: Sequence[Item], s: EvalSettings,
-                   names: Sequence[str], progress: Progress | None = None
-                   ) -> list[dict[str, Any]]:
+                   names: Sequence[str], progress: Progress | None = None,
+                   max_length: int = 512) -> list[dict[str, Any]]:
     records = []
     for start in range(0, len(items), s.batch_size):
         chunk = items[start:start + s.batch_size]
-        logp = classifier_logprobs(model, tok, [it.input for it in chunk], s.max_length)
+        pairs = [it.pair or "" for it in chunk] if s.text_pair_field else None
+        logp = classifier_logprobs(model, tok, [it.input for it in chunk],
+                                   s.max_length or max_length, pairs)
         records += [_label_record(it, names, lp) for it, lp in zip(chunk, logp)]
         if progress:
             progress(min(start + s.batch_size, len(items)), len(items))
@@ -295,7 +309,7 @@ def run_zero_shot(model: Any, tok: Any, items: Sequence[Item], s: EvalSettings,
                   names: Sequence[str], progress: Progress | None = None
                   ) -> list[dict[str, Any]]:
     """Log-likelihood of each label as the assistant's answer; softmax over the labels."""
-    encoder = Encoder(tok, s.max_length)
+    encoder = Encoder(tok, s.max_length or LM_MAX_LENGTH)
     lm_loss = CausalLMLoss(model)
     records, step = [], max(1, s.batch_size * 4 // max(1, len(names)))
     system = [{"role": "system", "content": s.system}] if s.system else []
@@ -310,7 +324,7 @@ def run_zero_shot(model: Any, tok: Any, items: Sequence[Item], s: EvalSettings,
                 enc = encoder.fit(encoder.encode(ex))
                 if enc is None or enc.truncated:
                     raise DataError("prompt and label do not fit in --max-length",
-                                    where=it.where, got=f"max_length {s.max_length}",
+                                    where=it.where, got=f"max_length {encoder.max_length}",
                                     fix="raise --max-length or shorten the input")
                 encs.append(enc)
         scored = score_encoded(lm_loss, encs, tok.pad_token_id, s.batch_size)

@@ -25,7 +25,9 @@ def predict(
     file: Annotated[Optional[Path], typer.Option(
         "--file", help="JSONL/CSV/JSON/Parquet with one text per row.")] = None,
     output: Annotated[Optional[Path], typer.Option(
-        "-o", "--output", help="Write JSONL here (default: standard output).")] = None,
+        "-o", "--output", help="Write JSONL here (default: standard output): each input row "
+        "plus predicted_label (predicted_labels for multi-label), score and probabilities.")
+    ] = None,
     text_field: Annotated[Optional[str], typer.Option(
         help="Field holding the text (default: the training run's text field).")] = None,
     threshold: Annotated[Optional[float], typer.Option(
@@ -35,12 +37,10 @@ def predict(
     precision: Annotated[str, typer.Option(
         help="auto (bf16 where the CPU/GPU runs it fast), fp32 or bf16.")] = "auto",
 ) -> None:
-    """Classify texts: the label and every class probability, per row (JSONL).
-
-    Each output row is the input row plus `predicted_label` (`predicted_labels` for
-    multi-label models), `score` and `probabilities`. When the input rows carry the training
-    label field, accuracy and macro-F1 are printed to standard error.
-    """
+    """Classify texts with a trained classifier: label and per-class probabilities (JSONL)."""
+    # Each output row is the input row plus `predicted_label` (`predicted_labels` for
+    # multi-label models), `score` and `probabilities`. When the rows carry the training label
+    # field, accuracy and macro-F1 go to standard error.
     from tunesmith.inference.predict import load_predictor, predict_file
 
     err = Console(stderr=True)

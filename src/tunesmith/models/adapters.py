@@ -158,11 +158,19 @@ def _apply_lora(model: nn.Module, method: MethodConfig, task_type: str = "CAUSAL
     return get_peft_model(model, cfg)
 
 
+_DROPOUT_ATTRS = ("attention_dropout", "dropout", "hidden_dropout", "activation_dropout")
+
+
 def set_dropout(model: nn.Module, p: float) -> None:
     """Override every dropout probability (modules and config fields)."""
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = p
+        # Llama/Mistral/Qwen attention copies config.attention_dropout into a float attribute
+        # at construction and passes it to the attention kernel: the config alone is too late.
+        for attr in _DROPOUT_ATTRS:
+            if isinstance(getattr(m, attr, None), float):
+                setattr(m, attr, p)
     cfg = getattr(model, "config", None)
     for key in ("attention_dropout", "hidden_dropout", "hidden_dropout_prob",
                 "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop"):

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from tunesmith.config.schema import RunConfig
 from tunesmith.data.classification import ClsData, prepare_classification
@@ -31,9 +32,10 @@ from tunesmith.models.classifier import (
 )
 from tunesmith.models.load import load_tokenizer, resolve_artifact
 from tunesmith.recipes import run_dir as rd
+from tunesmith.recipes.sft import make_accelerator
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.classify_loop import ClassifyLoop, ClassifyLoopResult, StepCallback
-from tunesmith.train.precision import accelerate_mixed_precision, resolve_precision
+from tunesmith.train.precision import resolve_precision
 
 
 @dataclass
@@ -87,24 +89,23 @@ def classifier_info(cfg: RunConfig, names: list[str]) -> dict[str, Any]:
 
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
         callbacks: list[StepCallback] | None = None) -> ClassifyResult:
-    from accelerate import Accelerator
-
     console = Console(stderr=True)
     torch.manual_seed(cfg.train.seed)
     precision = resolve_precision(cfg.train.precision)
-    accelerator = Accelerator(mixed_precision=accelerate_mixed_precision(precision),
-                              cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(precision)
     source = resolve_artifact(cfg.model.name)
     tok = load_tokenizer(source, None, cfg.model.trust_remote_code)
+    # data errors surface before the model loads and before a run directory exists
     data: ClsData = prepare_classification(cfg.data, cfg.classification, tok, cfg.train.seed)
     names = data.labels.names
     model, unfreezer, chosen = build_model(cfg, tok, source, names)
     if progress and accelerator.is_main_process:
         for w in data.warnings:
-            console.print(f"[yellow]warning:[/] {w}", highlight=False)
+            console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
 
+    # a failed --resume must not leave a fresh, empty-looking run behind
+    resume_from = ckpt.latest_checkpoint(rd.run_dir_for(cfg)) if resume else None
     run_dir = rd.open_run_dir(cfg, resume, overwrite)
-    resume_from = ckpt.latest_checkpoint(run_dir) if resume else None
     stats = {k: v.as_dict() for k, v in data.stats.items()}
     rd.write_manifest(run_dir, cfg, tok, stats, {
         "precision": precision, "trainable": adapters.trainable_summary(model),

@@ -256,7 +256,8 @@ class ClassifyLoop:
                           "grad_norm": gnorm,
                           "epoch": state["epoch"] + state["cursor"] / max(len(batches), 1),
                           "examples_per_s": examples_seen / max(train_time, 1e-9),
-                          "tokens_per_s": tokens_seen / max(train_time, 1e-9)}
+                          "tokens_per_s": tokens_seen / max(train_time, 1e-9),
+                          "step_examples": n_ex, "step_tokens": n_tok}
                 if step % tc.log_every == 0 or step == self.total:
                     tracker.log(step, values)
                 view.update(step, values)

@@ -9,8 +9,10 @@ input or options), without a traceback.
 from __future__ import annotations
 
 import json
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -21,8 +23,11 @@ from tunesmith.errors import TunesmithError, UsageError
 
 
 def _fail(exc: TunesmithError) -> typer.Exit:
+    from rich.markup import escape
+
+    # the message quotes user data ("[EMAIL]", "[1, 2]"): escape it so rich prints it verbatim
     Console(stderr=True, highlight=False, soft_wrap=True).print(
-        f"[bold red]Error:[/] {exc.render()}", markup=True)
+        f"[bold red]Error:[/] {escape(exc.render())}")
     return typer.Exit(exc.exit_code)
 
 
@@ -35,6 +40,24 @@ def _progress(console: Console, enabled: bool) -> tuple[Any, Callable[[str, int]
         status.update(f"{stage}: {n:,} rows")
 
     return status, update
+
+
+@contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so the staging directory is removed on kill."""
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise)
+    except ValueError:  # not the main thread (e.g. called from a server): leave it alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def inspect_command(
@@ -159,7 +182,8 @@ def prepare_command(
         if status is not None:
             status.start()
         try:
-            result = prepare(cfg, progress=progress)
+            with _terminate_cleanly():
+                result = prepare(cfg, progress=progress)
         finally:
             if status is not None:
                 status.stop()

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tunesmith.data.prepare.fields import detect_format, iter_texts
+from tunesmith.data.prepare.source import BadRow, describe_source, iter_source
 from tunesmith.data.prepare.textkeys import exact_key, hash64, near_from_exact, word_ngrams_many
 
 
@@ -138,6 +140,29 @@ class EvalIndex:
             hits[r] = Hit("ngram", field, self._where[ev], self._source[ev], int(per_text[m]),
                           snippet)
         return hits
+
+
+def index_eval_file(index: EvalIndex, path: str, label_field: str = "label",
+                    strict: bool = False) -> dict[str, object]:
+    """Add every row of an evaluation file (any format) to ``index``; describe the file.
+
+    Each row's format is detected on its own (an evaluation file need not share the train
+    format); a row of no known format contributes all its string values.
+    """
+    info = describe_source(path)
+    rows = bad = 0
+    for item in iter_source(path):
+        if isinstance(item, BadRow):
+            if strict:
+                raise item.to_error()
+            bad += 1
+            continue
+        fmt = detect_format(item.data, label_field)
+        texts = ([t for _, t in iter_texts(item.data, fmt)] if fmt else
+                 [v for v in item.data.values() if isinstance(v, str)])
+        index.add(texts, item.where, path)
+        rows += 1
+    return {**info, "rows": rows, "unreadable_rows": bad}
 
 
 def _longest_run(mask: np.ndarray) -> tuple[int, int]:

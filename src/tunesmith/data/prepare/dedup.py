@@ -18,13 +18,15 @@ with each member, each member with the previous one), so the work is linear in b
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from tunesmith.data.prepare.textkeys import char_shingles_many, fmix64
+from tunesmith.data.prepare.writers import JsonlWriter
 
 _U32, _U64 = np.uint32, np.uint64
 _SIG_BITS = 16  # bits of each MinHash value kept for verification (b-bit MinHash)
@@ -259,3 +261,25 @@ class NearDupIndex:
     def close(self) -> None:
         if not self._sig_file.closed:
             self._sig_file.close()
+
+
+def write_clusters(result: NearDupResult, where: Sequence[str], snippets: dict[int, str],
+                   path: Path, top: int = 5) -> tuple[int, list[dict[str, Any]]]:
+    """Write one line per cluster (kept row, removed rows, similarities), largest first.
+
+    Returns the number of clusters and the ``top`` largest, for the data card.
+    """
+    members: dict[int, list[int]] = {}
+    for j in np.nonzero(result.drop)[0].tolist():
+        members.setdefault(int(result.kept_of[j]), []).append(j)
+    largest: list[dict[str, Any]] = []
+    with JsonlWriter(path) as out:
+        for kept in sorted(members, key=lambda k: (-len(members[k]), k)):
+            record = {"kept": where[kept], "kept_text": snippets.get(kept, ""),
+                      "removed": [{"where": where[j],
+                                   "similarity": round(float(result.similarity[j]), 3),
+                                   "text": snippets.get(j, "")} for j in members[kept]]}
+            out.write(record)
+            if len(largest) < top:
+                largest.append(record)
+    return len(members), largest

@@ -225,3 +225,13 @@ def get_path(data: dict[str, Any], dotted: str) -> Any:
             return None
         node = node[part]
     return node
+
+
+def type_name(value: Any) -> str:
+    """JSON-ish type name of a value, for schema reports."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    return {int: "int", float: "float", str: "string", list: "list", dict: "object"}.get(
+        type(value), type(value).__name__)

@@ -22,7 +22,7 @@ import numpy as np
 
 from tunesmith.data.prepare.card import short
 from tunesmith.data.prepare.fields import (FORMATS, check_row, detect_format, iter_texts,
-                                           majority_format)
+                                           majority_format, type_name)
 from tunesmith.data.prepare.source import BadRow, expand_inputs, iter_source
 from tunesmith.data.prepare.textkeys import exact_key, hash64
 from tunesmith.data.readers import Row
@@ -158,7 +158,7 @@ def inspect_dataset(path: str, *, fmt: str = "auto", label_field: str = "label",
         formats_seen[detect_format(data, label_field) or "unknown"] += 1
         for key, value in data.items():
             present[key] += 1
-            types.setdefault(key, Counter())[_type(value)] += 1
+            types.setdefault(key, Counter())[type_name(value)] += 1
             if value is None or value == "" or value == [] or value == {}:
                 empty[key] += 1
             length = _length(value)
@@ -219,15 +219,6 @@ def inspect_dataset(path: str, *, fmt: str = "auto", label_field: str = "label",
                             "truncated_rows": truncated,
                             "truncated_share": round(truncated / len(tl), 4) if len(tl) else 0.0}
     return report
-
-
-def _type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    return {int: "int", float: "float", str: "string", list: "list", dict: "object"}.get(
-        type(value), type(value).__name__)
 
 
 def _length(value: Any) -> int | None:

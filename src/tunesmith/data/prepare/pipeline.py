@@ -30,13 +30,14 @@ import numpy as np
 from tunesmith.data.prepare import card as card_mod
 from tunesmith.data.prepare.clean import Cleaner
 from tunesmith.data.prepare.config import PrepareConfig
-from tunesmith.data.prepare.contamination import EvalIndex, Hit
-from tunesmith.data.prepare.dedup import ExactDeduper, NearDupIndex, NearDupResult
-from tunesmith.data.prepare.fields import (check_row, detect_format, get_path, iter_texts,
-                                           majority_format, map_texts)
+from tunesmith.data.prepare.contamination import EvalIndex, Hit, index_eval_file
+from tunesmith.data.prepare.dedup import ExactDeduper, NearDupIndex, NearDupResult, write_clusters
+from tunesmith.data.prepare.fields import (check_row, get_path, iter_texts, majority_format,
+                                           map_texts, type_name)
+from tunesmith.data.prepare.ledger import Ledger, WhereLog, problem_fix
 from tunesmith.data.prepare.pii import PiiScrubber
 from tunesmith.data.prepare.source import BadRow, describe_source, expand_inputs, iter_source
-from tunesmith.data.prepare.split import SPLITS, assign_splits
+from tunesmith.data.prepare.split import SPLITS, CodeBook, assign_splits
 from tunesmith.data.prepare.textkeys import exact_key, hash64, near_from_exact
 from tunesmith.data.prepare.writers import (JsonlWriter, check_output_dir, jsonl_to_parquet,
                                             staging_dir)
@@ -56,31 +57,11 @@ class PrepareResult:
     card: dict[str, Any]
 
 
-class CodeBook:
-    """Small integer codes for label values (1 and "1" stay different labels)."""
-
-    def __init__(self) -> None:
-        self._codes: dict[str, int] = {}
-        self.values: list[Any] = []
-
-    def code(self, value: Any) -> int:
-        key = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
-        found = self._codes.get(key)
-        if found is None:
-            found = self._codes[key] = len(self.values)
-            self.values.append(value)
-        return found
-
-    def name(self, code: int) -> str:
-        value = self.values[code]
-        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
 @dataclass
 class _Kept:
-    """Fixed-size facts about every row that survived pass 1, by spool position."""
+    """Compact facts about every row that survived pass 1, by spool position."""
 
-    where: list[str] = field(default_factory=list)
+    where: WhereLog
     content: array = field(default_factory=lambda: array("Q"))
     label: array = field(default_factory=lambda: array("i"))
     stratum: array = field(default_factory=lambda: array("i"))
@@ -111,15 +92,11 @@ class _Run:
         self.work = stage / ".work"
         self.work.mkdir()
         self.reports = stage / "reports"
-        self.rejected = JsonlWriter(self.reports / "rejected.jsonl")
-        self.removed = JsonlWriter(self.reports / "removed.jsonl")
-        self.reject_reasons: Counter[str] = Counter()
-        self.reject_examples: list[dict[str, Any]] = []
-        self.removed_by_step: Counter[str] = Counter()
+        self.ledger = Ledger(self.reports, cfg.strict, len(inputs))
         self.label_conflicts = 0
         self.read = 0
-        self.sources = [{"path": s, "rows_read": 0, "rejected": 0} for s in inputs]
-        self.kept = _Kept()
+        self.sources: list[dict[str, Any]] = [{"path": s, "rows_read": 0} for s in inputs]
+        self.kept = _Kept(WhereLog(inputs))
         self.labels, self.strata = CodeBook(), CodeBook()
         self.fmt = "" if cfg.format == "auto" else cfg.format
         self.stratify_field = self._stratify_field()
@@ -156,19 +133,20 @@ class _Run:
         near = self._near_duplicates()
         split_of = self._assign(near)
         index, snippets = self._pass2(near, split_of)
-        counts = self._pass3(near, split_of, index)
-        self.rejected.close()
-        self.removed.close()
+        counts = self._pass3(split_of, index)
+        self.ledger.close()
         if not any(w.count for w in counts["writers"].values()):
             self._nothing_left()
-        self._write_cluster_report(near, snippets)
-        return self._finish(near, split_of, index, counts)
+        clusters = (write_clusters(near, self.kept.where, snippets,
+                                   self.reports / "near_duplicates.jsonl")
+                    if near is not None else (0, []))
+        return self._finish(near, clusters, index, counts)
 
     def _nothing_left(self) -> None:
         """An empty result is a mistake worth stopping for: say where the rows went."""
-        reasons = dict(self.reject_reasons)
-        reasons.update({f"removed by {k}": v for k, v in self.removed_by_step.items()})
-        first = self.reject_examples[0] if self.reject_examples else None
+        reasons = dict(self.ledger.reject_reasons)
+        reasons.update({f"removed by {k}": v for k, v in self.ledger.removed_by_step.items()})
+        first = self.ledger.reject_examples[0] if self.ledger.reject_examples else None
         raise DataError(f"no rows left after preparing {self.read:,} input rows",
                         where=first["where"] if first else ", ".join(self.inputs),
                         got=reasons,
@@ -209,16 +187,16 @@ class _Run:
         self.read += 1
         self.sources[si]["rows_read"] += 1
         if isinstance(item, BadRow):
-            self._reject(si, item.where, item.reason, item.message, item.got, item.to_error())
+            self.ledger.reject(si, item.where, item.reason, item.message, item.got, item.to_error())
             return
         data, where = item.data, item.where
         problem = check_row(data, self.fmt, self.cfg.label_field)
         if problem is not None:
             err = DataError(problem.message, where=f"{where} (field '{problem.field}')",
-                            got=problem.value, fix=_problem_fix(problem.reason, self.fmt,
-                                                                self.cfg.label_field))
-            self._reject(si, where, problem.reason, f"{problem.message} (field "
-                         f"'{problem.field}')", problem.value, err)
+                            got=problem.value, fix=problem_fix(problem.reason, self.fmt,
+                                                               self.cfg.label_field))
+            self.ledger.reject(si, where, problem.reason,
+                               f"{problem.message} (field '{problem.field}')", problem.value, err)
             return
         group_value = None
         if self.cfg.split.group_by:
@@ -228,12 +206,12 @@ class _Run:
                 err = DataError(f"group field '{field_name}' has no value", where=f"{where} "
                                 f"(field '{field_name}')", got=sorted(data),
                                 fix="give every row a value for the --group-by field")
-                self._reject(si, where, "missing_group", f"group field '{field_name}' has no "
-                             "value", None, err)
+                self.ledger.reject(si, where, "missing_group",
+                                   f"group field '{field_name}' has no value", None, err)
                 return
         data, reason, detail = self.cleaner.clean_row(data)
         if reason:
-            self._remove(where, "clean", reason, detail=detail)
+            self.ledger.remove(where, "clean", reason, detail=detail)
             return
         if self.scrubber is not None:
             self.scrubber.begin_row()
@@ -251,10 +229,10 @@ class _Run:
                     self.label_conflicts += 1
                     extra["label_conflict"] = [self.labels.name(self.kept.label[first]),
                                                self.labels.name(self.labels.code(label))]
-                self._remove(where, "exact_dedup", "exact_duplicate", **extra)
+                self.ledger.remove(where, "exact_dedup", "exact_duplicate", **extra)
                 return
         kept = self.kept
-        kept.where.append(where)
+        kept.where.append(si, where)
         kept.content.append(content)
         kept.label.append(self.labels.code(label) if label is not None else -1)
         if self.stratify_field:
@@ -268,22 +246,6 @@ class _Run:
             self.near.add(" ".join(near_from_exact(key) for _, key in keys))
         self.spool.write(data)
 
-    def _reject(self, si: int, where: str, reason: str, message: str, got: Any,
-                error: DataError) -> None:
-        if self.cfg.strict:
-            raise error
-        self.sources[si]["rejected"] += 1
-        self.reject_reasons[reason] += 1
-        record = {"where": where, "reason": reason, "message": message,
-                  "got": card_mod.short(got)}
-        if len(self.reject_examples) < 20:
-            self.reject_examples.append(record)
-        self.rejected.write(record)
-
-    def _remove(self, where: str, step: str, reason: str, **extra: Any) -> None:
-        self.removed_by_step[step] += 1
-        self.removed.write({"where": where, "step": step, "reason": reason, **extra})
-
     # ------------------------------------------------------ between passes
     def _near_duplicates(self) -> NearDupResult | None:
         if self.near is None:
@@ -291,9 +253,9 @@ class _Run:
         self.progress("near-duplicates", len(self.kept.where))
         result = self.near.find()
         for j in np.nonzero(result.drop)[0].tolist():
-            self._remove(self.kept.where[j], "near_dedup", "near_duplicate",
-                         duplicate_of=self.kept.where[int(result.kept_of[j])],
-                         similarity=round(float(result.similarity[j]), 3))
+            self.ledger.remove(self.kept.where[j], "near_dedup", "near_duplicate",
+                               duplicate_of=self.kept.where[int(result.kept_of[j])],
+                               similarity=round(float(result.similarity[j]), 3))
         return result
 
     def _assign(self, near: NearDupResult | None) -> np.ndarray:
@@ -332,31 +294,12 @@ class _Run:
                 if index is not None and split_of[i] >= 1:
                     index.add((t for _, t in iter_texts(data, self.fmt)), self.kept.where[i],
                               SPLITS[split_of[i]])
-        if index is not None:
-            self.eval_sources = [self._index_eval_file(index, f) for f in self.eval_files]
-        else:
-            self.eval_sources = []
+        self.eval_sources = ([index_eval_file(index, f, self.cfg.label_field, self.cfg.strict)
+                              for f in self.eval_files] if index is not None else [])
         return (index if has_eval else None), snippets
 
-    def _index_eval_file(self, index: EvalIndex, path: str) -> dict[str, Any]:
-        info = describe_source(path)
-        rows = bad = 0
-        for item in iter_source(path):
-            if isinstance(item, BadRow):
-                if self.cfg.strict:
-                    raise item.to_error()
-                bad += 1
-                continue
-            fmt = detect_format(item.data, self.cfg.label_field)
-            texts = ([t for _, t in iter_texts(item.data, fmt)] if fmt else
-                     [v for v in item.data.values() if isinstance(v, str)])
-            index.add(texts, item.where, path)
-            rows += 1
-        return {**info, "rows": rows, "unreadable_rows": bad}
-
     # ---------------------------------------------------------------- pass 3
-    def _pass3(self, near: NearDupResult | None, split_of: np.ndarray,
-               index: EvalIndex | None) -> dict[str, Any]:
+    def _pass3(self, split_of: np.ndarray, index: EvalIndex | None) -> dict[str, Any]:
         names = [s for s, r in self.cfg.split.ratios().items() if r > 0]
         writers = {s: JsonlWriter(self.work / f"{s}.jsonl") for s in names}
         label_counts: dict[str, Counter[str]] = {s: Counter() for s in names}
@@ -385,13 +328,13 @@ class _Run:
                     if len(examples) < 10:
                         examples.append(record)
                     if remove:
-                        self._remove(self.kept.where[i], "decontaminate", f"{hit.kind}_overlap",
+                        self.ledger.remove(self.kept.where[i], "decontaminate", f"{hit.kind}_overlap",
                                      eval_where=hit.eval_where)
                         continue
                 split = SPLITS[split_of[i]]
                 writers[split].write(data)
                 for key, value in data.items():
-                    schema.setdefault(key, Counter())[_type_name(value)] += 1
+                    schema.setdefault(key, Counter())[type_name(value)] += 1
                 if self.kept.label[i] >= 0:
                     label_counts[split][self.labels.name(self.kept.label[i])] += 1
             batch.clear()
@@ -411,25 +354,7 @@ class _Run:
                 "flagged": flagged, "flagged_kind": flagged_kind, "examples": examples}
 
     # ----------------------------------------------------------------- output
-    def _write_cluster_report(self, near: NearDupResult | None, snippets: dict[int, str]) -> None:
-        self.clusters: list[dict[str, Any]] = []
-        if near is None:
-            return
-        members: dict[int, list[int]] = {}
-        for j in np.nonzero(near.drop)[0].tolist():
-            members.setdefault(int(near.kept_of[j]), []).append(j)
-        with JsonlWriter(self.reports / "near_duplicates.jsonl") as out:
-            for kept in sorted(members, key=lambda k: (-len(members[k]), k)):
-                record = {"kept": self.kept.where[kept], "kept_text": snippets.get(kept, ""),
-                          "removed": [{"where": self.kept.where[j],
-                                       "similarity": round(float(near.similarity[j]), 3),
-                                       "text": snippets.get(j, "")} for j in members[kept]]}
-                out.write(record)
-                if len(self.clusters) < 5:
-                    self.clusters.append(record)
-        self.cluster_count = len(members)
-
-    def _finish(self, near: NearDupResult | None, split_of: np.ndarray,
+    def _finish(self, near: NearDupResult | None, clusters: tuple[int, list[dict[str, Any]]],
                 index: EvalIndex | None, counts: dict[str, Any]) -> dict[str, Any]:
         writers: dict[str, JsonlWriter] = counts["writers"]
         files: dict[str, Path] = {}
@@ -442,16 +367,17 @@ class _Run:
                 shutil.move(str(writer.path), dest)
             files[split] = dest
         shutil.rmtree(self.work, ignore_errors=True)
-        for src in self.sources:
-            src.update(describe_source(str(src["path"])))
+        for src, rejected in zip(self.sources, self.ledger.rejected_per_source):
+            src.update(rejected=rejected, **describe_source(str(src["path"])))
+        ledger = self.ledger
         facts = card_mod.RunFacts(
             cfg=self.cfg, fmt=self.fmt, sources=self.sources, eval_sources=self.eval_sources,
-            read=self.read, reject_reasons=dict(self.reject_reasons),
-            reject_examples=self.reject_examples, removed_by_step=dict(self.removed_by_step),
+            read=self.read, reject_reasons=dict(ledger.reject_reasons),
+            reject_examples=ledger.reject_examples, removed_by_step=dict(ledger.removed_by_step),
             clean=self.cleaner.stats.as_dict(),
             pii=self.scrubber.stats.as_dict() if self.scrubber else None,
             label_conflicts=self.label_conflicts,
-            near={"clusters": getattr(self, "cluster_count", 0), "largest": self.clusters,
+            near={"clusters": clusters[0], "largest": clusters[1],
                   "candidate_pairs": near.candidate_pairs, "verified_pairs": near.verified_pairs,
                   "bands": self.near.bands, "rows_per_band": self.near.rows}
             if near is not None and self.near is not None else None,
@@ -467,24 +393,3 @@ class _Run:
         card = card_mod.build_card(facts)
         card_mod.write_card(self.stage, card)
         return card
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    return {int: "int", float: "float", str: "string", list: "list", dict: "object"}.get(
-        type(value), type(value).__name__)
-
-
-def _problem_fix(reason: str, fmt: str, label_field: str) -> str:
-    if reason == "missing_label":
-        return f"give the row a '{label_field}' value, or remove it"
-    if reason == "schema_mismatch":
-        return f"keep one record format per dataset ({fmt} here), or prepare the files separately"
-    if reason == "no_assistant":
-        return "add the assistant's reply to the conversation"
-    if reason == "bad_role":
-        return "use the roles system, user, assistant (or tool)"
-    return f"give the row the fields of the {fmt} format with string values"

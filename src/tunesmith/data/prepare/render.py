@@ -9,11 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tunesmith.data.prepare.card import short
 
 _BAR = 30
+
+
+def _e(value: Any) -> str:
+    """User data (paths, field names, labels, text) printed verbatim, never as markup."""
+    return escape(str(value))
 
 
 def _bar(n: int, top: int) -> str:
@@ -23,20 +29,20 @@ def _bar(n: int, top: int) -> str:
 def render_inspect(report: dict[str, Any], console: Console) -> None:
     """Tables for one ``inspect_dataset`` report."""
     fmt = report["format"] or "unrecognised"
-    console.print(f"[bold]{report['path']}[/]: {report['rows']:,} rows, format [bold]{fmt}[/]")
+    console.print(f"[bold]{_e(report['path'])}[/]: {report['rows']:,} rows, format [bold]{fmt}[/]")
     if len(report["row_formats"]) > 1:
-        console.print(f"[yellow]mixed record shapes:[/] {report['row_formats']}")
+        console.print(f"[yellow]mixed record shapes:[/] {_e(report['row_formats'])}")
     fields = Table(title="Fields", title_justify="left")
     for col in ("field", "present", "empty", "types", "chars p50", "p95", "max"):
         fields.add_column(col, justify="left" if col in ("field", "types") else "right")
     for name, f in report["fields"].items():
         chars = f.get("chars", {})
-        fields.add_row(name, f"{f['present']:,}", f"{f['empty']:,}",
+        fields.add_row(_e(name), f"{f['present']:,}", f"{f['empty']:,}",
                        ", ".join(f"{t}:{n}" for t, n in f["types"].items()),
                        str(chars.get("p50", "")), str(chars.get("p95", "")), str(chars.get("max", "")))
     console.print(fields)
     if "labels" in report:
-        labels = Table(title=f"Labels ({report['labels']['field']})", title_justify="left")
+        labels = Table(title=f"Labels ({_e(report['labels']['field'])})", title_justify="left")
         labels.add_column("label")
         labels.add_column("rows", justify="right")
         labels.add_column("share", justify="right")
@@ -44,14 +50,14 @@ def render_inspect(report: dict[str, Any], console: Console) -> None:
         counts = report["labels"]["counts"]
         total, top = sum(counts.values()), max(counts.values())
         for label, n in counts.items():
-            labels.add_row(str(label), f"{n:,}", f"{n / total:.1%}", _bar(n, top))
+            labels.add_row(_e(label), f"{n:,}", f"{n / total:.1%}", _bar(n, top))
         console.print(labels)
     if "chat" in report:
         console.print(f"turns per conversation: {report['chat']['turns']}; roles: "
-                      f"{report['chat']['roles']}")
+                      f"{_e(report['chat']['roles'])}")
     tokens = report.get("tokens")
     if tokens:
-        console.print(f"[bold]Tokens[/] ({tokens['tokenizer']}, {tokens['method']}): "
+        console.print(f"[bold]Tokens[/] ({_e(tokens['tokenizer'])}, {tokens['method']}): "
                       + ", ".join(f"{k} {tokens[k]:,}" for k in ("min", "p50", "p90", "p95",
                                                                  "p99", "max") if k in tokens))
         hist = Table(title="Token-length histogram", title_justify="left")
@@ -72,14 +78,14 @@ def render_inspect(report: dict[str, Any], console: Console) -> None:
         console.print(f"[red]{bad['total']:,} bad rows[/]: unreadable {bad['unreadable']}, "
                       f"invalid {bad['invalid']}")
         for ex in bad["examples"][:5]:
-            console.print(f"  {ex['where']}: {ex['message']}")
+            console.print(f"  {_e(ex['where'])}: {_e(ex['message'])}")
     for sample in report["samples"]:
-        console.print(f"[dim]{sample['where']}[/] {short(sample['row'], 300)}")
+        console.print(f"[dim]{_e(sample['where'])}[/] {_e(short(sample['row'], 300))}")
 
 
 def render_prepare(card: dict[str, Any], console: Console) -> None:
     """Step table, splits and pointers to the reports of one ``prepare`` run."""
-    steps = Table(title=f"Prepared ({card['format']}) → {card.get('output', '')}",
+    steps = Table(title=f"Prepared ({card['format']}) → {_e(card.get('output', ''))}",
                   title_justify="left")
     for col in ("step", "removed", "rows after", "details"):
         steps.add_column(col, justify="left" if col in ("step", "details") else "right")
@@ -87,28 +93,28 @@ def render_prepare(card: dict[str, Any], console: Console) -> None:
         details = {k: v for k, v in st.items() if k not in ("step", "removed", "rows")
                    and v not in ({}, None, 0, False)}
         steps.add_row(st["step"], str(st.get("removed", "")), f"{st['rows']:,}",
-                      short(details, 110) if details else "")
+                      _e(short(details, 110)) if details else "")
     console.print(steps)
     splits = Table(title="Splits", title_justify="left")
     for col in ("split", "rows", "file"):
         splits.add_column(col, justify="right" if col == "rows" else "left")
     if card.get("labels"):
-        splits.add_column(f"labels ({card['labels']['field']})")
+        splits.add_column(f"labels ({_e(card['labels']['field'])})")
     for name, sp in card["splits"].items():
         cells = [name, f"{sp['rows']:,}", sp["file"]]
         if card.get("labels"):
-            cells.append(short(card["labels"]["by_split"].get(name, {}), 80))
+            cells.append(_e(short(card["labels"]["by_split"].get(name, {}), 80)))
         splits.add_row(*cells)
     console.print(splits)
     bad = card["bad_input"]
     if bad["total"]:
-        console.print(f"[yellow]{bad['total']:,} bad input rows kept out[/] {bad['by_reason']} "
-                      f"(see {bad['report']})")
+        console.print(f"[yellow]{bad['total']:,} bad input rows kept out[/] "
+                      f"{_e(bad['by_reason'])} (see {bad['report']})")
         for ex in bad["examples"][:5]:
-            console.print(f"  {ex['where']}: {ex['message']}")
+            console.print(f"  {_e(ex['where'])}: {_e(ex['message'])}")
     ct = card.get("contamination")
     if ct and ct["flagged_by_source"]:
         verb = "removed" if card["config"]["contamination"]["remove"] else "flagged (kept)"
-        console.print(f"[yellow]contaminated train rows {verb}:[/] {ct['flagged_by_source']} "
+        console.print(f"[yellow]contaminated train rows {verb}:[/] {_e(ct['flagged_by_source'])} "
                       f"(see {ct['report']})")
     console.print("data card: data_card.md, data_card.json; removed rows: reports/removed.jsonl")

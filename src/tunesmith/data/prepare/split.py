@@ -11,13 +11,35 @@ therefore never straddle splits.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from tunesmith.data.prepare.textkeys import mix_with_seed
 
 SPLITS = ("train", "validation", "test")
+
+
+class CodeBook:
+    """Small integer codes for label (stratum) values; 1 and "1" stay different values."""
+
+    def __init__(self) -> None:
+        self._codes: dict[str, int] = {}
+        self.values: list[Any] = []
+
+    def code(self, value: Any) -> int:
+        key = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+        found = self._codes.get(key)
+        if found is None:
+            found = self._codes[key] = len(self.values)
+            self.values.append(value)
+        return found
+
+    def name(self, code: int) -> str:
+        value = self.values[code]
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def allocate(n: int, ratios: Sequence[float]) -> list[int]:

@@ -21,8 +21,9 @@ import zlib
 
 import numpy as np
 
-_SPACE_RE = re.compile(r"\s+")
 _NON_WORD_RE = re.compile(r"[\W_]+")
+# every ASCII character that is not a letter or digit becomes a space (as [\W_] does)
+_ASCII_NON_WORD = {c: " " for c in range(128) if not chr(c).isalnum()}
 
 _U64 = np.uint64
 # Odd 64-bit multipliers for polynomial rolling hashes (digits of pi and e, made odd).
@@ -41,7 +42,10 @@ MAX_NGRAM = len(_ROLL_MULTS)
 
 def exact_key(text: str) -> str:
     """Normalise text for exact duplicate detection: NFKC, case-folded, spaces collapsed."""
-    return _SPACE_RE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    if not text.isascii():  # ASCII is already in NFKC form
+        text = unicodedata.normalize("NFKC", text)
+    # str.split() splits on the same Unicode whitespace as \s+ and drops the ends
+    return " ".join(text.casefold().split())
 
 
 def near_text(text: str) -> str:
@@ -51,7 +55,9 @@ def near_text(text: str) -> str:
 
 def near_from_exact(key: str) -> str:
     """``near_text`` of a string that is already an ``exact_key``."""
-    return _NON_WORD_RE.sub(" ", key).strip()
+    if key.isascii():  # the common case, without the (slower) Unicode-aware regex
+        return " ".join(key.translate(_ASCII_NON_WORD).split())
+    return " ".join(_NON_WORD_RE.sub(" ", key).split())
 
 
 def hash64(text: str, salt: str = "") -> int:
