@@ -103,7 +103,7 @@ def validate(config: ConfigArg, overrides: Overrides = None) -> None:
     if problems:
         raise UsageError("config is valid but refers to missing files", where=str(config),
                          problems=problems)
-    out.print(config_to_yaml(cfg), end="")
+    sys.stdout.write(config_to_yaml(cfg))
     err.print(f"[green]valid[/] {config}")
 
 
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         _reexec_with_allocator(sys.argv[1:])
     _quiet_libraries()
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except TunesmithError as exc:
         err.print(f"[bold red]Error:[/] {escape(exc.render())}", highlight=False)
         sys.exit(exc.exit_code)
@@ -247,3 +247,7 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(rv, int) and rv:  # typer turns Ctrl-C into a returned 130
+        if rv == 130:
+            err.print("interrupted")
+        sys.exit(rv)

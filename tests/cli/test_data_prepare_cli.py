@@ -137,7 +137,8 @@ def test_inspect_with_local_tokenizer(app: typer.Typer, tmp_path: Path) -> None:
 
     tk = Tokenizer(models.WordLevel(vocab={"[UNK]": 0}, unk_token="[UNK]"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]").save_pretrained(tmp_path / "tok")
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]")
+    tok.save_pretrained(tmp_path / "tok")
     src = _write(tmp_path / "t.jsonl", [{"text": "w " * n} for n in (5, 50, 500)])
     res = _run(app, "inspect", src, "--tokenizer", tmp_path / "tok", "--max-length", "64",
                "--json")

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from tunesmith.data.prepare.clean import (Cleaner, fix_mojibake, normalise_whitespace,
-                                          strip_html)
+from tunesmith.data.prepare.clean import Cleaner, fix_mojibake, normalise_whitespace, strip_html
 from tunesmith.data.prepare.config import CleanConfig
 
 
@@ -56,7 +55,8 @@ def test_filters_empty_short_long() -> None:
     assert cleaner.clean_row({"instruction": " \u200b ", "output": "x" * 20})[1] == "empty"
     assert cleaner.clean_row({"instruction": "hi", "input": "", "output": "yo"})[1] == "too_short"
     assert cleaner.clean_row({"instruction": "q" * 30, "output": "a" * 30})[1] == "too_long"
-    assert cleaner.clean_row({"instruction": "question?", "input": "", "output": "answer."})[1] is None
+    ok = {"instruction": "question?", "input": "", "output": "answer."}
+    assert cleaner.clean_row(ok)[1] is None
     assert cleaner.stats.dropped == {"empty": 1, "too_short": 1, "too_long": 1}
 
 

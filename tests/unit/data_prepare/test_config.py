@@ -6,8 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith.data.prepare.config import (build_config, load_config_file, merge_overrides,
-                                           parse_split_spec)
+from tunesmith.data.prepare.config import (
+    build_config,
+    load_config_file,
+    merge_overrides,
+    parse_split_spec,
+)
 from tunesmith.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "data"

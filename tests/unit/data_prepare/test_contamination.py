@@ -6,8 +6,8 @@ from tunesmith.data.prepare.contamination import EvalIndex
 
 EVAL = [
     "Which river flows through the city of Vienna and then on to Budapest?",
-    "Summarise the plot of the novel in which a whale is hunted across the oceans by a "
-    "captain consumed by revenge and obsession.",
+    ("Summarise the plot of the novel in which a whale is hunted across the oceans by a "
+    "captain consumed by revenge and obsession."),
     "Yes.",
 ]
 
@@ -20,8 +20,8 @@ def _index(ngram: int = 8) -> EvalIndex:
 
 
 def test_exact_match_after_normalisation_is_found() -> None:
-    hits = _index().check_many([[("instruction", "which river flows through the city of "
-                                  "VIENNA and then on to budapest? ")]])
+    hits = _index().check_many([[("instruction", ("which river flows through the city of "
+                                  "VIENNA and then on to budapest? "))]])
     assert hits[0] is not None and hits[0].kind == "exact"
     assert hits[0].eval_where == "eval.jsonl:1" and hits[0].field == "instruction"
 

@@ -9,8 +9,13 @@ import pytest
 from datasketch import MinHash
 
 from tunesmith.data.prepare.dedup import ExactDeduper, NearDupIndex, signatures
-from tunesmith.data.prepare.textkeys import (char_shingles, char_shingles_many, exact_key,
-                                             near_text, word_ngrams_many)
+from tunesmith.data.prepare.textkeys import (
+    char_shingles,
+    char_shingles_many,
+    exact_key,
+    near_text,
+    word_ngrams_many,
+)
 
 BASE = [
     "The committee approved the new budget for the city library after a long debate on Tuesday.",
@@ -27,7 +32,7 @@ def test_signatures_match_datasketch_bit_for_bit() -> None:
     sets = [rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
             for n in (1, 0, 57, 300, 70_000)]
     ours = signatures(sets, num_perm=64, seed=7)
-    for row, values in zip(ours, sets):
+    for row, values in zip(ours, sets, strict=True):
         ref = MinHash(num_perm=64, seed=7, hashfunc=lambda x: x)
         ref.update_batch([int(v) for v in values])
         assert np.array_equal(ref.hashvalues, row)
@@ -112,7 +117,8 @@ def test_every_removed_row_is_similar_to_a_kept_row(tmp_path: Path) -> None:
     for j in dropped:
         i = int(res.kept_of[j])
         assert i < j and not res.drop[i]
-        a, b = set(char_shingles(near_text(texts[i]), 5)), set(char_shingles(near_text(texts[j]), 5))
+        a = set(char_shingles(near_text(texts[i]), 5))
+        b = set(char_shingles(near_text(texts[j]), 5))
         assert len(a & b) / len(a | b) > 0.65  # true Jaccard near the 0.8 estimate
 
 

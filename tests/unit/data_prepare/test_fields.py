@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tunesmith.data.prepare.fields import (check_row, detect_format, get_path, iter_texts,
-                                           majority_format, map_texts)
+from tunesmith.data.prepare.fields import (
+    check_row,
+    detect_format,
+    get_path,
+    iter_texts,
+    majority_format,
+    map_texts,
+)
 
 CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}
 

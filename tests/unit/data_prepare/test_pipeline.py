@@ -73,7 +73,8 @@ def test_every_row_is_accounted_for(write_jsonl: Writer, tmp_path: Path) -> None
     rejected = _read(out / "reports" / "rejected.jsonl")
     assert [r["where"].rsplit(":", 1)[1] for r in rejected] == ["44", "45"]
     clusters = _read(out / "reports" / "near_duplicates.jsonl")
-    assert clusters[0]["kept"].endswith(":42") and clusters[0]["removed"][0]["where"].endswith(":43")
+    assert clusters[0]["kept"].endswith(":42")
+    assert clusters[0]["removed"][0]["where"].endswith(":43")
     all_text = json.dumps(written)
     assert "bob@example.com" not in all_text and "[EMAIL]" in all_text
     assert hashlib.sha256(src.read_bytes()).hexdigest() == before, "input must not change"
@@ -199,12 +200,12 @@ def test_nothing_left_is_an_error_that_says_why(write_jsonl: Writer, tmp_path: P
 
 def test_chat_and_preference_texts_are_cleaned_and_deduplicated(write_jsonl: Writer,
                                                                 tmp_path: Path) -> None:
-    facts = ["Paris is the capital of France; it sits on the Seine and is known for the "
-             "Eiffel Tower, the Louvre and its cafes.",
-             "The Danube flows through ten countries, more than any other river in the world, "
-             "from the Black Forest to the Black Sea.",
-             "Iceland has no army, runs almost entirely on geothermal and hydro power, and "
-             "has one of the oldest parliaments."]
+    facts = [("Paris is the capital of France; it sits on the Seine and is known for the "
+             "Eiffel Tower, the Louvre and its cafes."),
+             ("The Danube flows through ten countries, more than any other river in the world, "
+             "from the Black Forest to the Black Sea."),
+             ("Iceland has no army, runs almost entirely on geothermal and hydro power, and "
+             "has one of the oldest parliaments.")]
     chat = [{"messages": [{"role": "user", "content": f"Tell me fact {i} about Europe."},
                           {"role": "assistant", "content": fact}]}
             for i, fact in enumerate(facts)]
@@ -221,4 +222,5 @@ def test_chat_and_preference_texts_are_cleaned_and_deduplicated(write_jsonl: Wri
                 split={"train": 1.0, "validation": 0.0, "test": 0.0}, dedup={"near": False})
     assert card["format"] == "preference" and card["splits"]["train"]["rows"] == 5
     rows = _read(tmp_path / "p" / "train.jsonl")
-    assert {r["chosen"] for r in rows} == {"Yes, it is."} and {r["id"] for r in rows} == set(range(5))
+    assert {r["chosen"] for r in rows} == {"Yes, it is."}
+    assert {r["id"] for r in rows} == set(range(5))

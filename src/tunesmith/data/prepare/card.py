@@ -143,8 +143,8 @@ def write_card(outdir: Path, card: dict[str, Any]) -> None:
 def render_markdown(card: dict[str, Any]) -> str:
     """The human-readable data card."""
     out = ["# Data card", "",
-           f"Prepared by tunesmith {card['tool']['version']} on {card['created']}. "
-           f"Format: **{card['format']}**. Fingerprint: `{card['fingerprint'][:16]}`.", ""]
+           (f"Prepared by tunesmith {card['tool']['version']} on {card['created']}. "
+            f"Format: **{card['format']}**. Fingerprint: `{card['fingerprint'][:16]}`."), ""]
     out += ["## Sources", "", "| file | rows read | rejected | sha256 |", "|---|---:|---:|---|"]
     for s in card["sources"]:
         out.append(f"| `{s['path']}` | {s['rows_read']:,} | {s['rejected']:,} | "
@@ -171,8 +171,8 @@ def render_markdown(card: dict[str, Any]) -> str:
     for name, types in card["schema"].items():
         out.append(f"| `{name}` | " + ", ".join(f"{t} ({n:,})" for t, n in types.items()) + " |")
     bad = card["bad_input"]
-    out += ["", "## Bad input", "", f"{bad['total']:,} rows rejected "
-            f"(all listed in `{bad['report']}`)."]
+    out += ["", "## Bad input", "", (f"{bad['total']:,} rows rejected "
+            f"(all listed in `{bad['report']}`).")]
     for reason, n in bad["by_reason"].items():
         out.append(f"- {reason}: {n:,}")
     for ex in bad["examples"][:5]:
@@ -180,16 +180,17 @@ def render_markdown(card: dict[str, Any]) -> str:
     nd = card.get("near_duplicates")
     if nd:
         out += ["", "## Near-duplicate clusters", "",
-                f"{nd.get('clusters', 0):,} clusters (MinHash LSH, {nd.get('bands')} bands x "
-                f"{nd.get('rows_per_band')} rows). Largest:"]
+                (f"{nd.get('clusters', 0):,} clusters (MinHash LSH, {nd.get('bands')} bands x "
+                f"{nd.get('rows_per_band')} rows). Largest:")]
         for cl in nd.get("largest", []):
             out.append(f"- kept `{cl['kept']}` \u201c{short(cl['kept_text'], 80)}\u201d, removed "
                        f"{len(cl['removed'])}")
     ct = card.get("contamination")
     if ct:
         out += ["", "## Contamination (train vs evaluation)", "",
-                f"Evaluation rows: {ct['eval_rows'] or 'none'}. Flagged train rows by source: "
-                f"{ct['flagged_by_source'] or 'none'}; by kind: {ct['flagged_by_kind'] or 'none'}."]
+                (f"Evaluation rows: {ct['eval_rows'] or 'none'}. Flagged train rows by "
+                 f"source: {ct['flagged_by_source'] or 'none'}; by kind: "
+                 f"{ct['flagged_by_kind'] or 'none'}.")]
         for ex in ct["examples"][:5]:
             out.append(f"- `{ex['where']}` {ex['kind']} overlap with `{ex['eval_where']}`: "
                        f"\u201c{short(ex['snippet'], 80)}\u201d")

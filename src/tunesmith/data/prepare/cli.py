@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -61,13 +61,14 @@ def _terminate_cleanly() -> Iterator[None]:
 
 
 def inspect_command(
-    file: Annotated[str, typer.Argument(help="Data file or directory (JSONL, JSON, CSV, Parquet).")],
-    tokenizer: Annotated[Optional[str], typer.Option(
+    file: Annotated[str, typer.Argument(
+        help="Data file or directory (JSONL, JSON, CSV, Parquet).")],
+    tokenizer: Annotated[str | None, typer.Option(
         "--tokenizer", help="Model name or path whose tokenizer measures token lengths.")] = None,
     max_length: Annotated[int, typer.Option(
         help="Report how many rows exceed this many tokens.", min=1)] = 2048,
     samples: Annotated[int, typer.Option(help="Sample rows to show.", min=0)] = 3,
-    limit: Annotated[Optional[int], typer.Option(help="Read only the first N rows.", min=1)] = None,
+    limit: Annotated[int | None, typer.Option(help="Read only the first N rows.", min=1)] = None,
     fmt: Annotated[str, typer.Option("--format", help="Record format (default: detect).")] = "auto",
     label_field: Annotated[str, typer.Option(help="Label field of classification data.")] = "label",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
@@ -98,57 +99,61 @@ def inspect_command(
 
 
 def prepare_command(
-    inputs: Annotated[Optional[list[str]], typer.Argument(
+    inputs: Annotated[list[str] | None, typer.Argument(
         help="Input files or directories (or 'inputs:' in --config).")] = None,
-    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Output directory.")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file with the options "
+    output: Annotated[str | None, typer.Option("-o", "--output", help="Output directory.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML file with the options "
                                                    "(flags given here override it).")] = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="Record format: auto, alpaca, "
+    fmt: Annotated[str | None, typer.Option("--format", help="Record format: auto, alpaca, "
                    "chat, prompt_completion, classification, text, preference.")] = None,
-    label_field: Annotated[Optional[str], typer.Option(help="Label field (classification).")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Split ratios, e.g. 0.8,0.1,0.1 or "
+    label_field: Annotated[str | None, typer.Option(help="Label field (classification).")] = None,
+    split: Annotated[str | None, typer.Option(help="Split ratios, e.g. 0.8,0.1,0.1 or "
                      "train=0.9,test=0.1.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the split.")] = None,
-    stratify_by: Annotated[Optional[str], typer.Option(help="Field whose proportions each split "
+    seed: Annotated[int | None, typer.Option(help="Seed of the split.")] = None,
+    stratify_by: Annotated[str | None, typer.Option(help="Field whose proportions each split "
                            "keeps ('auto': the label; 'none': off).")] = None,
-    group_by: Annotated[Optional[str], typer.Option(help="Rows sharing this field's value stay "
+    group_by: Annotated[str | None, typer.Option(help="Rows sharing this field's value stay "
                         "in one split.")] = None,
-    exact_dedup: Annotated[Optional[bool], typer.Option("--exact-dedup/--no-exact-dedup",
+    exact_dedup: Annotated[bool | None, typer.Option("--exact-dedup/--no-exact-dedup",
                            help="Drop exact duplicates (default on).")] = None,
-    near_dedup: Annotated[Optional[bool], typer.Option("--near-dedup/--no-near-dedup",
+    near_dedup: Annotated[bool | None, typer.Option("--near-dedup/--no-near-dedup",
                           help="Drop near-duplicates with MinHash LSH (default on).")] = None,
-    threshold: Annotated[Optional[float], typer.Option(help="Near-duplicate Jaccard threshold "
+    threshold: Annotated[float | None, typer.Option(help="Near-duplicate Jaccard threshold "
                          "(default 0.8).")] = None,
-    num_perm: Annotated[Optional[int], typer.Option(help="MinHash permutations.")] = None,
-    pii: Annotated[Optional[bool], typer.Option("--pii/--no-pii", help="Scrub e-mails, phones, "
+    num_perm: Annotated[int | None, typer.Option(help="MinHash permutations.")] = None,
+    pii: Annotated[bool | None, typer.Option("--pii/--no-pii", help="Scrub e-mails, phones, "
                    "IPs and card numbers (default off).")] = None,
-    pii_kinds: Annotated[Optional[str], typer.Option(help="Comma list of PII kinds: "
+    pii_kinds: Annotated[str | None, typer.Option(help="Comma list of PII kinds: "
                          "email,phone,ip,card.")] = None,
-    strip_html: Annotated[Optional[bool], typer.Option("--strip-html/--keep-html",
+    strip_html: Annotated[bool | None, typer.Option("--strip-html/--keep-html",
                           help="Remove HTML tags (default off).")] = None,
-    unicode: Annotated[Optional[str], typer.Option(help="Unicode form: NFC, NFKC or none.")] = None,
-    fix_mojibake: Annotated[Optional[bool], typer.Option("--fix-mojibake/--no-fix-mojibake",
+    unicode: Annotated[str | None, typer.Option(help="Unicode form: NFC, NFKC or none.")] = None,
+    fix_mojibake: Annotated[bool | None, typer.Option("--fix-mojibake/--no-fix-mojibake",
                             help="Repair mis-decoded UTF-8 (default on).")] = None,
-    min_chars: Annotated[Optional[int], typer.Option(help="Drop rows with less text.")] = None,
-    max_chars: Annotated[Optional[int], typer.Option(help="Drop rows with more text.")] = None,
-    eval_file: Annotated[Optional[list[str]], typer.Option("--eval-file", help="Evaluation file "
+    min_chars: Annotated[int | None, typer.Option(help="Drop rows with less text.")] = None,
+    max_chars: Annotated[int | None, typer.Option(help="Drop rows with more text.")] = None,
+    eval_file: Annotated[list[str] | None, typer.Option("--eval-file", help="Evaluation file "
                          "to check train rows against (repeatable).")] = None,
-    contamination: Annotated[Optional[bool], typer.Option("--contamination/--no-contamination",
+    contamination: Annotated[bool | None, typer.Option("--contamination/--no-contamination",
                              help="Check train vs evaluation overlap (default on).")] = None,
-    decontaminate: Annotated[Optional[bool], typer.Option("--decontaminate/--keep-contaminated",
+    decontaminate: Annotated[bool | None, typer.Option("--decontaminate/--keep-contaminated",
                              help="Drop contaminated train rows (default: report only).")] = None,
-    ngram: Annotated[Optional[int], typer.Option(help="Word n-gram length of the overlap "
+    ngram: Annotated[int | None, typer.Option(help="Word n-gram length of the overlap "
                      "check (default 13).")] = None,
-    output_format: Annotated[Optional[str], typer.Option(help="jsonl or parquet.")] = None,
-    strict: Annotated[Optional[bool], typer.Option("--strict/--lenient", help="Fail on the first "
+    output_format: Annotated[str | None, typer.Option(help="jsonl or parquet.")] = None,
+    strict: Annotated[bool | None, typer.Option("--strict/--lenient", help="Fail on the first "
                       "bad row instead of reporting it.")] = None,
-    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace an existing "
+    overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace an existing "
                          "output directory.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the data card as JSON.")] = False,
 ) -> None:
     """Clean, deduplicate, scrub, split and check datasets; write splits and a data card."""
-    from tunesmith.data.prepare.config import (build_config, load_config_file, merge_overrides,
-                                               parse_split_spec)
+    from tunesmith.data.prepare.config import (
+        build_config,
+        load_config_file,
+        merge_overrides,
+        parse_split_spec,
+    )
     from tunesmith.data.prepare.pipeline import prepare
     from tunesmith.data.prepare.render import render_prepare
 
@@ -163,7 +168,8 @@ def prepare_command(
             "split.test": ratios.get("test"), "split.seed": seed, "split.group_by": group_by,
             "dedup.exact": exact_dedup, "dedup.near": near_dedup, "dedup.threshold": threshold,
             "dedup.num_perm": num_perm, "pii.enabled": pii,
-            "pii.kinds": [k.strip() for k in pii_kinds.split(",") if k.strip()] if pii_kinds else None,
+            "pii.kinds": ([k.strip() for k in pii_kinds.split(",") if k.strip()]
+                          if pii_kinds else None),
             "clean.strip_html": strip_html, "clean.unicode": unicode,
             "clean.fix_mojibake": fix_mojibake, "clean.min_chars": min_chars,
             "clean.max_chars": max_chars, "contamination.enabled": contamination,
@@ -176,7 +182,8 @@ def prepare_command(
                 None if stratify_by.lower() in ("none", "off", "") else stratify_by)
         cfg = build_config(merged, source=str(config) if config else "command-line options")
         if not cfg.inputs:
-            raise UsageError("no input files given", fix="tunesmith data prepare IN.jsonl -o OUTDIR")
+            raise UsageError("no input files given",
+                             fix="tunesmith data prepare IN.jsonl -o OUTDIR")
         err_console = Console(stderr=True)
         status, progress = _progress(err_console, not as_json)
         if status is not None:

@@ -165,7 +165,8 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
                           fix="fix the YAML syntax (indentation, quotes, colons)") from None
     if not isinstance(raw, dict):
         raise ConfigError("config file must hold a mapping of options", where=str(file),
-                          got=type(raw).__name__, fix="write 'key: value' lines, e.g. 'inputs: [...]'")
+                          got=type(raw).__name__,
+                          fix="write 'key: value' lines, e.g. 'inputs: [...]'")
     base = file.parent
     for key in ("inputs",):
         if isinstance(raw.get(key), list):
@@ -221,7 +222,7 @@ def parse_split_spec(spec: str) -> dict[str, float]:
                 result.setdefault(name, 0.0)
         elif 1 <= len(parts) <= 3 and not any("=" in p for p in parts):
             values = [float(p) for p in parts] + [0.0] * (3 - len(parts))
-            result = dict(zip(SPLIT_NAMES, values))
+            result = dict(zip(SPLIT_NAMES, values, strict=True))
         else:
             raise ValueError
     except ValueError:

@@ -240,14 +240,15 @@ class NearDupIndex:
         verified, vsims = pairs[good], sims[good]
         # Greedy in row order: a later row goes when an earlier *kept* row is similar to it.
         order = np.lexsort((-vsims, verified[:, 1]))
-        for (i, j), s in zip(verified[order].tolist(), vsims[order].tolist()):
+        for (i, j), s in zip(verified[order].tolist(), vsims[order].tolist(), strict=True):
             if drop[j] or drop[i]:
                 continue
             drop[j], kept_of[j], sim[j] = True, i, s
         return NearDupResult(drop, kept_of, sim, len(pairs), int(good.sum()))
 
     def _similarities(self, pairs: np.ndarray) -> np.ndarray:
-        sigs = np.memmap(self.sig_path, dtype=np.uint16, mode="r", shape=(self.count, self.num_perm))
+        sigs = np.memmap(self.sig_path, dtype=np.uint16, mode="r",
+                         shape=(self.count, self.num_perm))
         out = np.empty(len(pairs), dtype=np.float32)
         chance = 1.0 / (1 << _SIG_BITS)
         for lo in range(0, len(pairs), 65536):

@@ -212,7 +212,8 @@ def required_texts_empty(data: dict[str, Any], fmt: str) -> str | None:
             for i, msg in enumerate(value):
                 if isinstance(msg, dict) and msg.get("role") != "system":
                     content = msg.get("content")
-                    if isinstance(content, str) and not content.strip() and not msg.get("tool_calls"):
+                    blank = isinstance(content, str) and not content.strip()
+                    if blank and not msg.get("tool_calls"):
                         return f"{name}[{i}].content"
     return None
 

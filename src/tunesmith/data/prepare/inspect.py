@@ -21,8 +21,14 @@ from typing import Any
 import numpy as np
 
 from tunesmith.data.prepare.card import short
-from tunesmith.data.prepare.fields import (FORMATS, check_row, detect_format, iter_texts,
-                                           majority_format, type_name)
+from tunesmith.data.prepare.fields import (
+    FORMATS,
+    check_row,
+    detect_format,
+    iter_texts,
+    majority_format,
+    type_name,
+)
 from tunesmith.data.prepare.source import BadRow, expand_inputs, iter_source
 from tunesmith.data.prepare.textkeys import exact_key, hash64
 from tunesmith.data.readers import Row
@@ -61,7 +67,7 @@ def load_tokenizer(name: str) -> Any:
 def _stats(values: np.ndarray) -> dict[str, float | int]:
     if len(values) == 0:
         return {"count": 0}
-    out: dict[str, float | int] = {"count": int(len(values)), "min": int(values.min()),
+    out: dict[str, float | int] = {"count": len(values), "min": int(values.min()),
                                    "mean": round(float(values.mean()), 1)}
     for p in PERCENTILES:
         out[f"p{p}"] = int(np.percentile(values, p, method="nearest"))
@@ -77,7 +83,8 @@ def histogram(values: np.ndarray) -> list[dict[str, int]]:
     while edges[-1] <= values.max():
         edges.append(edges[-1] * 2)
     counts, _ = np.histogram(values, bins=edges)
-    return [{"lo": lo, "hi": hi, "rows": int(c)} for lo, hi, c in zip(edges, edges[1:], counts)]
+    return [{"lo": lo, "hi": hi, "rows": int(c)}
+            for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True)]
 
 
 class _TokenCounter:
@@ -122,7 +129,8 @@ def inspect_dataset(path: str, *, fmt: str = "auto", label_field: str = "label",
     else:
         detected = fmt
     if detected is not None and detected not in FORMATS:
-        raise DataError("unknown format", where="--format", got=fmt, fix=f"use {', '.join(FORMATS)}")
+        raise DataError("unknown format", where="--format", got=fmt,
+                        fix=f"use {', '.join(FORMATS)}")
 
     bad: Counter[str] = Counter()
     invalid: Counter[str] = Counter()
@@ -151,7 +159,8 @@ def inspect_dataset(path: str, *, fmt: str = "auto", label_field: str = "label",
         if isinstance(item, BadRow):
             bad[item.reason] += 1
             if len(examples) < 10:
-                examples.append({"where": item.where, "reason": item.reason, "message": item.message})
+                examples.append({"where": item.where, "reason": item.reason,
+                                 "message": item.message})
             continue
         rows += 1
         data = item.data

@@ -32,15 +32,25 @@ from tunesmith.data.prepare.clean import Cleaner
 from tunesmith.data.prepare.config import PrepareConfig
 from tunesmith.data.prepare.contamination import EvalIndex, Hit, index_eval_file
 from tunesmith.data.prepare.dedup import ExactDeduper, NearDupIndex, NearDupResult, write_clusters
-from tunesmith.data.prepare.fields import (check_row, get_path, iter_texts, majority_format,
-                                           map_texts, type_name)
+from tunesmith.data.prepare.fields import (
+    check_row,
+    get_path,
+    iter_texts,
+    majority_format,
+    map_texts,
+    type_name,
+)
 from tunesmith.data.prepare.ledger import Ledger, WhereLog, problem_fix
 from tunesmith.data.prepare.pii import PiiScrubber
 from tunesmith.data.prepare.source import BadRow, describe_source, expand_inputs, iter_source
 from tunesmith.data.prepare.split import SPLITS, CodeBook, assign_splits
 from tunesmith.data.prepare.textkeys import exact_key, hash64, near_from_exact
-from tunesmith.data.prepare.writers import (JsonlWriter, check_output_dir, jsonl_to_parquet,
-                                            staging_dir)
+from tunesmith.data.prepare.writers import (
+    JsonlWriter,
+    check_output_dir,
+    jsonl_to_parquet,
+    staging_dir,
+)
 from tunesmith.data.readers import Row
 from tunesmith.errors import DataError, UsageError
 
@@ -263,9 +273,10 @@ class _Run:
         alive = np.ones(n, dtype=bool) if near is None else ~near.drop
         split_of = np.full(n, -1, dtype=np.int8)
         idx = np.nonzero(alive)[0]
-        content = np.frombuffer(self.kept.content, dtype=np.uint64)[idx] if n else np.empty(0, np.uint64)
-        strata = np.frombuffer(self.kept.stratum, dtype=np.int32)[idx] if len(self.kept.stratum) else None
-        groups = np.frombuffer(self.kept.group, dtype=np.uint64)[idx] if len(self.kept.group) else None
+        kept = self.kept
+        content = np.frombuffer(kept.content, dtype=np.uint64)[idx] if n else np.empty(0, np.uint64)
+        strata = np.frombuffer(kept.stratum, dtype=np.int32)[idx] if len(kept.stratum) else None
+        groups = np.frombuffer(kept.group, dtype=np.uint64)[idx] if len(kept.group) else None
         ratios = list(self.cfg.split.ratios().values())
         split_of[idx] = assign_splits(content, ratios, self.cfg.split.seed, strata=strata,
                                       groups=groups)
@@ -290,7 +301,8 @@ class _Run:
         if (index is not None and (split_of >= 1).any()) or wanted:
             for i, data in self._spool_rows():
                 if i in wanted:
-                    snippets[i] = card_mod.short(" | ".join(t for _, t in iter_texts(data, self.fmt)))
+                    texts = (t for _, t in iter_texts(data, self.fmt))
+                    snippets[i] = card_mod.short(" | ".join(texts))
                 if index is not None and split_of[i] >= 1:
                     index.add((t for _, t in iter_texts(data, self.fmt)), self.kept.where[i],
                               SPLITS[split_of[i]])
@@ -316,7 +328,7 @@ class _Run:
             hits: dict[int, Hit | None] = {}
             if index is not None and train:
                 found = index.check_many([list(iter_texts(d, self.fmt)) for _, d in train])
-                hits = {i: h for (i, _), h in zip(train, found)}
+                hits = {i: h for (i, _), h in zip(train, found, strict=True)}
             for i, data in batch:
                 hit = hits.get(i)
                 if hit is not None:
@@ -328,8 +340,8 @@ class _Run:
                     if len(examples) < 10:
                         examples.append(record)
                     if remove:
-                        self.ledger.remove(self.kept.where[i], "decontaminate", f"{hit.kind}_overlap",
-                                     eval_where=hit.eval_where)
+                        self.ledger.remove(self.kept.where[i], "decontaminate",
+                                           f"{hit.kind}_overlap", eval_where=hit.eval_where)
                         continue
                 split = SPLITS[split_of[i]]
                 writers[split].write(data)
@@ -367,7 +379,7 @@ class _Run:
                 shutil.move(str(writer.path), dest)
             files[split] = dest
         shutil.rmtree(self.work, ignore_errors=True)
-        for src, rejected in zip(self.sources, self.ledger.rejected_per_source):
+        for src, rejected in zip(self.sources, self.ledger.rejected_per_source, strict=True):
             src.update(rejected=rejected, **describe_source(str(src["path"])))
         ledger = self.ledger
         facts = card_mod.RunFacts(
@@ -381,10 +393,11 @@ class _Run:
                   "candidate_pairs": near.candidate_pairs, "verified_pairs": near.verified_pairs,
                   "bands": self.near.bands, "rows_per_band": self.near.rows}
             if near is not None and self.near is not None else None,
-            contamination={"eval_rows": index.rows_by_source if index else {},
-                           "flagged_by_source": dict(counts["flagged"]),
-                           "flagged_by_kind": dict(counts["flagged_kind"]),
-                           "examples": counts["examples"]} if self.cfg.contamination.enabled else None,
+            contamination=({"eval_rows": index.rows_by_source if index else {},
+                            "flagged_by_source": dict(counts["flagged"]),
+                            "flagged_by_kind": dict(counts["flagged_kind"]),
+                            "examples": counts["examples"]}
+                           if self.cfg.contamination.enabled else None),
             split_files=files, split_counts={s: w.count for s, w in writers.items()},
             labels=counts["labels"] if self.fmt == "classification" else None,
             schema={k: dict(v) for k, v in counts["schema"].items()},

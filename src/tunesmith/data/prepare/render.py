@@ -39,7 +39,7 @@ def render_inspect(report: dict[str, Any], console: Console) -> None:
         chars = f.get("chars", {})
         fields.add_row(_e(name), f"{f['present']:,}", f"{f['empty']:,}",
                        ", ".join(f"{t}:{n}" for t, n in f["types"].items()),
-                       str(chars.get("p50", "")), str(chars.get("p95", "")), str(chars.get("max", "")))
+                       *(str(chars.get(k, "")) for k in ("p50", "p95", "max")))
     console.print(fields)
     if "labels" in report:
         labels = Table(title=f"Labels ({_e(report['labels']['field'])})", title_justify="left")

@@ -62,7 +62,8 @@ def expand_inputs(inputs: list[str]) -> list[str]:
         elif path.is_file():
             if path.suffix.lower() not in SUFFIXES:
                 raise DataError("unsupported data file type", where=str(path),
-                                got=path.suffix or "(none)", fix=f"use one of {', '.join(SUFFIXES)}")
+                                got=path.suffix or "(none)",
+                                fix=f"use one of {', '.join(SUFFIXES)}")
             files.append(str(path))
         elif _looks_like_hub_id(item):
             files.append(item)

@@ -100,7 +100,7 @@ def _grouped(groups: np.ndarray, ratios: Sequence[float], seed: int,
     current = np.zeros(len(ratios), dtype=np.float64)
     usable = np.array([r > 0 for r in ratios])
     if strata is None:
-        for g, size in zip(order.tolist(), sizes[order].tolist()):
+        for g, size in zip(order.tolist(), sizes[order].tolist(), strict=True):
             s = int(np.argmax(np.where(usable, targets - current, -np.inf)))
             group_split[g] = s
             current[s] += size
@@ -121,7 +121,8 @@ def _grouped(groups: np.ndarray, ratios: Sequence[float], seed: int,
         counts = pair_counts[starts[g]:ends[g]].astype(np.float64)
         size = counts.sum()
         # increase of the squared distance to target, per split, if the group goes there
-        label_cost = (counts * (2 * (current_sl[:, labels] - target_sl[:, labels]) + counts)).sum(axis=1)
+        gap = current_sl[:, labels] - target_sl[:, labels]
+        label_cost = (counts * (2 * gap + counts)).sum(axis=1)
         size_cost = size * (2 * (current - targets) + size)
         cost = np.where(usable, label_cost + size_cost, np.inf)
         s = int(np.argmin(cost))
