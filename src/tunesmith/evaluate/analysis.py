@@ -217,10 +217,11 @@ def queue_row(rec: dict[str, Any], task: str, settings: dict[str, Any], rank: in
     row = dict(rec.get("row", {}))
     review: dict[str, Any] = {"rank": rank, "where": rec["where"]}
     if task in LABEL_TASKS:
-        text_field = settings.get("text_field", "text")
-        label_field = settings.get("label_field", "label")
-        if text_field not in row or settings.get("prompt_template"):
-            row["text"] = rec["input"]
+        text_field = settings.get("text_field") or "text"
+        label_field = settings.get("label_field") or "label"
+        if "text" not in row:  # classification rows need `text` (prepare and train)
+            row["text"] = row.get(text_field) if isinstance(row.get(text_field), str) \
+                else rec["input"]
         row.setdefault(label_field, rec["label"])
         review.update(reason="predicted label differs from the gold label",
                       gold=rec["label"], predicted=rec["prediction"],
@@ -270,7 +271,7 @@ def _clip(text: str, n: int = 600) -> str:
 def analyze_model(records: list[dict[str, Any]], task: str, metrics: list[str],
                   settings: dict[str, Any], n_labels: int, fields: Sequence[str] | None,
                   top: int, queue_size: int, alpha: float, n_boot: int) -> dict[str, Any]:
-    groups = slice_groups(records, task, fields, settings.get("label_field", "label"))
+    groups = slice_groups(records, task, fields, settings.get("label_field") or "label")
     return {"worst": worst_examples(records, task, metrics, top),
             "confusion_pairs": confusion_pairs(records, task),
             "errors": sum(is_error(r, task) for r in records),

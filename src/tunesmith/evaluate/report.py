@@ -333,9 +333,9 @@ def eval_report(summary: dict[str, Any], records: dict[str, list[dict[str, Any]]
     rep.add(conf)
     ex = Section("worst-examples", "Worst examples")
     for m in models:
-        worst = worst_examples(records[m["name"]], summary["task"], metrics, k=5)
+        worst = worst_examples(records[m["name"]], m["task"], metrics, k=5)
         if worst["items"]:
             ex.heading(f"{m['name']} — by {worst['by']} (full list: tunesmith analyze)")
-            ex.examples([example_card(r, summary["task"]) for r in worst["items"]])
+            ex.examples([example_card(r, m["task"]) for r in worst["items"]])
     rep.add(ex)
     return rep

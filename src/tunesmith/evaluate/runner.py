@@ -219,7 +219,7 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
     rows = read_rows(data, limit=s.limit)
     sources = [resolve_artifact(m) for m in models]
     kinds = [model_kind(src) for src in sources]
-    s = resolve_fields(s, sources, kinds)
+    s = replace(resolve_fields(s, sources, kinds), dtype=dtype)
     task_of = [resolve_task(k, rows[0].data, s) for k in kinds]
     families = {FAMILY[t] for t in task_of}
     if len(families) > 1:
@@ -239,8 +239,8 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
         items["zero-shot"] = T.build_labelled(rows, s, T.zero_shot_labels(rows, s))
     for src, task in zip(sources, task_of):
         known = config_class_names(src) if task == "classification" else None
-        if known:
-            T.build_labelled(rows, s, known)  # labels the classifier cannot know fail now
+        if known:  # labels the classifier cannot know fail now
+            T.build_labelled(rows, replace(s, prompt_template=None), known)
 
     results, taken, signatures = [], set(), {}
     for name, src, kind, task in zip(models, sources, kinds, task_of):
@@ -257,7 +257,9 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
             records = T.run_lm(model, tok, items["lm"], s, progress)
         elif task == "classification":
             names = class_names(model)
-            records = T.run_classifier(model, tok, T.build_labelled(rows, s, names), s, names,
+            # a classifier reads the raw text; --prompt-template is for zero-shot LMs
+            raw = replace(s, prompt_template=None)
+            records = T.run_classifier(model, tok, T.build_labelled(rows, raw, names), s, names,
                                        progress, classifier_info(src).get("max_length") or 512)
         else:
             names = T.zero_shot_labels(rows, s)

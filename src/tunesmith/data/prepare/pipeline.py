@@ -137,6 +137,7 @@ class _Run:
                 if self.read % 10000 == 0:
                     self.progress("read", self.read)
         self.progress("read", self.read)
+        self.exact = None  # its hash table (the largest pass-1 structure) is no longer needed
         if not self.kept.where and not self.read:
             raise DataError("the input holds no records", where=", ".join(self.inputs),
                             fix="point at files with at least one record")
