@@ -106,13 +106,9 @@ def slice_groups(records: Sequence[dict[str, Any]], task: str, fields: Sequence[
     edges = sorted(set(np.quantile(lengths, [.25, .5, .75]).round().astype(int).tolist()))
     if len(records) >= 8 and edges:
         bounds = [-1, *edges, int(lengths.max())]
-        groups: dict[str, list[int]] = {}
-        for i, n in enumerate(lengths):
-            for lo, hi in zip(bounds, bounds[1:]):
-                if lo < n <= hi:
-                    groups.setdefault(f"{lo + 1}-{hi} words", []).append(i)
-                    break
-        dims["input length"] = groups
+        groups = {f"{lo + 1}-{hi} words": [i for i, n in enumerate(lengths) if lo < n <= hi]
+                  for lo, hi in zip(bounds, bounds[1:])}
+        dims["input length"] = {k: v for k, v in groups.items() if v}
     if task in LABEL_TASKS:
         dims["label"] = _group(records, lambda r: r["label"])
     chosen = list(fields) if fields else _metadata_fields(records, label_field)

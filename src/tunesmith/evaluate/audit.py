@@ -49,6 +49,14 @@ class Pair:
 
 def read_pairs(path: str, limit: int | None = None) -> list[Pair]:
     """CrowS-Pairs rows (the original CSV or its JSONL view)."""
+    from tunesmith.data.readers import SUFFIXES
+
+    folder = Path(path)
+    if folder.is_dir():
+        files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
+        if len(files) > 1:  # e.g. the CSV and its JSONL view: reading both counts every pair twice
+            raise DataError("the directory holds several data files", where=str(folder),
+                            got=files, fix=f"name one file, e.g. --data {folder / files[0]}")
     pairs = []
     for row in read_rows(path, limit=limit):
         d = row.data

@@ -116,3 +116,9 @@ def test_counterfactual_audit_on_a_tiny_classifier(tmp_path: Path, tiny_classifi
 def test_swapper_keeps_hyphenated_and_upper_case() -> None:
     sw = Swapper([("black", "white")])
     assert sw("BLACK-and-white photo, Black cat") == ("BLACK-and-white photo, White cat", 1)
+
+
+def test_a_directory_with_two_views_of_crows_pairs_is_refused(shared_data: Path) -> None:
+    with pytest.raises(DataError) as err:
+        read_pairs(str(shared_data / "crows_pairs"))
+    assert "crows_pairs.jsonl" in err.value.render() and "--data" in err.value.render()

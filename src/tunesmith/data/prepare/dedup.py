@@ -34,7 +34,7 @@ _FLUSH_SHINGLES = 1 << 16  # shingles buffered before a vectorised signature bat
 
 
 class ExactDeduper:
-    """Remembers the hash of every kept text; ``seen`` answers "is this a repeat?"."""
+    """Remembers the hash of every kept text; ``check`` answers "is this a repeat?"."""
 
     def __init__(self) -> None:
         self._first: dict[int, int] = {}
