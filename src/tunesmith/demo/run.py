@@ -68,7 +68,7 @@ def run_demo(output_dir: Path, steps: int | None = None) -> dict[str, object]:
     prompts = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": t.message}]
                for t in test]
     targets = [t.target for t in test]
-    settings = GenerationSettings(max_new_tokens=64, batch_size=16)
+    settings = GenerationSettings(max_new_tokens=48, batch_size=16)
 
     console.print("[bold]1/3[/] scoring the base model on the test set …")
     base_model, tok = load_for_inference("smollm2-135m-instruct")
