@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import MALLOC_ENV, ROOT, SHARED, peak_rss_mib, print_table, run_worker  # noqa: E402,I001
+from bench.common import (MALLOC_ENV, ROOT, SHARED, peak_rss_mib,  # noqa: E402
+                          print_table, run_worker)
 
 CONFIGS = ROOT / "configs" / "classification"
 QUALITY = {
@@ -205,8 +206,9 @@ def run_speed(args: argparse.Namespace, passthrough: list[str]) -> list[dict[str
     print()
     for name in ("tunesmith-auto", "tunesmith-fp32", "trainer-bf16"):
         r = by[name]
-        print(f"ratio {name} / trainer-fp32: examples/s x{r['examples_per_s'] / base['examples_per_s']:.2f}"
-              f", peak RSS x{r['peak_rss_mib'] / base['peak_rss_mib']:.2f}")
+        print(f"ratio {name} / trainer-fp32: examples/s "
+              f"x{r['examples_per_s'] / base['examples_per_s']:.2f}, peak RSS "
+              f"x{r['peak_rss_mib'] / base['peak_rss_mib']:.2f}")
     r, t = by["tunesmith-auto"], by["trainer-bf16"]
     print(f"ratio tunesmith-auto / trainer-bf16 (same precision): examples/s "
           f"x{r['examples_per_s'] / t['examples_per_s']:.2f}, peak RSS "

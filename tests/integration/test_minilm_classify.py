@@ -35,7 +35,7 @@ def test_minilm_sst2_slice_beats_chance(tmp_path: Path, shared_data: Path) -> No
         "data": {"train": str(train), "validation": str(val)},
         "classification": {"labels": ["negative", "positive"], "max_length": 64},
         "train": {"max_steps": 30, "batch_size": 16, "lr": 2e-4, "warmup_steps": 3,
-                  "scheduler": "linear", "eval_every": 15,
+                  "scheduler": "linear",
                   "early_stopping": {"metric": "val_accuracy"}},
         "output": {"dir": str(tmp_path / "runs"), "tensorboard": False}})
     result = run_task(cfg)

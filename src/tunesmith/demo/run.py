@@ -18,7 +18,7 @@ from tunesmith.models.load import load_for_inference
 from tunesmith.train.checkpoint import atomic_write_text
 
 SEED = 1234
-N_TRAIN, N_VAL, N_TEST = 1200, 48, 96
+N_TRAIN, N_VAL, N_TEST = 1200, 48, 64
 DEMO_CONFIG = """\
 # Written by `tunesmith demo`; rerun with: tunesmith train {path} --overwrite
 name: support-json
@@ -49,7 +49,7 @@ output:
 def run_demo(output_dir: Path, steps: int | None = None) -> dict[str, object]:
     console = Console()
     t_start = time.time()
-    steps = steps or 60
+    steps = steps or 40
     data_dir = output_dir / "data"
     splits = {"train": make_dataset(N_TRAIN, SEED), "validation": make_dataset(N_VAL, SEED + 1),
               "test": make_dataset(N_TEST, SEED + 2)}
@@ -68,7 +68,7 @@ def run_demo(output_dir: Path, steps: int | None = None) -> dict[str, object]:
     prompts = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": t.message}]
                for t in test]
     targets = [t.target for t in test]
-    settings = GenerationSettings(max_new_tokens=48, batch_size=16)
+    settings = GenerationSettings(max_new_tokens=44, batch_size=16)
 
     console.print("[bold]1/3[/] scoring the base model on the test set …")
     base_model, tok = load_for_inference("smollm2-135m-instruct")
