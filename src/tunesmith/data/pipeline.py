@@ -53,6 +53,25 @@ class Prepared:
     train: list[Encoded]
     validation: list[Encoded]
     stats: dict[str, SplitStats] = field(default_factory=dict)
+    data_card: dict[str, Any] | None = None  # hashes of a `tunesmith data prepare` directory
+
+
+def resolve_prepared(cfg: DataConfig) -> tuple[str | None, str | None, dict[str, Any] | None]:
+    """A ``data.train`` that is a prepared directory means its train (and validation) split.
+
+    Split files are verified against the data card's hashes; the card's hashes go into the
+    run manifest.
+    """
+    train = cfg.train
+    if not train or not (Path(train) / "data_card.json").is_file():
+        return cfg.train, cfg.validation, None
+    from tunesmith.data.prepare.card import card_hashes, prepared_split_path, read_card
+
+    splits = read_card(train).get("splits", {})
+    validation = cfg.validation
+    if validation is None and "validation" in splits and splits["validation"].get("rows", 1):
+        validation = str(prepared_split_path(train, "validation", verify=True))
+    return str(prepared_split_path(train, "train", verify=True)), validation, card_hashes(train)
 
 
 def prepare_data(cfg: DataConfig, tokenizer: Any, seed: int = 42) -> Prepared:
@@ -62,11 +81,13 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, seed: int = 42) -> Prepared:
                         fix="set data.train: path/to/train.jsonl (or data.train=... on the "
                         "command line)")
     encoder = Encoder(tokenizer, cfg.max_length, cfg.train_on_inputs, cfg.truncation)
-    train, tstats = encode_file(cfg.train, cfg, encoder, limit=cfg.max_examples)
+    train_path, val_path, card = resolve_prepared(cfg)
+    assert train_path is not None
+    train, tstats = encode_file(train_path, cfg, encoder, limit=cfg.max_examples)
     stats = {"train": tstats}
     val: list[Encoded] = []
-    if cfg.validation:
-        val, vstats = encode_file(cfg.validation, cfg, encoder)
+    if val_path:
+        val, vstats = encode_file(val_path, cfg, encoder)
         stats["validation"] = vstats
     elif cfg.val_split > 0:
         order = list(range(len(train)))
@@ -78,7 +99,21 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, seed: int = 42) -> Prepared:
         held = set(order[:n_val])
         val = [e for i, e in enumerate(train) if i in held]
         train = [e for i, e in enumerate(train) if i not in held]
-    return Prepared(train, val, stats)
+    return Prepared(train, val, stats, card)
+
+
+def padding_stats(lengths: list[int], batch_size: int, seed: int, group_by_length: bool
+                  ) -> dict[str, float]:
+    """Share of padded slots in the first epoch's batches, as the loop will form them."""
+    from tunesmith.data.collate import epoch_batches
+
+    real = slots = 0
+    for batch in epoch_batches(lengths, batch_size, seed, 0, group_by_length):
+        width = -(-max(lengths[i] for i in batch) // 8) * 8
+        real += sum(lengths[i] for i in batch)
+        slots += width * len(batch)
+    return {"padding_fraction": round(1 - real / max(slots, 1), 4), "tokens": real,
+            "group_by_length": group_by_length, "packing": False}
 
 
 def encode_file(path: str, cfg: DataConfig, encoder: Encoder, limit: int | None = None

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from tunesmith.config.schema import RunConfig
-from tunesmith.data.pipeline import prepare_data
+from tunesmith.data.pipeline import padding_stats, prepare_data
 from tunesmith.errors import TunesmithError
 from tunesmith.models import adapters
 from tunesmith.models.load import load_causal_lm, load_tokenizer, resolve_artifact
@@ -93,7 +93,10 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
     resume_from = ckpt.latest_checkpoint(rd.run_dir_for(cfg)) if resume else None
     run_dir = rd.open_run_dir(cfg, resume, overwrite)
     stats = {k: v.as_dict() for k, v in data.stats.items()}
+    batching = padding_stats([len(e.input_ids) for e in data.train], cfg.train.batch_size,
+                             cfg.train.seed, cfg.train.group_by_length)
     rd.write_manifest(run_dir, cfg, tok, stats, {
+        "data_card": data.data_card, "batching": batching,
         "precision": precision, "trainable": adapters.trainable_summary(model),
         "examples": {"train": len(data.train), "validation": len(data.validation)}})
     rd.write_status(run_dir, "running", resumed_from=str(resume_from) if resume_from else None)
