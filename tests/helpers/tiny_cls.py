@@ -87,3 +87,18 @@ def write_sentiment(tmp: Path, n_train: int = 48, n_val: int = 16, **kw: Any
                     ) -> tuple[Path, Path]:
     return (write_jsonl(tmp / "train.jsonl", sentiment_rows(n_train, 0, **kw)),
             write_jsonl(tmp / "val.jsonl", sentiment_rows(n_val, 1, **kw)))
+
+
+def build_tiny_gpt2_dir(out: Path) -> Path:
+    """A tiny GPT-2 whose tokenizer has no pad token (as GPT-2's own has none)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = build_tokenizer(vocab_size=400, chat_template=None)
+    tok.pad_token = None
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=4,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out

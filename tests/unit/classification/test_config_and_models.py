@@ -110,3 +110,20 @@ def test_explicit_targets_missing_from_the_model_are_a_config_error(bert_dir: Pa
     with pytest.raises(ConfigError, match="does not have"):
         adapters.apply_method(model, MethodConfig(type="lora", target_modules=["q_proj"]),
                               task_type="SEQ_CLS")
+
+
+def test_gpt2_style_decoder_without_pad_token(tmp_path: Path) -> None:
+    from tests.helpers.tiny_cls import build_tiny_gpt2_dir
+
+    src = build_tiny_gpt2_dir(tmp_path / "gpt2")
+    tok = load_tokenizer(src)  # no pad token in the checkpoint: unk/eos stands in
+    assert tok.pad_token_id is not None
+    model = load_classifier(src, ["a", "b", "c"], False, tok.pad_token_id)
+    assert model.config.pad_token_id == tok.pad_token_id
+    assert head_modules(model) == ["score"]
+    model.eval()
+    ids = tok(["the quick brown fox"], add_special_tokens=True).input_ids[0]
+    alone = model(input_ids=torch.tensor([ids])).logits
+    padded = torch.tensor([ids + [tok.pad_token_id] * 3])
+    mask = torch.tensor([[1] * len(ids) + [0] * 3])
+    assert torch.allclose(model(input_ids=padded, attention_mask=mask).logits, alone, atol=1e-5)
