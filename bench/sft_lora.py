@@ -8,7 +8,8 @@ batch 8, constant LR, seed 0. LoRA r=16/alpha 32 on q/k/v/o (LR 2e-4), or with
 Prints for each: non-padding tokens/s (steady state: step 1 excluded), peak RSS, the loss at
 the last step, MFU against the matmul peak measured on the spot (fp32 and bf16), then the
 ratios tunesmith / TRL. TRL runs in its default configuration (bf16 autocast and gradient
-checkpointing on this CPU) unless ``--trl-fp32``.
+checkpointing on this CPU), in fp32 (the quality reference) and in its fastest configuration
+we found (bf16 without checkpointing); ``--trl-variants`` picks.
 
     python bench/sft_lora.py [--steps 8] [--method lora|full]
 """
@@ -27,6 +28,37 @@ from bench.common import (MALLOC_ENV, SHARED, matmul_peak_gflops, peak_rss_mib, 
                           print_table, run_worker)
 
 N_PARAMS = 134.5e6
+# TRL configurations: its defaults on this CPU (bf16 autocast + gradient checkpointing), plain
+# fp32 (the quality reference), and the fastest we found (bf16 without checkpointing).
+TRL_VARIANTS = {"defaults": {}, "fp32": {"bf16": False, "gradient_checkpointing": False},
+                "bf16-nogc": {"bf16": True, "gradient_checkpointing": False}}
+
+
+def heldout_loss(model, tok, rows: list[dict], max_length: int = 512) -> float:
+    """Completion-only cross-entropy on held-out rows, computed the same way for every
+    contender (fp32, the model's chat template, loss on the assistant reply and its end)."""
+    import torch
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for r in rows:
+            user = [{"role": "user", "content": r["instruction"]}]
+            prompt = tok.apply_chat_template(user, add_generation_prompt=True,
+                                             tokenize=True)["input_ids"]
+            full = tok.apply_chat_template(
+                [*user, {"role": "assistant", "content": r["output"]}],
+                tokenize=True)["input_ids"][:max_length]
+            ids = torch.tensor([full])
+            labels = ids.clone()
+            labels[0, :len(prompt)] = -100
+            n = int((labels[0, 1:] != -100).sum())
+            if n == 0:
+                continue
+            out = model(input_ids=ids, labels=labels)
+            total += float(out.loss) * n
+            count += n
+    return total / count
 
 
 def load_rows(n: int) -> list[dict]:
@@ -58,7 +90,12 @@ def worker_tunesmith(args: argparse.Namespace) -> dict:
     stamps: list[tuple[float, int, float]] = []
     result = sft.run(cfg, progress=False, callbacks=[
         lambda step, v: stamps.append((time.perf_counter(), v["step_tokens"], v["loss"]))])
-    return summarise(stamps, result.loop.losses[-1])
+    summary = summarise(stamps, result.loop.losses[-1])  # peak RSS of training, before eval
+    from tunesmith.models.load import load_for_inference
+
+    model, tok = load_for_inference(str(result.final), dtype="float32")
+    held = heldout_loss(model, tok, load_rows(args.steps * 8 + args.heldout)[-args.heldout:])
+    return {**summary, "heldout_loss": held}
 
 
 def worker_trl(args: argparse.Namespace) -> dict:
@@ -76,10 +113,10 @@ def worker_trl(args: argparse.Namespace) -> dict:
                              "completion": [{"role": "assistant", "content": r["output"]}]}
                             for r in rows])
     lens = [min(512, len(tok.apply_chat_template(
-        [*d["prompt"], *d["completion"]], tokenize=True))) for d in ds]
+        [*d["prompt"], *d["completion"]], tokenize=True)["input_ids"])) for d in ds]
     lora = args.method == "lora"
     model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
-    extra = {"bf16": False, "gradient_checkpointing": False} if args.trl_fp32 else {}
+    extra = TRL_VARIANTS[args.trl]
     conf = SFTConfig(output_dir=tempfile.mkdtemp(), max_length=512, per_device_train_batch_size=8,
                      learning_rate=2e-4 if lora else 2e-5, lr_scheduler_type="constant",
                      max_steps=args.steps, logging_steps=1, save_strategy="no", report_to=[],
@@ -101,7 +138,8 @@ def worker_trl(args: argparse.Namespace) -> dict:
     trainer = SFTTrainer(model=model, args=conf, train_dataset=ds, processing_class=tok,
                          peft_config=peft_cfg, callbacks=[Stamp()])
     trainer.train()
-    return summarise(stamps, losses[-1] if losses else float("nan"))
+    held = heldout_loss(trainer.model, tok, load_rows(args.steps * 8 + args.heldout)[-args.heldout:])
+    return {**summarise(stamps, losses[-1] if losses else float("nan")), "heldout_loss": held}
 
 
 def summarise(stamps: list[tuple[float, int, float]], last_loss: float) -> dict:
@@ -119,33 +157,50 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--method", choices=["lora", "full"], default="lora")
     ap.add_argument("--precision", default="auto", help="tunesmith train.precision")
-    ap.add_argument("--trl-fp32", action="store_true", help="TRL without bf16/checkpointing")
+    ap.add_argument("--trl", choices=list(TRL_VARIANTS), default="defaults",
+                    help="(worker) TRL configuration")
+    ap.add_argument("--trl-variants", default="defaults,fp32,bf16-nogc",
+                    help="TRL configurations to run, comma-separated")
+    ap.add_argument("--heldout", type=int, default=48, help="held-out rows for the loss")
+    ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     if args.worker:
         fn = worker_tunesmith if args.worker == "tunesmith" else worker_trl
         print(json.dumps(fn(args)))
         return
     passthrough = ["--steps", str(args.steps), "--method", args.method,
-                   "--precision", args.precision] + (["--trl-fp32"] if args.trl_fp32 else [])
+                   "--precision", args.precision, "--heldout", str(args.heldout)]
     peak = {p: matmul_peak_gflops(p) for p in ("fp32", "bf16")}
     print(f"matmul peak on this machine: fp32 {peak['fp32']:.0f} GFLOP/s, "
           f"bf16 {peak['bf16']:.0f} GFLOP/s")
     ours = run_worker(__file__, "tunesmith", passthrough, MALLOC_ENV)
     ours["name"] = "tunesmith"
-    peer = run_worker(__file__, "trl", passthrough)
-    peer["name"] = "TRL SFTTrainer" + (" (fp32)" if args.trl_fp32 else " (defaults)")
+    peers = []
+    for variant in args.trl_variants.split(","):
+        peer = run_worker(__file__, "trl", [*passthrough, "--trl", variant])
+        peer["name"] = f"TRL {variant}"
+        peers.append(peer)
+        print(f"  {peer['name']}: {peer['tokens_per_s']:.1f} tok/s", flush=True)
     factor = 4 if args.method == "lora" else 6
-    for r in (ours, peer):
+    for r in (ours, *peers):
         flops = factor * N_PARAMS * r["tokens_per_s"] / 1e9
         r["mfu_fp32_%"] = 100 * flops / peak["fp32"]
         r["mfu_bf16_%"] = 100 * flops / peak["bf16"]
     print(f"\nSFT {args.method}, SmolLM2-135M, Dolly open_qa, batch 8, max_len 512, "
-          f"{args.steps} steps (first excluded from tokens/s)")
-    print_table([ours, peer], ["name", "tokens_per_s", "step_s", "peak_rss_mib", "loss_last",
-                               "mfu_fp32_%", "mfu_bf16_%", "wall_s"])
-    print(f"\nratio tunesmith / TRL: tokens/s x{ours['tokens_per_s'] / peer['tokens_per_s']:.2f}, "
-          f"peak RSS x{ours['peak_rss_mib'] / peer['peak_rss_mib']:.2f}")
-
+          f"{args.steps} steps (first excluded from tokens/s); held-out loss on "
+          f"{args.heldout} unseen rows, completion only")
+    print_table([ours, *peers], ["name", "tokens_per_s", "step_s", "peak_rss_mib", "loss_last",
+                                 "heldout_loss", "mfu_fp32_%", "mfu_bf16_%", "wall_s"])
+    by = {p["name"]: p for p in peers}
+    print()
+    for peer in peers:
+        print(f"ratio tunesmith / {peer['name']}: tokens/s "
+              f"x{ours['tokens_per_s'] / peer['tokens_per_s']:.2f}, peak RSS "
+              f"x{ours['peak_rss_mib'] / peer['peak_rss_mib']:.2f}, held-out loss "
+              f"{100 * (ours['heldout_loss'] / peer['heldout_loss'] - 1):+.2f}%")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"peak_gflops": peak, "tunesmith": ours,
+                                               "trl": by}, indent=1))
 
 if __name__ == "__main__":
     main()

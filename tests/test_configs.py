@@ -2,7 +2,8 @@
 
 Only the schema is checked: a config may point at data by a path relative to where the user
 runs it, so the data files need not exist here. Training configs (``tunesmith train``) are
-RunConfigs; ``kind: data-prepare`` files are ``tunesmith data prepare`` configs.
+RunConfigs; ``kind: data-prepare`` files are ``tunesmith data prepare`` configs;
+``configs/accelerate/`` holds ``accelerate launch`` configs, checked by accelerate's parser.
 """
 
 from __future__ import annotations
@@ -46,12 +47,21 @@ def _validate_prepare_config(path: Path) -> None:
     assert cfg.inputs, "a data-prepare example names its inputs"
 
 
+def _validate_accelerate_config(path: Path) -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(path))  # accelerate's own parser: unknown keys raise
+    assert cfg.num_processes >= 2, "a scale-out config runs more than one process"
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(CONFIG_DIR)) for p in CONFIGS])
 def test_config_validates(path: Path) -> None:
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert isinstance(raw, dict) and raw, "a config is a non-empty mapping"
     kind = raw.get("kind")
-    if kind == "data-prepare":
+    if path.parent.name == "accelerate":  # `accelerate launch --config_file` files
+        _validate_accelerate_config(path)
+    elif kind == "data-prepare":
         _validate_prepare_config(path)
     else:
         assert kind is None, f"unknown config kind {kind!r}"

@@ -8,6 +8,8 @@ sibling and renamed into place, so a killed run never leaves a half-written chec
 
 from __future__ import annotations
 
+import copy
+
 import json
 import os
 import random
@@ -51,6 +53,28 @@ def atomic_write_text(path: Path, text: str) -> None:
 def save_weights(model: nn.Module, tokenizer: Any, out: Path) -> None:
     """Adapter (PeftModel) or full model in safetensors, plus tokenizer, into ``out``."""
     model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def save_final(model: nn.Module, tokenizer: Any, out: Path) -> None:
+    """The run's deliverable: a plain Hugging Face checkpoint in ``out``.
+
+    A LoRA model is merged into its base in full precision (so ``final/`` loads in
+    lm-evaluation-harness, vLLM or ``from_pretrained`` with no peft), and the adapter itself is
+    kept in ``out/adapter/`` (small; servable over a shared base). The generation config
+    carries the tokenizer's EOS and pad ids so generation stops where training taught it to.
+    """
+    from tunesmith.export.merge import fix_generation_config  # export imports this module
+
+    if hasattr(model, "peft_config"):
+        save_weights(model, tokenizer, out / "adapter")
+        merged = copy.deepcopy(model).merge_and_unload()
+        fix_generation_config(merged, tokenizer)
+        merged.save_pretrained(out, safe_serialization=True)
+        del merged
+    else:
+        fix_generation_config(model, tokenizer)
+        model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
 
 

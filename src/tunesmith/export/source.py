@@ -1,0 +1,67 @@
+"""What an export starts from: a run directory, a checkpoint, an adapter or a model name.
+
+The name resolves exactly as for ``chat``/``eval``/``predict`` (``resolve_artifact``: a run
+directory gives its ``final/``, else ``best/``, else the latest checkpoint). The kind
+(causal LM or classifier) and whether the directory is a LoRA adapter decide how the model
+is loaded and which formats apply.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import ModelError
+from tunesmith.models.load import resolve_artifact
+
+
+@dataclass
+class ExportSource:
+    name: str                # what the user passed
+    path: Path               # the model/adapter directory that gets loaded
+    kind: str                # "causal-lm" | "classifier"
+    is_adapter: bool         # a peft adapter directory (needs its base to load)
+    base: str | None         # the adapter's base model (adapters only)
+    run_dir: Path | None     # the training run behind it, for the model card
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The checkpoint's ``config.json`` (the base's for an adapter); {} when absent."""
+        f = self.path / "config.json"
+        if f.exists():
+            return json.loads(f.read_text())
+        if self.base is not None:
+            from tunesmith.models.registry import resolve_model_dir
+
+            base_cfg = Path(str(resolve_model_dir(self.base))) / "config.json"
+            if base_cfg.exists():
+                return json.loads(base_cfg.read_text())
+        return {}
+
+    @property
+    def architectures(self) -> list[str]:
+        return list(self.config.get("architectures") or [])
+
+
+def resolve_source(name: str) -> ExportSource:
+    """Resolve ``name`` to a local model directory and describe it; one ModelError if not."""
+    from tunesmith.evaluate.runner import model_kind, run_dir_of
+
+    src = resolve_artifact(name)
+    path = Path(str(src))
+    if not path.is_dir():
+        raise ModelError("export needs a model on disk", where="RUN_OR_MODEL", got=name,
+                         fix="pass a run directory, a checkpoint directory or an embedded "
+                         "model name (hub ids: download the model first)")
+    adapter_cfg = path / "adapter_config.json"
+    is_adapter = adapter_cfg.exists() and not (path / "model.safetensors").exists() and not any(
+        path.glob("model-*.safetensors"))
+    base = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path") if is_adapter \
+        else None
+    if not is_adapter and not (path / "config.json").exists():
+        raise ModelError("not a model directory (no config.json or adapter_config.json)",
+                         where=str(path), fix="pass a run directory or a saved checkpoint")
+    run = run_dir_of(str(path)) or run_dir_of(name)
+    return ExportSource(name, path, model_kind(path), is_adapter, base, run)
