@@ -30,6 +30,8 @@ from bench.common import (MALLOC_ENV, SHARED, matmul_peak_gflops, peak_rss_mib, 
 N_PARAMS = 134.5e6
 # TRL configurations: its defaults on this CPU (bf16 autocast + gradient checkpointing), plain
 # fp32 (the quality reference), and the fastest we found (bf16 without checkpointing).
+# ``use_cpu=True`` is how TRL must be told it runs on a CPU (its bf16 default refuses
+# otherwise); every variant gets it.
 TRL_VARIANTS = {"defaults": {}, "fp32": {"bf16": False, "gradient_checkpointing": False},
                 "bf16-nogc": {"bf16": True, "gradient_checkpointing": False}}
 
@@ -93,7 +95,7 @@ def worker_tunesmith(args: argparse.Namespace) -> dict:
     summary = summarise(stamps, result.loop.losses[-1])  # peak RSS of training, before eval
     from tunesmith.models.load import load_for_inference
 
-    model, tok = load_for_inference(str(result.final), dtype="float32")
+    model, tok = load_for_inference(str(result.final_dir), dtype="float32")
     held = heldout_loss(model, tok, load_rows(args.steps * 8 + args.heldout)[-args.heldout:])
     return {**summary, "heldout_loss": held}
 
@@ -120,7 +122,8 @@ def worker_trl(args: argparse.Namespace) -> dict:
     conf = SFTConfig(output_dir=tempfile.mkdtemp(), max_length=512, per_device_train_batch_size=8,
                      learning_rate=2e-4 if lora else 2e-5, lr_scheduler_type="constant",
                      max_steps=args.steps, logging_steps=1, save_strategy="no", report_to=[],
-                     seed=0, train_sampling_strategy="sequential", disable_tqdm=True, **extra)
+                     seed=0, train_sampling_strategy="sequential", disable_tqdm=True,
+                     use_cpu=True, **extra)
     stamps: list[tuple[float, int, float]] = []
     losses: list[float] = []
 

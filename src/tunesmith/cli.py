@@ -41,6 +41,8 @@ def _register_subcommands() -> None:
     register_data(data_app)
     register_predict(app)
     register_eval(app)
+    __import__("tunesmith.serve.cli", fromlist=["register"]).register(app)  # serve, monitor
+    __import__("tunesmith.export.cli", fromlist=["register"]).register(app)  # export
 
 
 def _quiet_libraries() -> None:
@@ -92,10 +94,13 @@ def validate(config: ConfigArg, overrides: Overrides = None) -> None:
 
     cfg = load_config(config, overrides)
     problems = []
-    for field in ("train", "validation"):
-        value = getattr(cfg.data, field)
+    paths = [(f"data.{f}", getattr(cfg.data, f)) for f in ("train", "validation")]
+    if cfg.data.mixture is not None:  # multitask: every dataset's files
+        paths += [(f"data.mixture {d.name}.{f}", getattr(d, f))
+                  for d in cfg.data.mixture.datasets for f in ("train", "validation")]
+    for field, value in paths:
         if value and not Path(value).exists() and not _looks_like_hub_id(value):
-            problems.append(f"data.{field}: file not found: {value} (relative to {Path.cwd()})")
+            problems.append(f"{field}: file not found: {value} (relative to {Path.cwd()})")
     name = cfg.model.name
     if name not in EMBEDDED and not Path(name).expanduser().exists() and (
             name.startswith((".", "/", "~")) or len(name.split("/")) != 2):

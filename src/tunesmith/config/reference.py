@@ -25,8 +25,9 @@ def rows(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple[str
             out.append((key, "section", "", info.description or ""))
             out += rows(sub, key + ".")
             continue
-        default: Any = info.get_default(call_default_factory=True)
-        out.append((key, _type_name(info.annotation), _fmt(default), info.description or ""))
+        default: Any = "required" if info.is_required() else _fmt(
+            info.get_default(call_default_factory=True))
+        out.append((key, _type_name(info.annotation), default, info.description or ""))
     return out
 
 

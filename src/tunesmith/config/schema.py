@@ -36,8 +36,10 @@ class UnfreezeConfig(_Section):
 
 
 class MethodConfig(_Section):
-    type: Literal["full", "lora", "freeze"] = Field("lora", description=(
+    type: Literal["full", "lora", "qlora", "freeze"] = Field("lora", description=(
         "`full`: all weights train. `lora`: low-rank adapters (peft) on `target_modules`. "
+        "`qlora`: LoRA on a base loaded in 4-bit NF4 (bitsandbytes; needs a CUDA GPU — on "
+        "CPU use `lora`, with `model.dtype: bfloat16` to halve the base's memory). "
         "`freeze`: full weights but with `freeze_layers` / `freeze_patterns` frozen."))
     r: int = Field(16, ge=1, description="LoRA rank.")
     alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / r).")
@@ -54,6 +56,44 @@ class MethodConfig(_Section):
     unfreeze: UnfreezeConfig | None = Field(None, description=(
         "Gradual unfreezing for `full`/`freeze`: start with the top layer group (plus head "
         "and final norm) trainable and unfreeze downward."))
+
+
+class MixtureDataset(_Section):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description=(
+        "Task name; per-task metrics are logged as `loss/<name>`, `val_loss/<name>`, ..."))
+    train: str = Field(..., description="This task's training data (same sources as "
+                       "`data.train`).")
+    validation: str | None = Field(None, description="This task's validation data.")
+    format: Literal["auto", "alpaca", "messages", "prompt_completion", "text"] = Field(
+        "auto", description="Record format of this dataset (ignored when `prompt` is set).")
+    prompt: str | None = Field(None, description=(
+        "Turn any record into an instruction: a Python format string over the record's fields "
+        "(e.g. `Sentiment of: {text}`) that becomes the user message. Needs `completion`."))
+    completion: str | None = Field(None, description=(
+        "Format string of the assistant reply (e.g. `{label_text}`); `{label_text}` is "
+        "`label_names[record.label]`."))
+    label_names: list[str] | None = Field(None, description=(
+        "Words for integer labels, exposed to `prompt`/`completion` as `{label_text}`."))
+    instruction: str | None = Field(None, description=(
+        "Text put before the first user message of every example of this task."))
+    system_prompt: str | None = Field(None, description=(
+        "System message for this task (overrides `data.system_prompt`)."))
+    chat_template: str | None = Field(None, description=(
+        "Chat template for this task (name, file or Jinja string; default: the model's)."))
+    weight: float | None = Field(None, gt=0, description=(
+        "Sampling weight; unset means the number of training examples (examples-"
+        "proportional mixing)."))
+    max_examples: int | None = Field(None, ge=1, description="Use only the first N rows.")
+
+
+class MixtureConfig(_Section):
+    datasets: list[MixtureDataset] = Field(..., min_length=1, description=(
+        "The tasks of the mixture, each with its own data, format, instruction and weight."))
+    sampling: Literal["proportional", "temperature"] = Field("proportional", description=(
+        "How a batch's task is drawn: `proportional` (probability ∝ weight) or `temperature` "
+        "(probability ∝ weight^(1/temperature), which flattens the mixture toward small "
+        "tasks). Every batch holds examples of one task."))
+    temperature: float = Field(2.0, ge=1, description="Temperature of `temperature` sampling.")
 
 
 class DataConfig(_Section):
@@ -74,11 +114,17 @@ class DataConfig(_Section):
     max_examples: int | None = Field(None, ge=1, description="Use only the first N training rows.")
     cache: bool = Field(True, description="Cache tokenized data keyed by content, tokenizer and "
                         "template hashes.")
+    mixture: MixtureConfig | None = Field(None, description=(
+        "Multitask mixture (task `sft`): several datasets with their own format, instruction "
+        "and weight, used instead of `train`/`validation`."))
 
 
 SFT_METRICS = ("val_loss", "val_perplexity", "val_token_accuracy")
 CLASSIFICATION_METRICS = ("val_loss", "val_accuracy", "val_macro_f1", "val_micro_f1",
                           "val_weighted_f1", "val_macro_precision", "val_macro_recall")
+DPO_METRICS = ("val_loss", "val_reward_accuracy", "val_reward_margin")
+DISTILL_METRICS = ("val_loss", "val_distill_loss", "val_token_accuracy", "val_accuracy",
+                   "val_macro_f1")
 
 
 class EarlyStoppingConfig(_Section):
@@ -86,12 +132,16 @@ class EarlyStoppingConfig(_Section):
         "Stop after this many evaluations without improvement; unset disables early stopping."))
     metric: Literal["val_loss", "val_perplexity", "val_token_accuracy", "val_accuracy",
                     "val_macro_f1", "val_micro_f1", "val_weighted_f1", "val_macro_precision",
-                    "val_macro_recall"] = Field(
+                    "val_macro_recall", "val_reward_accuracy", "val_reward_margin",
+                    "val_distill_loss"] = Field(
         "val_loss", description=(
             "Metric watched for early stopping and `best/`. `sft`: val_loss, val_perplexity, "
             "val_token_accuracy. `classification`: val_loss, val_accuracy, val_macro_f1, "
-            "val_micro_f1, val_weighted_f1, val_macro_precision, val_macro_recall. Losses and "
-            "perplexity improve downward, the others upward."))
+            "val_micro_f1, val_weighted_f1, val_macro_precision, val_macro_recall. `dpo`: "
+            "val_loss, val_reward_accuracy, val_reward_margin. `distill`: val_loss, "
+            "val_distill_loss, and val_token_accuracy (causal LM) or val_accuracy, "
+            "val_macro_f1 (classifier). Losses and perplexity improve downward, the others "
+            "upward."))
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
 
 
@@ -164,6 +214,54 @@ class ClassificationConfig(_Section):
         "`data.max_length`."))
 
 
+class DPOConfig(_Section):
+    loss: Literal["sigmoid", "ipo"] = Field("sigmoid", description=(
+        "`sigmoid`: DPO (Rafailov et al.), -log σ(β·Δ); `ipo`: IPO (Azar et al.), "
+        "(Δ/len - 1/(2β))² on per-token averaged log-ratios (as TRL)."))
+    beta: float = Field(0.1, gt=0, description=(
+        "β: strength of the pull toward the reference model (higher = closer)."))
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description=(
+        "`sigmoid`: assumed probability that a preference label is flipped (conservative "
+        "DPO): -(1-ε)·log σ(β·Δ) - ε·log σ(-β·Δ)."))
+    prompt_field: str = Field("prompt", description=(
+        "Field holding the prompt: a string, or a list of chat messages (e.g. "
+        "`prompt_messages`). OpenAI's format (`input`/`preferred_output`/"
+        "`non_preferred_output`) is recognised without settings."))
+    chosen_field: str = Field("chosen", description="Field holding the preferred response.")
+    rejected_field: str = Field("rejected", description="Field holding the rejected response.")
+    reference: Literal["auto", "adapter", "precompute"] = Field("auto", description=(
+        "Reference log-probabilities: `adapter` (LoRA only: the base model with the adapter "
+        "disabled, no second copy), `precompute` (computed once before training and cached "
+        "on disk, keyed by data and model). `auto`: adapter for LoRA, else precompute."))
+
+
+class DistillConfig(_Section):
+    teacher: str | None = Field(None, description=(
+        "Teacher: an embedded model, checkpoint directory or tunesmith run directory. Its "
+        "vocabulary (causal LM) or labels (classifier) must match the student's."))
+    head: Literal["causal_lm", "classification"] = Field("causal_lm", description=(
+        "`causal_lm`: token-level distillation on the logits of labelled positions; "
+        "`classification`: soft labels from a teacher classifier (data and labels as "
+        "`task: classification`, under `classification:`)."))
+    loss: Literal["forward_kl", "reverse_kl", "jsd"] = Field("forward_kl", description=(
+        "`forward_kl`: KL(teacher‖student) (mean-seeking); `reverse_kl`: KL(student‖teacher) "
+        "(mode-seeking); `jsd`: generalised Jensen-Shannon with `jsd_beta`."))
+    jsd_beta: float = Field(0.5, gt=0, lt=1, description=(
+        "`jsd`: mixture weight β in M = β·teacher + (1-β)·student; "
+        "loss = β·KL(teacher‖M) + (1-β)·KL(student‖M)."))
+    temperature: float = Field(2.0, gt=0, description=(
+        "Softmax temperature for teacher and student; the distillation loss is scaled by T²."))
+    alpha: float = Field(0.5, ge=0, le=1, description=(
+        "Weight of the distillation loss; the usual loss (cross-entropy on the labels) gets "
+        "1 - alpha."))
+    teacher_outputs: Literal["on_the_fly", "cache"] = Field("on_the_fly", description=(
+        "`on_the_fly`: run the teacher every step; `cache`: run it once over the training "
+        "data and keep its logits on disk (keyed by data and teacher), then free it."))
+    student_layers: list[int] | Literal["every_other"] | None = Field(None, description=(
+        "Make the student smaller by keeping only these transformer layers of `model.name` "
+        "(0-based indices, or `every_other`), initialised from its weights."))
+
+
 class OutputConfig(_Section):
     dir: str = Field("runs", description="Parent directory of run directories.")
     tensorboard: bool = Field(True, description="Write TensorBoard logs under `tb/`.")
@@ -172,31 +270,42 @@ class OutputConfig(_Section):
 class RunConfig(_Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description=(
         "Run name; outputs go to `<output.dir>/<name>/`."))
-    task: Literal["sft", "classification"] = Field("sft", description=(
-        "What to train: `sft` (causal LM on chat/instruction data) or `classification` "
-        "(a sequence-classification head on an encoder or decoder model)."))
+    task: Literal["sft", "classification", "dpo", "distill"] = Field("sft", description=(
+        "What to train: `sft` (causal LM on chat/instruction data), `classification` "
+        "(a sequence-classification head on an encoder or decoder model), `dpo` (preference "
+        "tuning on chosen/rejected pairs) or `distill` (a student learns from a teacher)."))
     model: ModelConfig = Field(default_factory=ModelConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     classification: ClassificationConfig = Field(default_factory=ClassificationConfig,
                                                  description="Settings for `task: classification`.")
+    dpo: DPOConfig = Field(default_factory=DPOConfig, description="Settings for `task: dpo`.")
+    distill: DistillConfig = Field(default_factory=DistillConfig,
+                                   description="Settings for `task: distill`.")
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> RunConfig:
         problems = []
-        if self.method.unfreeze is not None and self.method.type == "lora":
-            problems.append("method.unfreeze works with method.type full or freeze, not lora")
+        if self.method.unfreeze is not None and self.method.type in ("lora", "qlora"):
+            problems.append("method.unfreeze works with method.type full or freeze, not "
+                            f"{self.method.type}")
+        if self.method.type == "qlora" and self.task == "classification":
+            problems.append("method.type qlora is for causal LMs (task sft, dpo, distill), "
+                            "not classification; use lora")
         if self.method.unfreeze is not None and not (
                 self.method.unfreeze.every_steps or self.method.unfreeze.per_epoch):
             problems.append("method.unfreeze needs every_steps: N or per_epoch: true")
+        mixture_val = self.data.mixture is not None and any(
+            d.validation for d in self.data.mixture.datasets)
         if self.train.early_stopping.patience and not (self.data.validation or
-                                                       self.data.val_split):
+                                                       self.data.val_split or mixture_val):
             problems.append("train.early_stopping.patience needs data.validation or "
                             "data.val_split")
         metric = self.train.early_stopping.metric
-        allowed = CLASSIFICATION_METRICS if self.task == "classification" else SFT_METRICS
+        allowed = {"classification": CLASSIFICATION_METRICS, "dpo": DPO_METRICS,
+                   "distill": DISTILL_METRICS}.get(self.task, SFT_METRICS)
         if metric not in allowed:
             problems.append(f"train.early_stopping.metric {metric} is not computed by task "
                             f"{self.task}; use one of {', '.join(allowed)}")
@@ -205,6 +314,30 @@ class RunConfig(_Section):
             if isinstance(weights, list) and (not weights or min(weights) <= 0):
                 problems.append("classification.class_weights must hold one positive weight "
                                 "per class")
+        problems += self._check_new_tasks()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _check_new_tasks(self) -> list[str]:
+        """Combinations of `dpo`, `distill` and `data.mixture` settings."""
+        problems = []
+        if self.task == "distill" and not self.distill.teacher:
+            problems.append("task distill needs distill.teacher (a model name or run directory)")
+        if self.dpo.reference == "adapter" and self.method.type != "lora":
+            problems.append("dpo.reference adapter needs method.type lora (with full or freeze "
+                            "fine-tuning use dpo.reference precompute)")
+        if self.data.mixture is not None:
+            if self.task != "sft":
+                problems.append(f"data.mixture works with task sft, not {self.task}")
+            if self.data.train or self.data.validation:
+                problems.append("data.mixture replaces data.train/data.validation: give each "
+                                "dataset its own train/validation")
+            names = [d.name for d in self.data.mixture.datasets]
+            if len(set(names)) != len(names):
+                problems.append("data.mixture.datasets need distinct names")
+            for d in self.data.mixture.datasets:
+                if (d.prompt is None) != (d.completion is None):
+                    problems.append(f"data.mixture dataset {d.name}: prompt and completion go "
+                                    "together")
+        return problems

@@ -90,16 +90,21 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, seed: int = 42) -> Prepared:
         val, vstats = encode_file(val_path, cfg, encoder)
         stats["validation"] = vstats
     elif cfg.val_split > 0:
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        n_val = max(1, int(round(len(train) * cfg.val_split)))
-        if n_val >= len(train):
-            raise DataError("data.val_split leaves no training examples", where="data.val_split",
-                            got=cfg.val_split, fix="use a smaller fraction or more data")
-        held = set(order[:n_val])
-        val = [e for i, e in enumerate(train) if i in held]
-        train = [e for i, e in enumerate(train) if i not in held]
+        train, val = split_off(train, cfg.val_split, seed)
     return Prepared(train, val, stats, card)
+
+
+def split_off(items: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """(kept, held out): a seeded random ``fraction`` (at least one item) for validation."""
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(items) * fraction))
+    if n_val >= len(items):
+        raise DataError("data.val_split leaves no training examples", where="data.val_split",
+                        got=fraction, fix="use a smaller fraction or more data")
+    held = set(order[:n_val])
+    return ([e for i, e in enumerate(items) if i not in held],
+            [e for i, e in enumerate(items) if i in held])
 
 
 def padding_stats(lengths: list[int], batch_size: int, seed: int, group_by_length: bool

@@ -29,7 +29,8 @@ from tunesmith.evaluate import tasks as T
 from tunesmith.evaluate.metrics import (INFO, GenerationScorer, StreamingMetrics, aggregator,
                                         bootstrap_ci, paired_bootstrap, resolve_metrics,
                                         stats_matrix)
-from tunesmith.models.load import DTYPES, load_causal_lm, load_tokenizer, resolve_artifact
+from tunesmith.models.load import (DTYPES, load_causal_lm, load_quantized, load_tokenizer,
+                                   resolve_artifact)
 from tunesmith.train.checkpoint import atomic_dir, atomic_write_text, commit_dir
 
 FAMILY = {"generation": "generation", "lm": "lm", "classification": "labels",
@@ -84,8 +85,8 @@ def load_classifier(source: Path | str, dtype: str) -> Any:
                 base_name, dtype=DTYPES[dtype], id2label=cfg.get("id2label"),
                 label2id=cfg.get("label2id"))
             return PeftModel.from_pretrained(base, str(src))
-        return AutoModelForSequenceClassification.from_pretrained(str(source),
-                                                                  dtype=DTYPES[dtype])
+        return load_quantized(source, "classifier") or \
+            AutoModelForSequenceClassification.from_pretrained(str(source), dtype=DTYPES[dtype])
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load classifier ({str(exc).splitlines()[0][:300]})",
                          where=str(source), fix="point at a directory saved by "

@@ -22,7 +22,8 @@ import torch
 from tunesmith.data.readers import read_rows
 from tunesmith.errors import DataError, ModelError
 from tunesmith.models.classifier import load_classifier, read_classifier_info
-from tunesmith.models.load import _first_line, load_tokenizer, resolve_artifact
+from tunesmith.models.load import (_first_line, load_quantized, load_tokenizer,
+                                   resolve_artifact)
 from tunesmith.models.registry import resolve_model_dir
 
 
@@ -143,7 +144,8 @@ def load_predictor(name: str, precision: str = "auto") -> Predictor:
                              got=getattr(config, "architectures", None),
                              fix="train one with `task: classification` and pass its run "
                              "directory")
-        model = AutoModelForSequenceClassification.from_pretrained(str(src))
+        model = load_quantized(src, "classifier") or \
+            AutoModelForSequenceClassification.from_pretrained(str(src))
     model.eval()
     id2label = model.config.id2label
     labels = [str(id2label[i]) for i in range(len(id2label))]

@@ -43,6 +43,11 @@ def apply_method(model: nn.Module, method: MethodConfig, task_type: str = "CAUSA
     trainable when it was built, so it must not be started here (a second unfreezer built
     after that would see only the top group and never unfreeze anything).
     """
+    if method.type == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        return _apply_lora(model, method, task_type, modules_to_save)
     if method.type == "lora":
         return _apply_lora(model, method, task_type, modules_to_save)
     for p in model.parameters():
@@ -50,6 +55,37 @@ def apply_method(model: nn.Module, method: MethodConfig, task_type: str = "CAUSA
     if method.type == "freeze":
         freeze_by_rule(model, method.freeze_layers, method.freeze_patterns)
     return model
+
+
+def load_qlora_base(source: Any, model_cfg: Any) -> nn.Module:
+    """The base for ``method.type: qlora``: 4-bit NF4 weights (bitsandbytes) on CUDA.
+
+    bitsandbytes' 4-bit kernels need a CUDA GPU; on other hardware this raises one clear
+    error naming what to use instead, before any run directory exists.
+    """
+    import importlib.util
+
+    from tunesmith.errors import MissingDependency
+
+    if not torch.cuda.is_available():
+        raise ConfigError("method.type qlora needs a CUDA GPU: bitsandbytes' 4-bit NF4 "
+                          "weights have no CPU training kernels", where="method.type",
+                          got="qlora (no CUDA device)",
+                          fix="use method.type: lora (all weights stay float32), or lora with "
+                          "model.dtype: bfloat16 to halve the base's memory; qlora runs on a "
+                          "CUDA machine with `pip install bitsandbytes`")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise MissingDependency("method.type qlora needs bitsandbytes", where="method.type",
+                                fix="pip install bitsandbytes (or use method.type: lora)")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                               bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    return AutoModelForCausalLM.from_pretrained(
+        str(source), quantization_config=quant, dtype=torch.bfloat16,
+        trust_remote_code=model_cfg.trust_remote_code,
+        attn_implementation=model_cfg.attn_implementation)
 
 
 def freeze_by_rule(model: nn.Module, first_layers: int, patterns: list[str]) -> list[str]:

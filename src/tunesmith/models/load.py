@@ -57,6 +57,9 @@ def load_causal_lm(source: Path | str, dtype: str = "float32", trust_remote_code
     from transformers import AutoModelForCausalLM
 
     src = Path(str(source))
+    quantized = load_quantized(src, "causal-lm")
+    if quantized is not None:
+        return quantized
     kwargs = dict(dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
                   attn_implementation=attn_implementation)
     try:
@@ -72,6 +75,17 @@ def load_causal_lm(source: Path | str, dtype: str = "float32", trust_remote_code
         raise ModelError(f"cannot load model ({_first_line(exc)})", where=str(source),
                          fix="use an embedded model (`tunesmith models list`), a local "
                          "checkpoint directory, or a hub id while online") from None
+
+
+def load_quantized(source: Path | str, kind: str = "causal-lm") -> Any | None:
+    """An int8 export (``tunesmith export --quantize int8``) rebuilt for CPU, else None.
+
+    Such a directory's config names ``quant_method: tunesmith-int8``, which plain
+    transformers refuses; every tunesmith loader calls this first.
+    """
+    from tunesmith.export.quantize import is_int8_dir, load_int8
+
+    return load_int8(source, kind) if is_int8_dir(source) else None
 
 
 def load_for_inference(name: str, dtype: str = "auto") -> tuple[Any, Any]:

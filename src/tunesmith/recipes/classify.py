@@ -11,6 +11,7 @@ kept in ``adapter/``) whose config carries ``id2label``; ``tunesmith predict`` r
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,12 +48,16 @@ class ClassifyResult:
     warnings: list[str]
 
 
-def build_model(cfg: RunConfig, tok: Any, source: Path | str, names: list[str]
+def build_model(cfg: RunConfig, tok: Any, source: Path | str, names: list[str],
+                prepare: Callable[[Any], Any] | None = None
                 ) -> tuple[Any, adapters.GradualUnfreezer | None, dict[str, Any]]:
-    """The classifier with ``requires_grad`` set by ``cfg.method``; plus what was chosen."""
+    """The classifier with ``requires_grad`` set by ``cfg.method``; plus what was chosen.
+    ``prepare`` changes the loaded model before the method applies (e.g. drops layers)."""
     model = load_classifier(source, names, cfg.classification.multi_label, tok.pad_token_id,
                             cfg.model.dtype, cfg.model.trust_remote_code,
                             cfg.model.attn_implementation)
+    if prepare is not None:
+        prepare(model)
     if cfg.train.dropout is not None:
         adapters.set_dropout(model, cfg.train.dropout)
     if cfg.train.gradient_checkpointing:

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,14 +14,13 @@ from typing import Any
 import torch
 
 from tunesmith.config.schema import RunConfig
+from tunesmith.data.mixture import prepare_mixture
 from tunesmith.data.pipeline import padding_stats, prepare_data
-from tunesmith.errors import TunesmithError
 from tunesmith.models import adapters
 from tunesmith.models.load import load_causal_lm, load_tokenizer, resolve_artifact
-from tunesmith.recipes import run_dir as rd
-from tunesmith.train import checkpoint as ckpt
-from tunesmith.train.loop import Loop, LoopResult, StepCallback
-from tunesmith.train.precision import accelerate_mixed_precision, resolve_precision
+from tunesmith.recipes import common
+from tunesmith.train.loop import Loop, LoopResult, SFTObjective, StepCallback
+from tunesmith.train.precision import accelerate_mixed_precision
 
 
 @dataclass
@@ -36,18 +35,24 @@ def build_tokenizer(cfg: RunConfig) -> Any:
     return load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
 
 
-def build_model(cfg: RunConfig, tok: Any = None
+def build_model(cfg: RunConfig, tok: Any = None, prepare: Callable[[Any], Any] | None = None
                 ) -> tuple[Any, Any, adapters.GradualUnfreezer | None]:
-    """Load the model (and tokenizer unless given); set what trains per ``cfg.method``."""
+    """Load the model (and tokenizer unless given); set what trains per ``cfg.method``.
+    ``prepare`` changes the loaded model before the method applies (e.g. drops layers)."""
     source = resolve_artifact(cfg.model.name)
     tok = tok if tok is not None else build_tokenizer(cfg)
-    model = load_causal_lm(source, cfg.model.dtype, cfg.model.trust_remote_code,
-                           cfg.model.attn_implementation)
+    if cfg.method.type == "qlora":  # 4-bit NF4 base (CUDA); a clear error elsewhere
+        model = adapters.load_qlora_base(source, cfg.model)
+    else:
+        model = load_causal_lm(source, cfg.model.dtype, cfg.model.trust_remote_code,
+                               cfg.model.attn_implementation)
+    if prepare is not None:
+        prepare(model)
     if cfg.train.dropout is not None:
         adapters.set_dropout(model, cfg.train.dropout)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if cfg.method.type == "lora":
+        if cfg.method.type in ("lora", "qlora"):
             model.enable_input_require_grads()
     model.config.use_cache = False
     unfreezer = None
@@ -81,41 +86,30 @@ def make_accelerator(precision: str) -> Any:
 
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
         callbacks: list[StepCallback] | None = None) -> SFTResult:
-    torch.manual_seed(cfg.train.seed)
-    precision = resolve_precision(cfg.train.precision)
-    accelerator = make_accelerator(precision)
+    precision, accelerator = common.setup(cfg)
     tok = build_tokenizer(cfg)
-    data = prepare_data(cfg.data, tok, cfg.train.seed)  # data errors surface before model load
+    mix = cfg.data.mixture
+    # data errors surface before the model loads
+    data: Any = (prepare_mixture(cfg.data, mix, tok, cfg.train.seed) if mix is not None
+                 else prepare_data(cfg.data, tok, cfg.train.seed))
     model, tok, unfreezer = build_model(cfg, tok)
+    objective = None
+    extra: dict[str, Any] = {}
+    if mix is not None:  # per-task batches and metrics
+        objective = SFTObjective(model, tok, data.train, data.validation, cfg, precision,
+                                 data.tasks, data.val_tasks, data.batch_plan)
+        extra["mixture"] = {"probabilities": data.probabilities, "sampling": mix.sampling,
+                            "train": {t: data.tasks.count(t) for t in data.probabilities},
+                            "validation": {t: data.val_tasks.count(t)
+                                           for t in data.probabilities}}
 
-    # look for the checkpoint before touching the run directory: a failed --resume must not
-    # leave a fresh, empty-looking run behind
-    resume_from = ckpt.latest_checkpoint(rd.run_dir_for(cfg)) if resume else None
-    run_dir = rd.open_run_dir(cfg, resume, overwrite)
     stats = {k: v.as_dict() for k, v in data.stats.items()}
     batching = padding_stats([len(e.input_ids) for e in data.train], cfg.train.batch_size,
                              cfg.train.seed, cfg.train.group_by_length)
-    rd.write_manifest(run_dir, cfg, tok, stats, {
-        "data_card": data.data_card, "batching": batching,
-        "precision": precision, "trainable": adapters.trainable_summary(model),
-        "examples": {"train": len(data.train), "validation": len(data.validation)}})
-    rd.write_status(run_dir, "running", resumed_from=str(resume_from) if resume_from else None)
-    try:
-        loop = Loop(model, tok, data.train, data.validation, cfg, run_dir, accelerator,
-                    precision, unfreezer, progress, callbacks)
-        result = loop.run(resume_from)
-        final = run_dir / "final"
-        if accelerator.is_main_process:
-            tmp = ckpt.atomic_dir(final)
-            unwrapped = accelerator.unwrap_model(loop.wrapped).model
-            ckpt.save_weights(unwrapped, tok, tmp)
-            (tmp / "tunesmith_eval.json").write_text(json.dumps(
-                {"step": result.steps, **result.last_eval}, indent=1))
-            ckpt.commit_dir(tmp, final)
-    except (TunesmithError, KeyboardInterrupt, Exception) as exc:
-        rd.write_status(run_dir, "failed", reason=f"{type(exc).__name__}: {exc}"[:2000])
-        raise
-    rd.write_status(run_dir, "completed", steps=result.steps, stopped_early=result.stopped_early,
-                    best_step=result.best_step, best_metric=result.best_metric,
-                    last_eval=result.last_eval, tokens_per_s=round(result.tokens_per_s, 2))
+    run_dir, resume_from = common.open_run(cfg, resume, overwrite, tok, model, stats, {
+        "data_card": data.data_card, "batching": batching, "precision": precision,
+        "examples": {"train": len(data.train), "validation": len(data.validation)}, **extra})
+    _, result = common.train_and_finish(run_dir, lambda: Loop(
+        model, tok, data.train, data.validation, cfg, run_dir, accelerator, precision,
+        unfreezer, progress, callbacks, objective), resume_from)
     return SFTResult(run_dir, result, run_dir / "final")

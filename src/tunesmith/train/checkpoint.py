@@ -9,7 +9,6 @@ sibling and renamed into place, so a killed run never leaves a half-written chec
 from __future__ import annotations
 
 import copy
-
 import json
 import os
 import random
@@ -48,6 +47,19 @@ def atomic_write_text(path: Path, text: str) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
     os.replace(tmp, path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary sibling, renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def save_weights(model: nn.Module, tokenizer: Any, out: Path) -> None:

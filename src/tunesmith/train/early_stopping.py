@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from tunesmith.errors import ConfigError
 
-LOWER_IS_BETTER = frozenset({"val_loss", "val_perplexity"})
+LOWER_IS_BETTER = frozenset({"val_loss", "val_perplexity", "val_distill_loss"})
 HIGHER_IS_BETTER = frozenset({"val_token_accuracy", "val_accuracy", "val_macro_f1",
                               "val_micro_f1", "val_weighted_f1", "val_macro_precision",
-                              "val_macro_recall"})
+                              "val_macro_recall", "val_reward_accuracy",
+                              "val_reward_margin"})
 
 
 def higher_is_better(metric: str) -> bool:

@@ -81,6 +81,22 @@ def split_causal_lm(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return base.get_decoder(), base.get_output_embeddings()
 
 
+def labelled_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float logits at the labelled positions ``[n, vocab]``, their target ids): the head
+    runs only over those positions (distillation, per-sequence evaluation)."""
+    keep = labels[:, 1:] != IGNORE
+    targets = labels[:, 1:][keep]
+    backbone, head = split_causal_lm(model)
+    if isinstance(head, nn.Linear) and not getattr(
+            getattr(model, "config", None), "final_logit_softcapping", None):
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                          use_cache=False).last_hidden_state[:, :-1][keep]
+        return head(hidden).float(), targets
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    return logits[:, :-1][keep].float(), targets
+
+
 class CausalLMLoss(nn.Module):
     """Wraps a causal LM so that ``forward`` returns (loss_sum, label_tokens, correct).
 

@@ -1,0 +1,180 @@
+"""int8 for CPU inference: per-channel int8 weights, activations quantized on the fly.
+
+Each ``nn.Linear`` (except a classifier's output head) becomes PyTorch's dynamic quantized
+linear (fbgemm/x86 int8 GEMM; the activation scale is computed per batch), the rest stays
+float32. This is PyTorch's own quantization (``torch.ao``); torchao would need a build
+matched to the installed torch, so it is not used.
+
+On disk (``int8_model.safetensors``) each quantized layer is ``<name>.qweight`` (int8, [out, in])
+and ``<name>.qscale`` (float32, one symmetric scale per output channel) plus its bias; every
+other tensor is float32 as usual. ``config.json`` carries ``quantization_config`` with
+``quant_method: tunesmith-int8``. The weights file has its own name so that plain
+transformers fails ("no model.safetensors") instead of loading random linear layers (it
+only warns about an unknown quantization method); tunesmith's loaders (``models.load.load_quantized``)
+rebuild exactly the exported modules, so ``predict``/``generate``/``eval`` run the same
+model that was measured at export time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tunesmith.errors import ModelError
+
+METHOD = "tunesmith-int8"
+WEIGHTS = "int8_model.safetensors"
+QUANT_CONFIG = {"quant_method": METHOD, "weights": "int8 symmetric per output channel",
+                "activations": "int8 dynamic (per batch)", "kernel": "torch.ao dynamic linear"}
+
+
+def _qlinear_class() -> type:
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    class Int8Linear(DynamicLinear):  # type: ignore[misc, valid-type]
+        """Dynamic int8 linear that also accepts bf16/fp16 inputs (e.g. under autocast)."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x.float()).to(x.dtype)
+
+    return Int8Linear
+
+
+def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 values and per-row scales with ``w ≈ q * scale[:, None]`` (|q| <= 127)."""
+    w = w.detach().float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def make_int8_linear(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    out_f, in_f = q.shape
+    mod = _qlinear_class()(in_f, out_f, bias_=bias is not None, dtype=torch.qint8)
+    qw = torch._make_per_channel_quantized_tensor(
+        q, scale.double(), torch.zeros(out_f, dtype=torch.long), 0)
+    mod.set_weight_bias(qw, None if bias is None else bias.detach().float())
+    return mod
+
+
+def int8_targets(model: nn.Module, kind: str) -> list[str]:
+    """Names of the linear layers to quantize: all but a classifier's head modules."""
+    skip: tuple[str, ...] = ()
+    if kind == "classifier":
+        from tunesmith.models.classifier import head_modules
+
+        skip = tuple(head_modules(model))
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
+            and not set(n.split(".")) & set(skip)]
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def quantize_int8(model: nn.Module, kind: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Quantize ``model`` in place (float32 first); returns it and the tensors to save."""
+    model = model.float().eval()
+    targets = set(int8_targets(model, kind))
+    if not targets:
+        raise ModelError("the model has no linear layers to quantize", where="--quantize int8",
+                         fix="export without --quantize, or as GGUF")
+    tensors: dict[str, torch.Tensor] = {}
+    for name in sorted(targets):
+        lin = model.get_submodule(name)
+        q, scale = quantize_weight(lin.weight)
+        bias = lin.bias.detach().float().clone() if lin.bias is not None else None
+        tensors[f"{name}.qweight"], tensors[f"{name}.qscale"] = q, scale
+        if bias is not None:
+            tensors[f"{name}.bias"] = bias
+        _set_module(model, name, make_int8_linear(q, scale, bias))
+    seen: set[int] = set()
+    for key, value in model.state_dict().items():
+        if not isinstance(value, torch.Tensor) or value.is_quantized or "_packed_params" in key:
+            continue
+        if key.rsplit(".", 1)[0] in targets:
+            continue
+        ptr = value.data_ptr()
+        if ptr in seen:  # tied weights are saved once
+            continue
+        seen.add(ptr)
+        tensors[key] = value.detach().contiguous()
+    model.tunesmith_quantization = "int8"  # type: ignore[assignment]
+    return model, tensors
+
+
+def save_int8(model: nn.Module, tensors: dict[str, torch.Tensor], tok: Any, out: Path) -> None:
+    """Write the int8 checkpoint: config (with the marker), tensors, tokenizer."""
+    from safetensors.torch import save_file
+
+    config = model.config
+    config.quantization_config = dict(QUANT_CONFIG, modules=sorted(
+        k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")))
+    # the output head is stored separately from the (float) embedding, so untie on disk
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "tie_word_embeddings", False):
+        text.tie_word_embeddings = False
+        config.tie_word_embeddings = False
+    config.save_pretrained(out)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and getattr(model, "can_generate", lambda: False)():
+        gen.save_pretrained(out)
+    save_file(tensors, str(out / WEIGHTS), metadata={"format": "pt",
+                                                                  "tunesmith": METHOD})
+    tok.save_pretrained(out)
+
+
+def is_int8_dir(path: Path | str) -> bool:
+    f = Path(str(path)) / "config.json"
+    if not f.exists():
+        return False
+    qc = json.loads(f.read_text()).get("quantization_config") or {}
+    return qc.get("quant_method") == METHOD
+
+
+def load_int8(path: Path | str, kind: str) -> nn.Module:
+    """Rebuild an int8 export: the exact quantized modules and float32 elsewhere (eval mode)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    path = Path(str(path))
+    config = AutoConfig.from_pretrained(str(path))
+    qc = getattr(config, "quantization_config", None) or {}
+    del config.quantization_config
+    auto = AutoModelForSequenceClassification if kind == "classifier" else AutoModelForCausalLM
+    model = auto.from_config(config, dtype=torch.float32)
+    tensors = load_file(str(path / WEIGHTS))
+    modules = qc.get("modules") or sorted(k[: -len(".qweight")] for k in tensors
+                                          if k.endswith(".qweight"))
+    quantized = set(modules)
+    parts: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+    for name in modules:
+        try:
+            q, scale = tensors.pop(f"{name}.qweight"), tensors.pop(f"{name}.qscale")
+        except KeyError:
+            raise ModelError("int8 checkpoint is incomplete", where=str(path),
+                             got=f"no {name}.qweight/.qscale",
+                             fix="export the model again with --quantize int8") from None
+        parts[name] = (q, scale, tensors.pop(f"{name}.bias", None))
+    # float tensors first, into the float model; then the linear layers are swapped
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [k for k in missing if k.rsplit(".", 1)[0] not in quantized]
+    if missing or unexpected:
+        raise ModelError("int8 checkpoint does not match its config", where=str(path),
+                         got=f"missing {missing[:3]}, unexpected {unexpected[:3]}",
+                         fix="export the model again with --quantize int8")
+    for name, (q, scale, bias) in parts.items():
+        _set_module(model, name, make_int8_linear(q, scale, bias))
+    model.eval()
+    model.tunesmith_quantization = "int8"  # type: ignore[assignment]
+    return model

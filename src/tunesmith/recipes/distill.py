@@ -1,0 +1,144 @@
+"""Knowledge distillation: a student (``model.name``, optionally cut to a subset of its
+layers) learns from a teacher (``distill.teacher``: any model or run directory).
+
+    config → tokenizers (same vocabulary, or a clear error) → data (as sft, or as
+           classification for ``distill.head: classification``) → student (+ layer subset,
+           + method) → teacher (frozen; on the fly, or its outputs cached and released)
+           → run dir → training loop → final/
+
+Causal LMs are distilled token by token on the labelled positions; classifiers learn from
+the teacher's soft labels. Both mix the distillation loss with the usual loss by
+``distill.alpha``. See :mod:`tunesmith.train.distill_objective`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config.schema import RunConfig
+from tunesmith.data.classification import prepare_classification
+from tunesmith.data.pipeline import prepare_data
+from tunesmith.errors import ModelError
+from tunesmith.models.load import (
+    DTYPES,
+    _first_line,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_artifact,
+)
+from tunesmith.models.student import keep_layers
+from tunesmith.recipes import classify, common
+from tunesmith.recipes.sft import build_model, build_tokenizer
+from tunesmith.train.distill_objective import (
+    CausalDistillObjective,
+    ClassifierDistillObjective,
+    cache_key,
+)
+from tunesmith.train.dpo_objective import model_fingerprint
+from tunesmith.train.engine import LoopResult, StepCallback, TrainLoop
+
+
+@dataclass
+class DistillResult:
+    run_dir: Path
+    loop: LoopResult
+    final_dir: Path
+    student_layers: list[int] | None = None
+    teacher_cached: bool | None = None
+
+
+def check_same_vocabulary(student_tok: Any, teacher_tok: Any, student_name: str,
+                          teacher_name: str) -> None:
+    """Token-level distillation compares distributions over the same token ids."""
+    if student_tok.get_vocab() == teacher_tok.get_vocab():
+        return
+    raise ModelError("teacher and student have different vocabularies, so their outputs "
+                     "cannot be compared token by token", where="distill.teacher",
+                     got=f"student {student_name}: {len(student_tok)} tokens; teacher "
+                     f"{teacher_name}: {len(teacher_tok)} tokens",
+                     fix="pick a teacher and student from the same model family (same "
+                     "tokenizer), e.g. a larger and a smaller SmolLM2, or a student cut from "
+                     "the teacher with distill.student_layers")
+
+
+def _check_output_sizes(student: Any, teacher: Any) -> None:
+    s = student.get_output_embeddings().weight.shape[0]
+    t = teacher.get_output_embeddings().weight.shape[0]
+    if s != t:
+        raise ModelError("teacher and student have different vocabularies (output sizes "
+                         "differ)", where="distill.teacher", got=f"student {s}, teacher {t}",
+                         fix="use models that share a tokenizer and embedding size")
+
+
+def load_teacher_classifier(source: Path | str, names: list[str], cfg: RunConfig) -> Any:
+    """A trained classifier whose labels are exactly ``names`` (its head is kept)."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        teacher = AutoModelForSequenceClassification.from_pretrained(
+            str(source), dtype=DTYPES[cfg.model.dtype],
+            trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the teacher classifier ({_first_line(exc)})",
+                         where=f"distill.teacher {source}", fix="point distill.teacher at a "
+                         "trained classification run or checkpoint") from None
+    labels = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
+    if labels != list(names):
+        raise ModelError("the teacher's labels differ from the data's", where="distill.teacher",
+                         got=f"teacher {labels}, data {list(names)}",
+                         fix="set classification.labels to the teacher's labels, in its order")
+    return teacher
+
+
+def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
+        callbacks: list[StepCallback] | None = None) -> DistillResult:
+    precision, accelerator = common.setup(cfg)
+    d = cfg.distill
+    assert d.teacher is not None  # the schema requires it for task distill
+    teacher_src = resolve_artifact(d.teacher)
+    kept: list[int] = []
+
+    def cut(model: Any) -> None:
+        if d.student_layers is not None:
+            kept.extend(keep_layers(model, d.student_layers))
+
+    bs = cfg.train.eval_batch_size or cfg.train.batch_size
+    if d.head == "classification":
+        source = resolve_artifact(cfg.model.name)
+        tok = load_tokenizer(source, None, cfg.model.trust_remote_code)
+        check_same_vocabulary(tok, load_tokenizer(teacher_src), cfg.model.name, d.teacher)
+        data = prepare_classification(cfg.data, cfg.classification, tok, cfg.train.seed)
+        names = data.labels.names
+        teacher = load_teacher_classifier(teacher_src, names, cfg)
+        model, unfreezer, _ = classify.build_model(cfg, tok, source, names, cut)
+        objective: Any = ClassifierDistillObjective(
+            model, teacher, tok, data.train, data.validation, data.labels, cfg,
+            classify.classifier_info(cfg, names))
+        examples = {"train": len(data.train), "validation": len(data.validation)}
+    else:
+        tok = build_tokenizer(cfg)
+        check_same_vocabulary(tok, load_tokenizer(teacher_src), cfg.model.name, d.teacher)
+        data = prepare_data(cfg.data, tok, cfg.train.seed)  # before any model loads
+        model, tok, unfreezer = build_model(cfg, tok, cut)
+        teacher = load_causal_lm(teacher_src, cfg.model.dtype, cfg.model.trust_remote_code,
+                                 cfg.model.attn_implementation)
+        _check_output_sizes(model, teacher)
+        objective = CausalDistillObjective(model, teacher, tok, data.train, data.validation, cfg)
+        examples = {"train": len(data.train), "validation": len(data.validation)}
+    del teacher  # the objective holds it (or, with the cache, drops it)
+    cached = None
+    if d.teacher_outputs == "cache":
+        key = cache_key(d.head, model_fingerprint(teacher_src), objective.fingerprint(),
+                        precision, cfg.model.dtype)
+        cached = objective.cache_teacher(accelerator, bs, key)
+
+    stats = {k: v.as_dict() for k, v in data.stats.items()}
+    run_dir, resume_from = common.open_run(cfg, resume, overwrite, tok, model, stats, {
+        "precision": precision, "examples": examples, "teacher": str(teacher_src),
+        "student_layers": kept or None, "teacher_cached": cached,
+        "distill": d.model_dump()})
+    _, result = common.train_and_finish(run_dir, lambda: TrainLoop(
+        objective, tok, cfg, run_dir, accelerator, unfreezer, progress, callbacks), resume_from)
+    return DistillResult(run_dir, result, run_dir / "final", kept or None, cached)

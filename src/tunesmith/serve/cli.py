@@ -1,0 +1,136 @@
+"""``tunesmith serve``, ``tunesmith monitor`` and ``tunesmith feedback export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from tunesmith.errors import UsageError
+from tunesmith.serve.settings import DEFAULT_DATA_DIR
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+DataDir = Annotated[Path, typer.Option(
+    "--data-dir", help="Server state: SQLite database, uploaded files, fine-tuned models.")]
+DbUrl = Annotated[Optional[str], typer.Option(
+    "--db", help="SQLAlchemy URL instead of the SQLite file in --data-dir, e.g. "
+    "postgresql+psycopg://user:pw@host/db.")]
+
+
+def serve(models: Annotated[Optional[list[str]], typer.Argument(
+              metavar="MODEL_OR_RUN", help="Models to serve: embedded names, checkpoint or run directories, hub ids; "
+              "NAME=PATH chooses the served name.")] = None,
+          adapter: Annotated[Optional[list[str]], typer.Option(
+              "--adapter", help="NAME=RUN: a LoRA run served as NAME, sharing its base model "
+              "in memory with the other adapters on it. Repeatable.")] = None,
+          host: Annotated[str, typer.Option(help="Interface to bind (loopback by default).")
+                          ] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+          api_key: Annotated[Optional[str], typer.Option(
+              "--api-key", envvar="TUNESMITH_API_KEY",
+              help="Require `Authorization: Bearer KEY` on every route but /health.")] = None,
+          data_dir: DataDir = Path(DEFAULT_DATA_DIR), db: DbUrl = None,
+          dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16")] = "auto",
+          max_tokens_limit: Annotated[int, typer.Option(
+              help="Largest max_tokens a request may ask for.")] = 4096,
+          max_body_mb: Annotated[float, typer.Option(
+              help="Largest JSON request body, in MiB.")] = 1.0,
+          log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+          ) -> None:
+    """Serve models behind an OpenAI-compatible API (chat, completions, classify, jobs)."""
+    import uvicorn
+
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.settings import ServeSettings, parse_adapters
+
+    if dtype not in ("auto", "float32", "bfloat16"):
+        raise UsageError("unknown --dtype", where="--dtype", got=dtype,
+                         fix="use auto, float32 or bfloat16")
+    settings = ServeSettings(models=list(models or []), adapters=parse_adapters(adapter or []),
+                             host=host, port=port, api_key=api_key, data_dir=data_dir,
+                             db_url=db, dtype=dtype, max_tokens_limit=max_tokens_limit,
+                             max_body_bytes=int(max_body_mb * (1 << 20)))
+    if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        err.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can "
+                  "reach this address can use the models and the jobs API")
+    app = create_app(settings)
+    names = ", ".join(app.state.pool.handles) or "(none yet: fine-tuned job models load on use)"
+    err.print(f"serving {names} on http://{host}:{port}/v1"
+              + (" (API key required)" if settings.api_key else ""))
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def monitor(data_dir: DataDir = Path(DEFAULT_DATA_DIR), db: DbUrl = None,
+            output: Annotated[Path, typer.Option("-o", "--output",
+                                                 help="Report directory.")] = Path("monitor"),
+            run: Annotated[Optional[str], typer.Option(
+                "--run", help="Training run: compare served input lengths with its training "
+                "data's.")] = None,
+            data: Annotated[Optional[Path], typer.Option(
+                "--data", help="Reference data file instead of the run's training file "
+                "(tokenized with the run's tokenizer).")] = None,
+            model: Annotated[Optional[str], typer.Option(
+                help="Only requests to this served model.")] = None,
+            since_hours: Annotated[Optional[float], typer.Option(
+                "--since-hours", help="Only the last N hours.")] = None,
+            ) -> None:
+    """Latency percentiles, error rate, throughput and input-length drift of a server."""
+    from tunesmith.serve.monitor_report import build_monitor_report
+
+    summary, html = build_monitor_report(_db_url(data_dir, db), output, run=run, data=data,
+                                         model=model, since_hours=since_hours)
+    lat = summary["latency_ms"]
+    out.print(f"{summary['requests']} requests, error rate {summary['error_rate']:.2%}, "
+              f"{summary['throughput_rps']:.3g} req/s; latency p50 {lat['p50']:.1f} ms, "
+              f"p90 {lat['p90']:.1f} ms, p99 {lat['p99']:.1f} ms")
+    if summary.get("drift"):
+        d = summary["drift"]
+        out.print(f"input-length drift vs {d['reference']}: PSI {d['psi']:.3f}, KS "
+                  f"{d['ks']:.3f} (p={d['ks_p']:.3g}) → {d['verdict']}")
+    err.print(f"wrote {html}")
+
+
+def feedback_export(output: Annotated[Path, typer.Option("-o", "--output",
+                                                         help="JSONL file to write.")],
+                    data_dir: DataDir = Path(DEFAULT_DATA_DIR), db: DbUrl = None,
+                    format: Annotated[str, typer.Option(
+                        "--format", help="sft (messages) or dpo (prompt/chosen/rejected).")
+                                      ] = "sft",
+                    model: Annotated[Optional[str], typer.Option(
+                        help="Only completions of this served model.")] = None,
+                    kind: Annotated[str, typer.Option(
+                        help="chat (/v1/chat/completions) or text (/v1/completions).")
+                                    ] = "chat",
+                    ) -> None:
+    """Turn feedback into the next training set (SFT corrections/upvotes, or DPO pairs)."""
+    from tunesmith.serve.feedback_export import export_feedback
+
+    if format not in ("sft", "dpo"):
+        raise UsageError("unknown --format", where="--format", got=format, fix="use sft or dpo")
+    if kind not in ("chat", "text"):
+        raise UsageError("unknown --kind", where="--kind", got=kind, fix="use chat or text")
+    n = export_feedback(_db_url(data_dir, db), output, format, model=model, kind=kind)
+    err.print(f"wrote {n} {format} rows to {output}")
+
+
+def _db_url(data_dir: Path, db: str | None) -> str:
+    if db:
+        return db
+    path = data_dir / "tunesmith.db"
+    if not path.exists():
+        raise UsageError("no server database here", where=str(path),
+                         fix="pass the --data-dir the server used (or --db URL)")
+    return f"sqlite:///{path.resolve()}"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("monitor")(monitor)
+    feedback_app = typer.Typer(help="Feedback gathered by `tunesmith serve`.",
+                               no_args_is_help=True)
+    feedback_app.command("export")(feedback_export)
+    app.add_typer(feedback_app, name="feedback")

@@ -1,0 +1,155 @@
+"""Token-by-token decoding for the server: n choices, stop strings, seeds, streaming deltas.
+
+``transformers``' streamers handle one sequence; the API needs ``n`` choices streamed side by
+side, stop strings that may span tokens, and a finish reason per choice. The ``n`` choices
+share one prompt, so they run as one batch without padding through the KV cache. Each step
+yields the new text of every choice; text that could be the start of a stop string (or an
+incomplete UTF-8 character) is held back until it is known not to be one, so a stream
+never shows a stop string and its concatenated deltas equal the non-streamed text.
+Sampling draws from a ``torch.Generator`` seeded by the request's ``seed``, so the same
+request with the same seed gives the same output whatever else the server is doing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class DecodeParams:
+    max_tokens: int
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Delta:
+    """New text for choice ``index``; ``finish_reason`` set on its last delta."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass
+class DecodeResult:
+    texts: list[str]
+    finish_reasons: list[str]
+    completion_tokens: int
+
+
+def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float,
+                generator: torch.Generator) -> torch.Tensor:
+    """Greedy at temperature 0, else temperature + nucleus (top-p) sampling; [n, vocab] → [n]."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (always the most likely token)
+        drop = sorted_p.cumsum(-1) - sorted_p >= top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _holdback(text: str, stops: list[str]) -> int:
+    """How many trailing characters might begin a stop string (or an unfinished character)."""
+    keep = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                keep = max(keep, k)
+                break
+    # byte-level BPE mid-character: wait for the rest (up to 3 more bytes of one character)
+    tail = len(text) - len(text.rstrip("\ufffd"))
+    return max(keep, min(tail, 3))
+
+
+def _find_stop(text: str, stops: list[str], start: int) -> int:
+    hits = [i for s in stops if (i := text.find(s, max(0, start))) >= 0]
+    return min(hits) if hits else -1
+
+
+def decode_stream(model: Any, tok: Any, prompt_ids: list[int], params: DecodeParams,
+                  eos_ids: list[int], cancel: threading.Event | None = None,
+                  stats: dict[str, int] | None = None) -> Iterator[Delta]:
+    """Generate ``params.n`` continuations of ``prompt_ids``; yields text deltas as they form.
+
+    ``stats["completion_tokens"]`` counts generated tokens (the EOS not included).
+    """
+    n = params.n
+    device = next(model.parameters()).device
+    gen = torch.Generator(device="cpu")
+    if params.seed is not None:
+        gen.manual_seed(int(params.seed))
+    else:
+        gen.seed()
+    eos = set(eos_ids)
+    stops = [s for s in params.stop if s]
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    emitted = [0] * n  # characters of each choice already sent
+    done: list[str | None] = [None] * n
+    stats = stats if stats is not None else {}
+    stats["completion_tokens"] = 0
+    cur = torch.tensor([prompt_ids] * n, dtype=torch.long, device=device)
+    past = None
+    for _ in range(params.max_tokens):
+        if cancel is not None and cancel.is_set():
+            return
+        with torch.inference_mode():
+            out = model(input_ids=cur, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        nxt = pick_tokens(out.logits[:, -1, :].float().cpu(), params.temperature, params.top_p,
+                          gen)
+        for i in range(n):
+            if done[i]:
+                continue
+            t = int(nxt[i])
+            if t in eos:
+                text = tok.decode(tokens[i], skip_special_tokens=True)
+                done[i] = "stop"
+                yield Delta(i, text[emitted[i]:], "stop")
+                continue
+            tokens[i].append(t)
+            stats["completion_tokens"] += 1
+            text = tok.decode(tokens[i], skip_special_tokens=True)
+            if stops:
+                at = _find_stop(text, stops, emitted[i] - max(len(s) for s in stops))
+                if at >= 0:
+                    done[i] = "stop"
+                    yield Delta(i, text[emitted[i]:max(at, emitted[i])], "stop")
+                    continue
+            safe = len(text) - _holdback(text, stops)
+            if safe > emitted[i]:
+                yield Delta(i, text[emitted[i]:safe])
+                emitted[i] = safe
+        if all(done):
+            return
+        cur = nxt.view(n, 1).to(device)
+    for i in range(n):
+        if not done[i]:
+            text = tok.decode(tokens[i], skip_special_tokens=True)
+            done[i] = "length"
+            yield Delta(i, text[emitted[i]:], "length")
+
+
+def decode_all(model: Any, tok: Any, prompt_ids: list[int], params: DecodeParams,
+               eos_ids: list[int]) -> DecodeResult:
+    """Non-streamed: the full text and finish reason of every choice."""
+    texts = [""] * params.n
+    reasons = ["length"] * params.n
+    stats: dict[str, int] = {}
+    for d in decode_stream(model, tok, prompt_ids, params, eos_ids, stats=stats):
+        texts[d.index] += d.text
+        if d.finish_reason:
+            reasons[d.index] = d.finish_reason
+    return DecodeResult(texts, reasons, stats.get("completion_tokens", 0))

@@ -1,0 +1,249 @@
+"""The model pool: every served name mapped to a loaded model, LoRA adapters sharing a base.
+
+A served name points at a causal LM (full model, or a LoRA adapter over a base) or at a
+classifier. Adapters over the same base weights share one ``PeftModel`` in memory; a
+request picks its adapter with ``set_adapter`` (or runs the bare base inside
+``disable_adapter()``), under that base's lock, since the active adapter is state of the
+shared model. Names not given at startup are looked up in ``<data_dir>/models/<name>/``,
+where finished fine-tuning jobs put their run directories, and loaded on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import ModelError
+from tunesmith.inference.generate import _eos_ids
+from tunesmith.models.load import load_causal_lm, load_tokenizer, resolve_artifact
+from tunesmith.models.registry import EMBEDDED, resolve_model_dir
+from tunesmith.serve.paths import list_fine_tuned, resolve_model_name
+from tunesmith.serve.settings import ServeSettings, parse_named
+
+log = logging.getLogger("tunesmith.serve")
+
+
+@dataclass
+class BaseGroup:
+    """One set of weights in memory (plus the adapters loaded over it) and its lock."""
+
+    key: str
+    model: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    adapters: dict[str, str] = field(default_factory=dict)  # served name → peft adapter name
+
+
+@dataclass
+class LMHandle:
+    """A servable causal LM: its group, adapter (None: the base itself) and tokenizer."""
+
+    name: str
+    source: str
+    group: BaseGroup
+    adapter: str | None
+    tokenizer: Any
+    context_length: int
+    created: int = 0
+    kind: str = "lm"
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[Any]:
+        """Hold the base's lock with this model's adapter selected; yields the model."""
+        with self.group.lock:
+            model = self.group.model
+            if not hasattr(model, "peft_config"):
+                yield model
+            elif self.adapter is None:
+                with model.disable_adapter():
+                    yield model
+            else:
+                model.set_adapter(self.adapter)
+                yield model
+
+    def eos_ids(self) -> list[int]:
+        return _eos_ids(self.group.model, self.tokenizer)
+
+
+@dataclass
+class ClassifierHandle:
+    name: str
+    source: str
+    predictor: Any
+    created: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    kind: str = "classifier"
+
+
+Handle = LMHandle | ClassifierHandle
+
+
+def served_name(spec: str) -> str:
+    """Default served name: an embedded or hub name as given, a directory by its run name."""
+    if spec in EMBEDDED:
+        return spec
+    path = Path(spec).expanduser()
+    if not path.exists():
+        return spec
+    path = path.resolve()
+    if path.name in ("final", "best"):
+        path = path.parent
+    elif path.name.startswith("step-") and path.parent.name == "checkpoints":
+        path = path.parent.parent
+    return path.name
+
+
+def _is_classifier(src: Path) -> bool:
+    if (src / "tunesmith_classifier.json").exists():
+        return True
+    for name in ("adapter_config.json", "config.json"):
+        p = src / name
+        if p.exists():
+            cfg = json.loads(p.read_text())
+            if cfg.get("task_type") == "SEQ_CLS" or any(
+                    a.endswith("ForSequenceClassification") for a in cfg.get("architectures")
+                    or []):
+                return True
+    return False
+
+
+def _context_length(model: Any) -> int:
+    cfg = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+class ModelPool:
+    """Served names → handles; loads at startup (``add``) or lazily from the models dir."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.handles: dict[str, Handle] = {}
+        self.groups: dict[str, BaseGroup] = {}
+        self._load_lock = threading.RLock()
+        self._dtype = settings.dtype
+        if self._dtype == "auto":
+            from tunesmith.train.precision import resolve_precision
+
+            self._dtype = "bfloat16" if resolve_precision("auto") == "bf16" else "float32"
+
+    # -- loading -------------------------------------------------------------------------
+    def load_settings_models(self) -> None:
+        """Load what the command line named: models (``NAME=PATH`` allowed) and adapters."""
+        for spec in self.settings.models:
+            name, path = parse_named(spec, "MODEL")
+            self.add(name or served_name(path), path)
+        for name, path in self.settings.adapters.items():
+            self.add(name, path, adapter_only=True)
+
+    def add(self, name: str, spec: str, adapter_only: bool = False) -> Handle:
+        """Load ``spec`` (embedded name, checkpoint, run dir, hub id) and serve it as ``name``."""
+        import time
+
+        with self._load_lock:
+            if name in self.handles:
+                raise ModelError("two served models have the same name", where="serve",
+                                 got=name, fix="give one of them another name with NAME=PATH")
+            src = resolve_artifact(spec)
+            created = int(time.time())
+            if isinstance(src, Path) and _is_classifier(src):
+                from tunesmith.inference.predict import load_predictor
+
+                handle: Handle = ClassifierHandle(name, str(src), load_predictor(str(spec)),
+                                                  created)
+            elif isinstance(src, Path) and (src / "adapter_config.json").exists():
+                handle = self._add_adapter(name, src, created)
+            elif adapter_only:
+                raise ModelError("--adapter needs a LoRA run or adapter directory", where=name,
+                                 got=str(src), fix="pass a run trained with method.type: lora, "
+                                 "or serve a full model as a positional MODEL")
+            else:
+                key = str(Path(src).resolve()) if isinstance(src, Path) else str(src)
+                group = self.groups.get(key)
+                if group is None:
+                    group = BaseGroup(key, load_causal_lm(src, dtype=self._dtype).eval())
+                    self.groups[key] = group
+                handle = LMHandle(name, str(src), group, None, load_tokenizer(src),
+                                  _context_length(group.model), created)
+            self.handles[name] = handle
+            log.info("serving %s (%s) from %s", name, handle.kind, handle.source)
+            return handle
+
+    def _add_adapter(self, name: str, src: Path, created: int) -> LMHandle:
+        from peft import PeftModel
+
+        base_name = json.loads((src / "adapter_config.json").read_text())[
+            "base_model_name_or_path"]
+        base_src = resolve_model_dir(base_name)
+        key = str(Path(base_src).resolve()) if isinstance(base_src, Path) else str(base_src)
+        group = self.groups.get(key)
+        if group is None:
+            group = BaseGroup(key, load_causal_lm(base_src, dtype=self._dtype).eval())
+            self.groups[key] = group
+        adapter = f"a{sum(len(g.adapters) for g in self.groups.values())}"
+        with group.lock:  # a request may be generating with this model right now
+            if hasattr(group.model, "peft_config"):
+                group.model.load_adapter(str(src), adapter_name=adapter)
+            else:
+                group.model = PeftModel.from_pretrained(group.model, str(src),
+                                                        adapter_name=adapter).eval()
+            group.adapters[name] = adapter
+        try:
+            tok = load_tokenizer(src)
+        except ModelError:  # an adapter saved without tokenizer files uses the base's
+            tok = load_tokenizer(base_src)
+        return LMHandle(name, str(src), group, adapter, tok, _context_length(group.model),
+                        created)
+
+    # -- lookup --------------------------------------------------------------------------
+    def job_model_dir(self, name: str) -> Path | None:
+        """A finished job's model (``ft:...``) or checkpoint (``ft:...:ckpt-step-N``) by name.
+
+        Only names inside ``<data_dir>/models/`` resolve (serve/paths.py, shared with the
+        jobs API), so a request can never load an arbitrary path.
+        """
+        return resolve_model_name(self.settings.data_dir, name)
+
+    def get(self, name: str) -> Handle | None:
+        """The handle serving ``name``, loading a finished job's model on first use."""
+        handle = self.handles.get(name)
+        if handle is not None:
+            return handle
+        path = self.job_model_dir(name)
+        if path is None:
+            return None
+        with self._load_lock:
+            if name in self.handles:
+                return self.handles[name]
+            return self.add(name, str(path))
+
+    def listing(self) -> list[dict[str, Any]]:
+        """OpenAI model objects: loaded models, then finished job models not loaded yet."""
+        rows = [{"id": h.name, "object": "model", "created": h.created,
+                 "owned_by": "tunesmith", "kind": h.kind,
+                 "base": getattr(h, "group", None) and h.group.key}
+                for h in self.handles.values()]
+        listed = {r["id"] for r in rows}
+        for info in list_fine_tuned(self.settings.data_dir):
+            if info.get("id") and info["id"] not in listed:
+                listed.add(info["id"])
+                rows.append({"id": info["id"], "object": "model",
+                             "created": int(info.get("created") or 0),
+                             "owned_by": "tunesmith-fine-tuning", "kind": "lm",
+                             "base": info.get("base")})
+        root = self.settings.models_dir  # run dirs placed there by hand (no model info)
+        for path in sorted(root.glob("*/final")) if root.is_dir() else []:
+            name = path.parent.name
+            if name not in listed and self.job_model_dir(name):
+                rows.append({"id": name, "object": "model",
+                             "created": int(path.stat().st_mtime),
+                             "owned_by": "tunesmith-fine-tuning", "kind": "lm", "base": None})
+        return rows

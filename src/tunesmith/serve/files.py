@@ -1,0 +1,193 @@
+"""Uploaded fine-tuning files: validated line by line as OpenAI does, then stored immutably.
+
+Accepted (one JSON object per line, the same kind on every line):
+
+- ``chat``: ``{"messages": [{"role", "content", "weight"?}, ...]}`` — supervised jobs;
+- ``completion``: ``{"prompt": "...", "completion": "..."}`` — supervised jobs (legacy);
+- ``preference``: ``{"input": {"messages": [...]}, "preferred_output": [assistant message],
+  "non_preferred_output": [assistant message]}`` — ``dpo`` jobs.
+
+A problem is reported as a ``DataError`` naming the uploaded file's line and the field (e.g.
+``train.jsonl:3 field messages[1].role``); chat rows are checked by the same code that reads
+them for training (``data.formats.to_example``), so a file that uploads also trains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from tunesmith.data.formats import ROLES, to_example
+from tunesmith.data.readers import Row, iter_rows
+from tunesmith.errors import DataError
+from tunesmith.serve import paths
+from tunesmith.serve.jobs_models import FileRow, new_id, now
+
+KINDS = ("chat", "completion", "preference")
+MESSAGE_KEYS = {"role", "content", "name", "weight"}
+UNSUPPORTED_KEYS = {"tool_calls", "function_call", "tool_call_id", "refusal", "audio"}
+
+
+@dataclass
+class FileSummary:
+    kind: str
+    rows: int
+
+
+def validate_jsonl(path: Path, display: str) -> FileSummary:
+    """Check every line of ``path``; errors name ``display:<line>`` and the field."""
+    kind, n = None, 0
+    try:
+        for row in iter_rows(path):
+            row = Row(row.data, row.where.replace(str(path), display, 1))
+            row_kind = _kind_of(row)
+            if kind is None:
+                kind = row_kind
+            elif row_kind != kind:
+                raise DataError(f"line holds a {row_kind} example but the file started with "
+                                f"{kind} examples", where=row.where, got=sorted(row.data),
+                                fix="keep one format per file")
+            _check_row(row, row_kind)
+            n += 1
+    except DataError as exc:
+        if exc.where:
+            exc.where = exc.where.replace(str(path), display)
+        raise
+    if kind is None:
+        raise DataError("the file holds no examples", where=display,
+                        fix="upload a .jsonl file with one JSON example per line")
+    return FileSummary(kind, n)
+
+
+def store_upload(db: Any, data_dir: Path, src: BinaryIO, filename: str, purpose: str
+                 ) -> FileRow:
+    """Copy ``src`` to a temporary file, validate it, move it into place, record it."""
+    folder = paths.files_dir(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=".upload-", dir=folder))
+    try:
+        tmp = tmpdir / "upload.jsonl"
+        digest = hashlib.sha256()
+        size = 0
+        with tmp.open("wb") as out:
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
+        summary = validate_jsonl(tmp, filename)
+        file_id = new_id("file-", 22)
+        os.replace(tmp, paths.file_path(data_dir, file_id))
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    row = FileRow(id=file_id, filename=filename, bytes=size, created_at=now(), purpose=purpose,
+                  status="processed", kind=summary.kind, rows=summary.rows,
+                  sha256=digest.hexdigest())
+    with db.session() as s:
+        s.add(row)
+    return row
+
+
+def file_object(row: FileRow) -> dict[str, Any]:
+    """The OpenAI ``file`` object."""
+    return {"id": row.id, "object": "file", "bytes": row.bytes, "created_at": row.created_at,
+            "filename": row.filename, "purpose": row.purpose, "status": row.status,
+            "status_details": None, "expires_at": None}
+
+
+def render_error(exc: DataError) -> str:
+    """One line for an API error message: what; where; got; fix."""
+    return exc.render().replace("\n  ", "; ")
+
+
+# -- per-row checks ------------------------------------------------------------------------
+def _kind_of(row: Row) -> str:
+    keys = set(row.data)
+    if "messages" in keys:
+        return "chat"
+    if {"input", "preferred_output", "non_preferred_output"} & keys:
+        return "preference"
+    if {"prompt", "completion"} <= keys:
+        return "completion"
+    raise DataError("cannot tell the example format from its fields", where=row.where,
+                    got=sorted(keys), fix='use {"messages": [...]} for supervised jobs or '
+                    '{"input": {"messages": [...]}, "preferred_output": [...], '
+                    '"non_preferred_output": [...]} for dpo jobs')
+
+
+def _check_row(row: Row, kind: str) -> None:
+    if kind == "chat":
+        _check_message_keys(row.data["messages"], row.where, "messages")
+        to_example(row, "messages")
+    elif kind == "completion":
+        to_example(row, "prompt_completion")
+    else:
+        _check_preference(row)
+
+
+def _check_message_keys(msgs: Any, where: str, field: str) -> None:
+    if not isinstance(msgs, list):
+        return  # to_example reports the type with its fix
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            continue
+        loc = f"{where} field {field}[{i}]"
+        unsupported = sorted(UNSUPPORTED_KEYS & set(m))
+        if unsupported:
+            raise DataError(f"message uses `{unsupported[0]}`, which tunesmith cannot train on",
+                            where=f"{loc}.{unsupported[0]}", got=m.get(unsupported[0]),
+                            fix="remove tool/function calls from the example, or write the "
+                            "call as the assistant's text content")
+        unknown = sorted(set(m) - MESSAGE_KEYS)
+        if unknown:
+            raise DataError(f"message has an unrecognized key `{unknown[0]}`",
+                            where=f"{loc}.{unknown[0]}", got=sorted(m),
+                            fix=f"messages may only have {', '.join(sorted(MESSAGE_KEYS))}")
+        if not isinstance(m.get("content"), str):
+            raise DataError("message content must be a string", where=f"{loc}.content",
+                            got=m.get("content"), fix="store the text of the message as a "
+                            "string (content parts and images are not supported)")
+
+
+def _check_preference(row: Row) -> None:
+    d, where = row.data, row.where
+    for key in ("input", "preferred_output", "non_preferred_output"):
+        if key not in d:
+            raise DataError(f"preference example is missing `{key}`", where=where,
+                            got=sorted(d), fix="give input, preferred_output and "
+                            "non_preferred_output on every line")
+    inp = d["input"]
+    if not isinstance(inp, dict) or not isinstance(inp.get("messages"), list) \
+            or not inp["messages"]:
+        raise DataError("`input` must be an object with a non-empty `messages` list",
+                        where=f"{where} field input.messages", got=inp,
+                        fix='e.g. {"messages": [{"role": "user", "content": "..."}]}')
+    _check_message_keys(inp["messages"], where, "input.messages")
+    for i, m in enumerate(inp["messages"]):
+        if m.get("role") not in ROLES:
+            raise DataError("message has an unknown role",
+                            where=f"{where} field input.messages[{i}].role", got=m.get("role"),
+                            fix=f"use one of {', '.join(ROLES)}")
+    for key in ("preferred_output", "non_preferred_output"):
+        out = d[key]
+        if not isinstance(out, list) or len(out) != 1:
+            raise DataError(f"`{key}` must be a list holding exactly one assistant message",
+                            where=f"{where} field {key}", got=out,
+                            fix='e.g. [{"role": "assistant", "content": "..."}]')
+        _check_message_keys(out, where, key)
+        msg = out[0]
+        if msg.get("role") != "assistant":
+            raise DataError(f"`{key}` must be an assistant message",
+                            where=f"{where} field {key}[0].role", got=msg.get("role"),
+                            fix='set "role": "assistant"')
+        if not msg["content"].strip():
+            raise DataError(f"`{key}` is empty", where=f"{where} field {key}[0].content",
+                            got=msg["content"], fix="give the response text")
+    if d["preferred_output"][0]["content"] == d["non_preferred_output"][0]["content"]:
+        raise DataError("preferred and non-preferred outputs are identical", where=where,
+                        got=d["preferred_output"][0]["content"],
+                        fix="a preference pair needs two different responses")

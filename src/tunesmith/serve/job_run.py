@@ -1,0 +1,310 @@
+"""One fine-tuning job, run inside its own worker process (started by ``serve/worker.py``).
+
+The job's stored config goes through ``tunesmith.recipes.run_task`` — the code path of
+``tunesmith train`` — with a step callback that writes metrics events, heartbeats and
+checkpoints into the database and stops the run when the job is cancelled. On success the
+run directory moves atomically to ``<data_dir>/models/<fine_tuned_model>/`` so the model is
+servable by name the moment the job reads ``succeeded``.
+
+Every status change is conditional on the job still being ``running``, so a cancel that lands
+while training finishes is never overwritten.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+
+from tunesmith.serve import paths
+from tunesmith.serve.db import Database
+from tunesmith.serve.jobs_models import (CheckpointRow, FileRow, JobRow, add_event, new_id,
+                                         now)
+
+
+class JobCancelled(Exception):
+    """Raised from the step callback when the job was cancelled."""
+
+
+def run_job(job_id: str, db_url: str, data_dir: str) -> None:
+    """Train job ``job_id`` in this process (its stdout/stderr are the job's log file)."""
+    data = Path(data_dir)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop us
+    _exit_with_parent()
+    db = Database(db_url)
+    try:
+        _run(db, job_id, data)
+    finally:
+        db.dispose()
+
+
+def _run(db: Database, job_id: str, data_dir: Path) -> None:
+    from tunesmith.config.load import validate_dict
+    from tunesmith.errors import TunesmithError
+    from tunesmith.recipes import run_task
+    from tunesmith.train.checkpoint import latest_checkpoint
+
+    with db.session() as s:
+        job = s.scalar(select(JobRow).where(JobRow.id == job_id))
+        if job is None or job.status != "running":
+            return
+        spec, resume_requested, output_name = dict(job.spec), job.resume, job.output_name
+    run_dir = paths.job_run_dir(data_dir, job_id)
+    resume_from = None
+    if resume_requested and run_dir.exists():
+        resume_from = _safe(lambda: latest_checkpoint(run_dir))
+    with db.session() as s:
+        if resume_from is not None:
+            add_event(s, job_id, f"Resuming from the checkpoint at step "
+                      f"{resume_from.name.split('-')[-1]}")
+        elif resume_requested:
+            add_event(s, job_id, "No checkpoint was written before the interruption; "
+                      "training restarts from the beginning", level="warn")
+        add_event(s, job_id, "Fine-tuning job started")
+    reporter = StepReporter(db, job_id, run_dir, spec)
+    try:
+        cfg = validate_dict(spec["config"], source="fine-tuning job")
+        reporter.total = _total_steps(cfg)
+        result = run_task(cfg, resume=resume_from is not None, overwrite=resume_from is None,
+                          progress=False, callbacks=[reporter])
+    except JobCancelled:
+        return
+    except TunesmithError as exc:
+        _fail(db, job_id, "invalid_training_file" if type(exc).__name__ == "DataError"
+              else "training_failed", exc.render())
+        return
+    except Exception as exc:  # a bug: keep the traceback in the job's log
+        traceback.print_exc()
+        _fail(db, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
+        return
+    _succeed(db, job_id, data_dir, Path(result.run_dir), output_name, reporter)
+
+
+class StepReporter:
+    """Loop callback: a metrics event per step, heartbeat, checkpoints, cancellation."""
+
+    def __init__(self, db: Database, job_id: str, run_dir: Path, spec: dict[str, Any]) -> None:
+        self.db, self.job_id, self.run_dir, self.spec = db, job_id, run_dir, spec
+        self.total: int | None = None
+        self.started = time.time()
+        self.first_step: int | None = None
+        self._metrics_offset = 0
+
+    def __call__(self, step: int, values: dict[str, Any]) -> None:
+        if self.first_step is None:
+            self.first_step = step - 1
+        val = self._validation_metrics(step)
+        data = {"step": step, "train_loss": values.get("loss"), "total_steps": self.total,
+                "train_mean_token_accuracy": None, **val}
+        msg = f"Step {step}/{self.total}: training loss={values.get('loss', float('nan')):.4f}"
+        if "valid_loss" in val:
+            msg += f", validation loss={val['valid_loss']:.4f}"
+        ckpt_dir = self.run_dir / "checkpoints" / f"step-{step}"
+        with self.db.session() as s:
+            job = s.scalar(select(JobRow).where(JobRow.id == self.job_id))
+            if job is None or job.status != "running":
+                raise JobCancelled(self.job_id)
+            add_event(s, self.job_id, msg, type="metrics", data=data)
+            job.heartbeat_at = time.time()
+            job.estimated_finish = self._eta(step)
+            if ckpt_dir.is_dir():
+                self.record_checkpoint(s, job, step, data, f"checkpoints/step-{step}")
+            self._forget_rotated(s)
+
+    def _eta(self, step: int) -> int | None:
+        done = step - (self.first_step or 0)
+        if not self.total or done <= 0:
+            return None
+        per_step = (time.time() - self.started) / done
+        return int(time.time() + per_step * max(0, self.total - step))
+
+    def record_checkpoint(self, s: Any, job: JobRow, step: int, data: dict[str, Any],
+                           relpath: str) -> None:
+        exists = s.scalar(select(CheckpointRow.id).where(
+            CheckpointRow.job_id == self.job_id, CheckpointRow.step_number == step))
+        if exists:
+            return
+        metrics = {k: data.get(k) for k in ("train_loss", "train_mean_token_accuracy",
+                                            "valid_loss", "valid_mean_token_accuracy",
+                                            "full_valid_loss", "full_valid_mean_token_accuracy")}
+        s.add(CheckpointRow(id=new_id("ftckpt-"), job_id=self.job_id, created_at=now(),
+                            step_number=step, metrics={"step": step, **metrics},
+                            fine_tuned_model_checkpoint=paths.checkpoint_name(job.output_name,
+                                                                              step),
+                            relpath=relpath))
+        add_event(s, self.job_id, f"Checkpoint created at step {step}",
+                  data={"step": step})
+
+    def _forget_rotated(self, s: Any) -> None:
+        """Drop rows of checkpoints that ``train.keep_last`` rotated away."""
+        for row in s.scalars(select(CheckpointRow).where(CheckpointRow.job_id == self.job_id)):
+            if row.relpath.startswith("checkpoints/") and not (self.run_dir / row.relpath).is_dir():
+                s.delete(row)
+
+    def _validation_metrics(self, step: int) -> dict[str, float]:
+        """Evaluation rows the loop logged for this step (read incrementally)."""
+        path = self.run_dir / "metrics.jsonl"
+        out: dict[str, float] = {}
+        try:
+            with path.open("r", encoding="utf-8") as fh:
+                fh.seek(self._metrics_offset)
+                chunk = fh.read()
+        except OSError:
+            return out
+        complete = chunk[:chunk.rfind("\n") + 1]
+        self._metrics_offset += len(complete.encode("utf-8"))
+        for line in complete.splitlines():
+            row = json.loads(line) if line.strip() else {}
+            if row.get("step") == step and "val_loss" in row:
+                out = {"valid_loss": row["val_loss"], "full_valid_loss": row["val_loss"]}
+                if "val_token_accuracy" in row:
+                    out["valid_mean_token_accuracy"] = row["val_token_accuracy"]
+                    out["full_valid_mean_token_accuracy"] = row["val_token_accuracy"]
+        return out
+
+
+def _succeed(db: Database, job_id: str, data_dir: Path, run_dir: Path, output_name: str,
+             reporter: StepReporter) -> None:
+    rows = _read_metrics(run_dir / "metrics.jsonl")
+    steps = max((r["step"] for r in rows), default=0)
+    tokens = int(sum(r.get("step_tokens", 0) for r in rows if "loss" in r))
+    with db.session() as s:
+        job = s.scalar(select(JobRow).where(JobRow.id == job_id))
+        if job is None or job.status != "running":
+            return
+        info = {"id": output_name, "base": job.model, "job": job_id, "created": now(),
+                "steps": steps}
+    (run_dir / paths.MODEL_INFO).write_text(json.dumps(info, indent=1), encoding="utf-8")
+    target = paths.model_dir(data_dir, output_name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(run_dir, target)
+    results = _results_file(db, data_dir, rows)
+    with db.session() as s:
+        done = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
+                         .values(status="succeeded", fine_tuned_model=output_name,
+                                 finished_at=now(), trained_tokens=tokens,
+                                 estimated_finish=None))
+        if done.rowcount != 1:  # cancelled in the last moment: no model for a cancelled job
+            os.replace(target, run_dir)
+            return
+        job = s.scalar(select(JobRow).where(JobRow.id == job_id))
+        job.spec = {**job.spec, "result_files": [results]}
+        evals = [r for r in rows if r["step"] == steps and "val_loss" in r]
+        data = {"train_loss": next((r["loss"] for r in reversed(rows) if "loss" in r), None),
+                **(_val_of(evals[-1]) if evals else {})}
+        if not s.scalar(select(CheckpointRow.id).where(CheckpointRow.job_id == job_id,
+                                                       CheckpointRow.step_number == steps)):
+            reporter.record_checkpoint(s, job, steps, data, "final")
+        add_event(s, job_id, f"New fine-tuned model created: {output_name}")
+        add_event(s, job_id, "The job has successfully completed")
+
+
+def _val_of(row: dict[str, Any]) -> dict[str, Any]:
+    return {"valid_loss": row["val_loss"], "full_valid_loss": row["val_loss"],
+            "valid_mean_token_accuracy": row.get("val_token_accuracy"),
+            "full_valid_mean_token_accuracy": row.get("val_token_accuracy")}
+
+
+def _results_file(db: Database, data_dir: Path, rows: list[dict[str, Any]]) -> str:
+    """OpenAI's results file: a CSV of step, train_loss and validation figures."""
+    buf = io.StringIO()
+    out = csv.writer(buf)
+    out.writerow(["step", "train_loss", "train_accuracy", "valid_loss",
+                  "valid_mean_token_accuracy"])
+    by_step: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        by_step.setdefault(r["step"], {}).update(r)
+    for step in sorted(by_step):
+        r = by_step[step]
+        out.writerow([step, r.get("loss", ""), "", r.get("val_loss", ""),
+                      r.get("val_token_accuracy", "")])
+    text = buf.getvalue().encode("utf-8")
+    file_id = new_id("file-", 22)
+    path = paths.file_path(data_dir, file_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text)
+    import hashlib
+
+    with db.session() as s:
+        s.add(FileRow(id=file_id, filename="step_metrics.csv", bytes=len(text), created_at=now(),
+                      purpose="fine-tune-results", status="processed", kind="results",
+                      rows=len(by_step), sha256=hashlib.sha256(text).hexdigest()))
+    return file_id
+
+
+def _fail(db: Database, job_id: str, code: str, message: str) -> None:
+    with db.session() as s:
+        done = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
+                         .values(status="failed", finished_at=now(), estimated_finish=None,
+                                 error={"code": code, "message": message[:4000],
+                                        "param": None}))
+        if done.rowcount == 1:
+            add_event(s, job_id, f"Fine-tuning job failed: {message[:2000]}", level="error")
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+
+
+def _total_steps(cfg: Any) -> int | None:
+    if cfg.train.max_steps:
+        return cfg.train.max_steps
+    try:
+        from tunesmith.data.readers import iter_rows
+        from tunesmith.train.loop import plan_steps
+
+        n = sum(1 for _ in iter_rows(cfg.data.train))
+        if cfg.data.max_examples:
+            n = min(n, cfg.data.max_examples)
+        return plan_steps(n, cfg)[1]
+    except Exception:
+        return None
+
+
+def _safe(fn: Any) -> Any:
+    try:
+        return fn()
+    except Exception:
+        return None
+
+
+def _exit_with_parent() -> None:
+    """Stop when the process that started us dies (server killed): the job stays ``running``
+    in the database and the next worker resumes it from its last checkpoint."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tunesmith.serve.job_run JOB_ID --db URL --data-dir DIR`` (the worker runs it)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tunesmith.serve.job_run")
+    parser.add_argument("job_id")
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--data-dir", required=True)
+    args = parser.parse_args(argv)
+    run_job(args.job_id, args.db, args.data_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""A fine-tuning job request → checked job fields and the ``RunConfig`` it trains with.
+
+The request has OpenAI's shape (``model``, ``training_file``, ``validation_file``,
+``hyperparameters`` or ``method: {type: supervised|dpo, <type>: {hyperparameters}}``,
+``suffix``, ``seed``, ``metadata``) plus an optional tunesmith extension,
+``"tunesmith": {"section.key": value, ...}``, which overrides any key of the training config
+(for example ``{"method.type": "full", "data.max_length": 256, "train.max_steps": 20}``).
+
+``"auto"`` hyperparameters resolve to documented defaults once the training file's size is
+known: ``n_epochs`` 3, ``batch_size`` min(8, examples), ``learning_rate_multiplier`` 1 (times
+the base rate in ``BASE_LR``: supervised 2e-4 for LoRA, 2e-5 for full/freeze; dpo 5e-5 for
+LoRA, 1e-6 for full/freeze), ``beta`` 0.1. Every problem becomes an ``APIError`` (400,
+or 404 for an unknown model or file) naming the parameter.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config.load import validate_dict
+from tunesmith.config.schema import RunConfig
+from tunesmith.errors import ConfigError
+from tunesmith.serve import paths
+from tunesmith.serve.errors import APIError, model_not_found
+from tunesmith.serve.jobs_models import FileRow
+
+MIN_TRAIN_EXAMPLES = 10  # OpenAI's minimum
+AUTO = {"n_epochs": 3, "learning_rate_multiplier": 1.0, "beta": 0.1}
+MAX_BATCH = 8
+BASE_LR = {"supervised": {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5, "freeze": 2e-5},
+           "dpo": {"lora": 5e-5, "qlora": 5e-5, "full": 1e-6, "freeze": 1e-6}}
+LIMITS = {"n_epochs": (int, 1, 50), "batch_size": (int, 1, 256),
+          "learning_rate_multiplier": (float, 1e-6, 10.0), "beta": (float, 1e-6, 2.0)}
+METHOD_HPARAMS = {"supervised": ("n_epochs", "batch_size", "learning_rate_multiplier"),
+                  "dpo": ("n_epochs", "batch_size", "learning_rate_multiplier", "beta")}
+FILE_KIND = {"supervised": ("chat", "completion"), "dpo": ("preference",)}
+DATA_FORMAT = {"chat": "messages", "completion": "prompt_completion"}  # dpo: recognised
+RESERVED = ("name", "task", "output", "model.name", "data.train", "data.validation",
+            "data.format", "data.mixture")
+_SUFFIX = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_KNOWN = {"model", "training_file", "validation_file", "hyperparameters", "method", "suffix",
+          "seed", "metadata", "integrations", "tunesmith"}
+
+
+def dpo_available() -> bool:
+    from tunesmith.recipes import RECIPES
+
+    return "dpo" in RECIPES
+
+
+def parse_request(body: Any) -> dict[str, Any]:
+    """Check the request's types and shape; returns the fields a job row needs."""
+    if not isinstance(body, dict):
+        raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
+    unknown = sorted(set(body) - _KNOWN)
+    if unknown:
+        raise APIError(400, f"Unrecognized request argument supplied: {unknown[0]}",
+                       param=unknown[0], code="unknown_parameter")
+    for key in ("model", "training_file"):
+        if not isinstance(body.get(key), str) or not body[key]:
+            raise APIError(400, f"Missing required parameter: '{key}'." if key not in body
+                           else f"'{key}' must be a non-empty string.", param=key,
+                           code="missing_required_parameter" if key not in body
+                           else "invalid_type")
+    _optional_str(body, "validation_file")
+    suffix = _optional_str(body, "suffix")
+    if suffix is not None and not _SUFFIX.match(suffix):
+        raise APIError(400, "'suffix' must be 1-64 characters from letters, digits, '.', '_' "
+                       f"and '-' (got {suffix!r}).", param="suffix", code="invalid_value")
+    seed = body.get("seed")
+    if seed is None:
+        seed = random.randrange(2 ** 31)
+    elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 31:
+        raise APIError(400, f"'seed' must be an integer between 0 and 2147483647 (got {seed!r}).",
+                       param="seed", code="invalid_value")
+    if body.get("integrations"):
+        raise APIError(400, "Integrations (wandb) are not supported by tunesmith; metrics are in "
+                       "the job's events and result file.", param="integrations",
+                       code="unsupported_parameter")
+    metadata = body.get("metadata")
+    if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16 or any(
+            not isinstance(k, str) or not isinstance(v, str) for k, v in metadata.items())):
+        raise APIError(400, "'metadata' must be an object of at most 16 string keys and values.",
+                       param="metadata", code="invalid_value")
+    method_type, hparams = _method(body)
+    overrides = body.get("tunesmith") or {}
+    if not isinstance(overrides, dict):
+        raise APIError(400, "'tunesmith' must be an object of config overrides, e.g. "
+                       '{"train.max_steps": 20}.', param="tunesmith", code="invalid_type")
+    for key in overrides:
+        if not isinstance(key, str) or any(key == r or key.startswith(r + ".") for r in RESERVED):
+            raise APIError(400, f"'tunesmith.{key}' cannot be overridden: the job sets it.",
+                           param=f"tunesmith.{key}", code="invalid_value")
+    return {"model": body["model"], "training_file": body["training_file"],
+            "validation_file": body.get("validation_file"), "suffix": suffix, "seed": seed,
+            "metadata": metadata, "method_type": method_type, "hyperparameters": hparams,
+            "overrides": overrides}
+
+
+def _optional_str(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise APIError(400, f"'{key}' must be a string (got {value!r}).", param=key,
+                       code="invalid_type")
+    return value
+
+
+def _method(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(method type, requested hyperparameters) from ``method`` or legacy ``hyperparameters``."""
+    legacy = body.get("hyperparameters")
+    method = body.get("method")
+    if method is None:
+        method = {"type": "supervised", "supervised": {"hyperparameters": legacy or {}}}
+    if not isinstance(method, dict) or not isinstance(method.get("type"), str):
+        raise APIError(400, "'method' must be an object with a 'type' (supervised or dpo).",
+                       param="method", code="invalid_value")
+    kind = method["type"]
+    if kind not in METHOD_HPARAMS:
+        raise APIError(400, f"Method type {kind!r} is not supported; use 'supervised' or 'dpo'.",
+                       param="method.type", code="invalid_value")
+    if kind == "dpo" and not dpo_available():
+        raise APIError(400, "Method 'dpo' needs the DPO recipe (task: dpo), which this "
+                       "tunesmith installation does not have; use method type 'supervised'.",
+                       param="method.type", code="unsupported_method")
+    section = method.get(kind) or {}
+    if not isinstance(section, dict):
+        raise APIError(400, f"'method.{kind}' must be an object.", param=f"method.{kind}",
+                       code="invalid_type")
+    requested = section.get("hyperparameters") or {}
+    if legacy and body.get("method") is not None:
+        if kind != "supervised":
+            raise APIError(400, "Top-level 'hyperparameters' only apply to supervised jobs; "
+                           f"put them in method.{kind}.hyperparameters.",
+                           param="hyperparameters", code="invalid_value")
+        requested = {**legacy, **requested}
+    where = f"method.{kind}.hyperparameters" if body.get("method") is not None \
+        else "hyperparameters"
+    if not isinstance(requested, dict):
+        raise APIError(400, f"'{where}' must be an object.", param=where, code="invalid_type")
+    for key, value in requested.items():
+        if key not in METHOD_HPARAMS[kind]:
+            raise APIError(400, f"Unknown hyperparameter '{key}' for {kind} jobs; use "
+                           f"{', '.join(METHOD_HPARAMS[kind])}.", param=f"{where}.{key}",
+                           code="invalid_value")
+        _check_hparam(key, value, f"{where}.{key}")
+    return kind, {k: requested.get(k, "auto") for k in METHOD_HPARAMS[kind]}
+
+
+def _check_hparam(key: str, value: Any, param: str) -> None:
+    if value == "auto" or value is None:
+        return
+    typ, lo, hi = LIMITS[key]
+    ok = not isinstance(value, bool) and isinstance(value, (int, float) if typ is float else int)
+    if not ok or not lo <= value <= hi:
+        kind = "an integer" if typ is int else "a number"
+        raise APIError(400, f"'{param}' must be \"auto\" or {kind} between {lo:g} and {hi:g} "
+                       f"(got {value!r}).", param=param, code="invalid_value")
+
+
+def resolve_hparams(requested: dict[str, Any], n_train: int, method: str) -> dict[str, Any]:
+    """Replace ``"auto"`` by the documented defaults."""
+    out = {}
+    for key, value in requested.items():
+        if value in ("auto", None):
+            value = min(MAX_BATCH, n_train) if key == "batch_size" else AUTO[key]
+        out[key] = value
+    return out
+
+
+def check_file(row: FileRow | None, file_id: str, param: str, method: str) -> FileRow:
+    if row is None:
+        raise APIError(404, f"File {file_id} not found.", param=param, code="file_not_found")
+    if row.purpose != "fine-tune":
+        raise APIError(400, f"File {file_id} has purpose {row.purpose!r}; fine-tuning needs "
+                       "a file uploaded with purpose 'fine-tune'.", param=param,
+                       code="invalid_file_purpose")
+    if row.kind not in FILE_KIND[method]:
+        need = " or ".join(FILE_KIND[method])
+        raise APIError(400, f"File {file_id} holds {row.kind} examples but {method} jobs need "
+                       f"{need} examples.", param=param, code="invalid_file_format")
+    if param == "training_file" and row.rows < MIN_TRAIN_EXAMPLES:
+        raise APIError(400, f"Training file {file_id} has {row.rows} example(s), but must have "
+                       f"at least {MIN_TRAIN_EXAMPLES} examples.", param=param,
+                       code="invalid_training_file")
+    return row
+
+
+def resolve_base(data_dir: Path, model: str) -> str:
+    """What ``model.name`` gets: a fine-tuned model's run dir, an embedded name, a dir, a hub id."""
+    from tunesmith.models.registry import EMBEDDED
+
+    found = paths.resolve_model_name(data_dir, model)
+    if found is not None:
+        return str(found)
+    if model in EMBEDDED:
+        if EMBEDDED[model].kind != "causal-lm":
+            raise APIError(400, f"Model {model} is an encoder; fine-tuning jobs train chat "
+                           "models.", param="model", code="invalid_model")
+        return model
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if _HUB_ID.match(model):
+        return model
+    raise model_not_found(model)
+
+
+def build_config(job_id: str, data_dir: Path, base: str, method: str,
+                 hparams: dict[str, Any], seed: int, train_file: FileRow,
+                 val_file: FileRow | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The raw training config (validated here, stored on the job, re-validated by the worker)."""
+    raw: dict[str, Any] = {
+        "name": job_id, "task": "dpo" if method == "dpo" else "sft",
+        "model": {"name": base},
+        "method": {"type": "lora"},
+        "data": {"train": str(paths.file_path(data_dir, train_file.id))},
+        "train": {"epochs": float(hparams["n_epochs"]), "batch_size": hparams["batch_size"],
+                  "seed": seed},
+        "output": {"dir": str(paths.job_run_dir(data_dir, job_id).parent), "tensorboard": False},
+    }
+    if train_file.kind in DATA_FORMAT:
+        raw["data"]["format"] = DATA_FORMAT[train_file.kind]
+    if val_file is not None:
+        raw["data"]["validation"] = str(paths.file_path(data_dir, val_file.id))
+    if method == "dpo":
+        raw["dpo"] = {"beta": hparams["beta"]}
+    for key, value in overrides.items():
+        _set(raw, key, value)
+    lr_given = "train.lr" in overrides
+    cfg = _validate(raw)
+    if not lr_given:
+        raw["train"]["lr"] = (BASE_LR[method][cfg.method.type]
+                              * hparams["learning_rate_multiplier"])
+    cfg = _validate(raw)
+    if "train.save_every" not in overrides:  # a resumable checkpoint per epoch, like OpenAI
+        from tunesmith.train.loop import plan_steps
+
+        per_epoch, total = plan_steps(train_file.rows, cfg)
+        raw["train"]["save_every"] = max(1, min(per_epoch, total))
+        raw["train"].setdefault("keep_last", 3)
+        if val_file is not None and "train.eval_every" not in overrides:
+            raw["train"]["eval_every"] = raw["train"]["save_every"]
+        _validate(raw)
+    return raw
+
+
+def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def _validate(raw: dict[str, Any]) -> RunConfig:
+    try:
+        return validate_dict(raw, source="fine-tuning job")
+    except ConfigError as exc:
+        detail = "; ".join(exc.problems) or exc.what
+        raise APIError(400, f"Invalid training configuration: {detail}", param="tunesmith",
+                       code="invalid_value") from None

@@ -1,0 +1,311 @@
+"""The shared training engine: one loop for every objective (SFT, DPO, distillation, ...).
+
+The engine owns what every kind of training needs — accelerate, gradient accumulation,
+clipping, schedules, gradual unfreezing, evaluation every ``eval_every`` steps, early
+stopping, ``best/`` and exact-resume checkpoints, tracking and progress. An
+:class:`Objective` owns what differs: how a micro-batch is built and what its loss is, which
+values are logged with it, and how the model is evaluated and saved. A new kind of training
+is one Objective, not one more copy of the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tunesmith.config.schema import RunConfig
+from tunesmith.data.collate import epoch_batches
+from tunesmith.errors import TrainingError
+from tunesmith.models.adapters import GradualUnfreezer
+from tunesmith.train import checkpoint as ckpt
+from tunesmith.train.early_stopping import check_metric_available, is_improvement
+from tunesmith.train.optim import build_optimizer, build_scheduler
+from tunesmith.train.progress import ProgressView
+from tunesmith.train.tracking import Tracker, truncate_after
+
+StepCallback = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    stopped_early: bool = False
+    best_step: int | None = None
+    best_metric: float | None = None
+    last_eval: dict[str, float] = field(default_factory=dict)
+    tokens_per_s: float = 0.0
+    losses: list[float] = field(default_factory=list)
+
+
+@dataclass
+class BatchOut:
+    """What one micro-batch contributes: its summed loss (with grad), summed logged values
+    (divided by the step's units when logged) and the tokens it processed."""
+
+    loss_sum: torch.Tensor
+    sums: dict[str, float] = field(default_factory=dict)
+    tokens: int = 0
+
+
+def plan_steps(n_examples: int, cfg: RunConfig, world: int = 1) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps)."""
+    tc = cfg.train
+    batches = math.ceil(n_examples / tc.batch_size)
+    per_epoch = max(1, math.ceil(batches / (tc.grad_accum * world)))
+    total = tc.max_steps if tc.max_steps else max(1, math.ceil(tc.epochs * per_epoch))
+    return per_epoch, total
+
+
+class Objective:
+    """What is optimised. Subclasses set ``module`` (an ``nn.Module`` whose ``.model`` is the
+    trained model; accelerate wraps it, so the loss lives inside its forward), ``task``,
+    ``metrics`` (validation metrics usable for early stopping), ``train_lengths`` and
+    ``val_size``, and implement :meth:`train_batch` and :meth:`evaluate`."""
+
+    task = "objective"
+    metrics: tuple[str, ...] = ("val_loss",)
+    module: nn.Module
+    train_lengths: list[int]
+    val_size: int = 0
+    units_name = "examples"  # what the step loss is averaged over
+
+    def epoch_batches(self, epoch: int, cfg: RunConfig) -> list[list[int]]:
+        """Training-example indices of each micro-batch of ``epoch`` (deterministic)."""
+        tc = cfg.train
+        return epoch_batches(self.train_lengths, tc.batch_size, tc.seed, epoch,
+                             tc.group_by_length)
+
+    def step_units(self, group: list[list[int]]) -> int:
+        """The step's loss is the summed loss over its micro-batches divided by this."""
+        return sum(len(b) for b in group)
+
+    def train_batch(self, wrapped: nn.Module, idx: list[int], device: Any) -> BatchOut:
+        raise NotImplementedError
+
+    def step_values(self, sums: dict[str, float], units: int) -> dict[str, float]:
+        """Logged values of one step from the summed values of its micro-batches."""
+        return {k: v / max(units, 1) for k, v in sums.items()}
+
+    def evaluate(self, wrapped: nn.Module, acc: Any, batch_size: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def save_model(self, module: nn.Module, tokenizer: Any, out: Path) -> None:
+        """Write the trained weights (``module`` is the unwrapped ``self.module``)."""
+        ckpt.save_weights(module.model, tokenizer, out)
+
+    def eval_extra(self, step: int, metrics: dict[str, float]) -> dict[str, Any]:
+        """More to record with an evaluation in ``best/tunesmith_eval.json``."""
+        return {}
+
+
+class TrainLoop:
+    """Runs an :class:`Objective`: see the module docstring for what the engine does."""
+
+    def __init__(self, objective: Objective, tokenizer: Any, cfg: RunConfig, run_dir: Path,
+                 accelerator: Any, unfreezer: GradualUnfreezer | None = None,
+                 show_progress: bool = True, callbacks: list[StepCallback] | None = None
+                 ) -> None:
+        self.obj, self.tok, self.cfg, self.tc = objective, tokenizer, cfg, cfg.train
+        self.run_dir, self.acc, self.unfreezer = run_dir, accelerator, unfreezer
+        check_metric_available(cfg.train.early_stopping.metric, objective.metrics,
+                               objective.task)
+        self.callbacks = callbacks or []
+        self.show_progress = show_progress and accelerator.is_main_process
+        self.module = objective.module
+        self.optimizer = build_optimizer(self.module.model, self.tc,
+                                         all_params=unfreezer is not None)
+        self.per_epoch, self.total = plan_steps(len(objective.train_lengths), cfg,
+                                                accelerator.num_processes)
+        self.scheduler = build_scheduler(self.optimizer, self.tc, self.total)
+        self.wrapped, self.optimizer = accelerator.prepare(self.module, self.optimizer)
+
+    # -- public -------------------------------------------------------------------------
+    def run(self, resume_from: Path | None = None) -> LoopResult:
+        tc, acc = self.tc, self.acc
+        state: dict[str, Any] = {"step": 0, "epoch": 0, "cursor": 0, "best": None,
+                                 "best_step": None, "bad_evals": 0, "unfrozen": 0}
+        if resume_from is not None:
+            state = ckpt.load_checkpoint(resume_from, self.module.model, self.optimizer,
+                                         self.scheduler)
+            if self.unfreezer is not None:
+                self.unfreezer.restore(state["unfrozen"])
+            if acc.is_main_process:
+                truncate_after(self.run_dir / "metrics.jsonl", state["step"])
+        tracker = Tracker(self.run_dir, self.cfg.output.tensorboard, acc.is_main_process)
+        view = ProgressView(self.total, state["step"], self.show_progress)
+        result = LoopResult(steps=state["step"])
+        micro_per_step = tc.grad_accum * acc.num_processes
+        save_every = tc.save_every or tc.eval_every
+        tokens_seen, train_time = 0, 0.0
+        cached: tuple[int, list[list[int]]] | None = None
+        self.wrapped.train()
+        try:
+            while state["step"] < self.total:
+                if cached is None or cached[0] != state["epoch"]:
+                    cached = (state["epoch"], self.obj.epoch_batches(state["epoch"], self.cfg))
+                batches = cached[1]
+                t0 = time.perf_counter()
+                group = batches[state["cursor"]:state["cursor"] + micro_per_step]
+                state["cursor"] += len(group)
+                loss_sum, units, n_seen, gnorm, sums = self._step(group)
+                train_time += time.perf_counter() - t0
+                tokens_seen += n_seen
+                state["step"] += 1
+                step = state["step"]
+                loss = loss_sum / max(units, 1)
+                if not math.isfinite(loss):
+                    raise TrainingError(f"the training loss became {loss} at step {step}",
+                                        where=str(self.run_dir), fix="lower train.lr, set "
+                                        "train.max_grad_norm, or use train.precision: fp32")
+                result.losses.append(loss)
+                if state["cursor"] >= len(batches):
+                    state["epoch"] += 1
+                    state["cursor"] = 0
+                    if self.unfreezer is not None and self.unfreezer.cfg.per_epoch:
+                        self._unfreeze(step, True, view, tracker)
+                if self.unfreezer is not None and self.unfreezer.cfg.every_steps:
+                    self._unfreeze(step, False, view, tracker)
+                if self.unfreezer is not None:
+                    state["unfrozen"] = self.unfreezer.unfrozen
+                values = {"loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                          "grad_norm": gnorm,
+                          "epoch": state["epoch"] + state["cursor"] / max(len(batches), 1),
+                          "tokens_per_s": tokens_seen / max(train_time, 1e-9),
+                          "step_tokens": n_seen, **self.obj.step_values(sums, units)}
+                if step % tc.log_every == 0 or step == self.total:
+                    tracker.log(step, values)
+                view.update(step, values)
+                stop = False
+                due = (tc.eval_every and step % tc.eval_every == 0) or step == self.total
+                if due and self.obj.val_size:
+                    stop = self._evaluate_and_track(step, state, result, tracker, view)
+                if save_every and step % save_every == 0 and step < self.total and not stop:
+                    self._save(step, state)
+                for cb in self.callbacks:
+                    cb(step, dict(values, **state))
+                if stop:
+                    result.stopped_early = True
+                    view.note(f"early stopping at step {step}: no improvement of "
+                              f"{tc.early_stopping.metric} in {tc.early_stopping.patience} "
+                              "evaluations")
+                    break
+        finally:
+            view.close()
+            tracker.close()
+        result.steps = state["step"]
+        result.best_step, result.best_metric = state["best_step"], state["best"]
+        result.tokens_per_s = tokens_seen / max(train_time, 1e-9)
+        return result
+
+    # -- one optimizer step ---------------------------------------------------------------
+    def _step(self, group: list[list[int]]
+              ) -> tuple[float, int, int, float, dict[str, float]]:
+        acc = self.acc
+        units = self.obj.step_units(group)  # the loss is a mean over the whole step
+        mine = group[acc.process_index::acc.num_processes]
+        loss_sum, seen = 0.0, 0
+        sums: dict[str, float] = {}
+        for i, idx in enumerate(mine):
+            sync = contextlib.nullcontext() if i == len(mine) - 1 else acc.no_sync(self.wrapped)
+            with sync, acc.autocast():
+                out = self.obj.train_batch(self.wrapped, idx, acc.device)
+                loss = out.loss_sum / max(units, 1) * acc.num_processes
+            acc.backward(loss)
+            loss_sum += float(out.loss_sum.detach())
+            seen += out.tokens
+            for k, v in out.sums.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        gnorm = 0.0
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        if self.tc.max_grad_norm:
+            gnorm = float(acc.clip_grad_norm_(params, self.tc.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if acc.num_processes > 1:
+            keys = sorted(sums)
+            t = torch.tensor([loss_sum, float(seen), *(sums[k] for k in keys)],
+                             dtype=torch.float64, device=acc.device)
+            reduced = [float(x) for x in acc.reduce(t, reduction="sum")]
+            loss_sum, seen = reduced[0], int(reduced[1])
+            sums = dict(zip(keys, reduced[2:]))
+        return loss_sum, units, int(seen), gnorm, sums
+
+    def _unfreeze(self, step: int, epoch_started: bool, view: ProgressView,
+                  tracker: Tracker) -> None:
+        assert self.unfreezer is not None
+        group = self.unfreezer.update(step, epoch_started)
+        if group is not None:
+            n = sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+            view.note(f"step {step}: unfroze layer group {group} "
+                      f"({self.unfreezer.unfrozen}/{len(self.unfreezer.groups)}, "
+                      f"{n:,} trainable parameters)")
+            tracker.log(step, {"unfrozen_groups": self.unfreezer.unfrozen,
+                               "trainable_params": n})
+
+    # -- evaluation, best/, early stopping -------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """The objective's validation metrics (streamed, batch by batch)."""
+        self.wrapped.eval()
+        try:
+            with torch.no_grad():
+                return self.obj.evaluate(self.wrapped, self.acc,
+                                         self.tc.eval_batch_size or self.tc.batch_size)
+        finally:
+            self.wrapped.train()
+
+    def _evaluate_and_track(self, step: int, state: dict[str, Any], result: LoopResult,
+                            tracker: Tracker, view: ProgressView) -> bool:
+        es = self.tc.early_stopping
+        metrics = self.evaluate()
+        result.last_eval = metrics
+        tracker.log(step, metrics)
+        value = metrics[es.metric]
+        improved = is_improvement(value, state["best"], es.metric, es.min_delta)
+        shown = {k: v for k, v in metrics.items() if "/" not in k} or metrics
+        view.note(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()) +
+                  ("  (best)" if improved else ""))
+        if improved:
+            state["best"], state["best_step"], state["bad_evals"] = value, step, 0
+            self._save_best(step, metrics)
+            return False
+        state["bad_evals"] += 1
+        return bool(es.patience and state["bad_evals"] >= es.patience)
+
+    def save_final(self, result: LoopResult) -> Path:
+        """Write ``final/`` (weights + the last evaluation) atomically; returns its path."""
+        final = self.run_dir / "final"
+        if self.acc.is_main_process:
+            tmp = ckpt.atomic_dir(final)
+            self.obj.save_model(self.acc.unwrap_model(self.wrapped), self.tok, tmp)
+            (tmp / "tunesmith_eval.json").write_text(json.dumps(
+                {"step": result.steps, **result.last_eval}, indent=1))
+            ckpt.commit_dir(tmp, final)
+        return final
+
+    def _save_best(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.acc.is_main_process:
+            return
+        out = self.run_dir / "best"
+        tmp = ckpt.atomic_dir(out)
+        self.obj.save_model(self.acc.unwrap_model(self.wrapped), self.tok, tmp)
+        (tmp / "tunesmith_eval.json").write_text(json.dumps(
+            {"step": step, **metrics, **self.obj.eval_extra(step, metrics)}, indent=1))
+        ckpt.commit_dir(tmp, out)
+
+    def _save(self, step: int, state: dict[str, Any]) -> None:
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            path = self.run_dir / "checkpoints" / f"step-{step}"
+            ckpt.save_checkpoint(path, self.acc.unwrap_model(self.wrapped).model, self.tok,
+                                 self.optimizer, self.scheduler, dict(state))
+            ckpt.rotate(self.run_dir / "checkpoints", self.tc.keep_last)
