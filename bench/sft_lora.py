@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import (MALLOC_ENV, SHARED, matmul_peak_gflops, peak_rss_mib,  # noqa: E402
                           print_table, run_worker)
@@ -79,7 +81,7 @@ def worker_tunesmith(args: argparse.Namespace) -> dict:
     data.write_text("".join(json.dumps({"instruction": r["instruction"], "input": "",
                                         "output": r["output"]}) + "\n" for r in rows))
     lora = args.method == "lora"
-    cfg = validate_dict({
+    raw = {
         "name": "bench", "model": {"name": "smollm2-135m-instruct"},
         "method": {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.0,
                    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]} if lora
@@ -88,7 +90,12 @@ def worker_tunesmith(args: argparse.Namespace) -> dict:
         "train": {"max_steps": args.steps, "batch_size": 8, "lr": 2e-4 if lora else 2e-5,
                   "scheduler": "constant", "seed": 0, "precision": args.precision},
         "output": {"dir": str(tmp / "runs"), "tensorboard": False},
-    })
+    }
+    for item in args.set or []:  # section.key=value, as on the tunesmith command line
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        raw.setdefault(section, {})[name] = yaml.safe_load(value)
+    cfg = validate_dict(raw)
     stamps: list[tuple[float, int, float]] = []
     result = sft.run(cfg, progress=False, callbacks=[
         lambda step, v: stamps.append((time.perf_counter(), v["step_tokens"], v["loss"]))])
@@ -166,6 +173,9 @@ def main() -> None:
                     help="TRL configurations to run, comma-separated")
     ap.add_argument("--heldout", type=int, default=48, help="held-out rows for the loss")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--set", action="append", help="tunesmith config override (section.key=v)")
+    ap.add_argument("--ablation", action="store_true",
+                    help="tunesmith only, one technique switched off at a time")
     args = ap.parse_args()
     if args.worker:
         fn = worker_tunesmith if args.worker == "tunesmith" else worker_trl
@@ -173,6 +183,9 @@ def main() -> None:
         return
     passthrough = ["--steps", str(args.steps), "--method", args.method,
                    "--precision", args.precision, "--heldout", str(args.heldout)]
+    if args.ablation:
+        return ablation(args, passthrough)
+    passthrough += [x for item in args.set or [] for x in ("--set", item)]
     peak = {p: matmul_peak_gflops(p) for p in ("fp32", "bf16")}
     print(f"matmul peak on this machine: fp32 {peak['fp32']:.0f} GFLOP/s, "
           f"bf16 {peak['bf16']:.0f} GFLOP/s")
@@ -204,6 +217,36 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"peak_gflops": peak, "tunesmith": ours,
                                                "trl": by}, indent=1))
+
+# technique → what switches it off (each row runs tunesmith with that one change)
+ABLATIONS = {
+    "all on (defaults)": ([], True),
+    "no bf16 autocast (fp32)": (["train.precision=fp32"], True),
+    "no length grouping": (["train.group_by_length=false"], True),
+    "default glibc allocator": ([], False),
+    "gradient checkpointing on": (["train.gradient_checkpointing=true"], True),
+}
+
+
+def ablation(args: argparse.Namespace, passthrough: list[str]) -> None:
+    rows = []
+    for name, (sets, malloc) in ABLATIONS.items():
+        extra = [x for item in sets for x in ("--set", item)]
+        r = run_worker(__file__, "tunesmith", [*passthrough, *extra],
+                       MALLOC_ENV if malloc else None)
+        r["name"] = name
+        rows.append(r)
+        print(f"  {name}: {r['tokens_per_s']:.1f} tok/s, peak RSS {r['peak_rss_mib']:.0f} MiB",
+              flush=True)
+    base = rows[0]
+    for r in rows:
+        r["speed_vs_defaults"] = r["tokens_per_s"] / base["tokens_per_s"]
+    print(f"\ntunesmith ablation, SFT {args.method}, {args.steps} steps")
+    print_table(rows, ["name", "tokens_per_s", "speed_vs_defaults", "peak_rss_mib",
+                       "heldout_loss", "wall_s"])
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
 
 if __name__ == "__main__":
     main()

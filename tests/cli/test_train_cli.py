@@ -103,12 +103,12 @@ def test_unknown_model_offline(case: dict[str, Any], capsys: pytest.CaptureFixtu
 def test_bad_value_and_unknown_key_reported_together(case: dict[str, Any],
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = cli(["train", str(case["cfg"]), "train.lr=-1", "train.batchsize=4",
-                        "method.type=qlora"], capsys)
+                        "method.type=qdora"], capsys)
     _assert_user_error(code, err)
     assert "3 problems" in err
     assert "train.lr" in err and "-1" in err and "greater than 0" in err
     assert "train.batchsize" in err and "train.batch_size" in err  # nearest key suggested
-    assert "method.type" in err and "'qlora'" in err and "lora" in err
+    assert "method.type" in err and "'qdora'" in err and "lora" in err
     _assert_no_run(case["run_dir"])
 
 
@@ -161,7 +161,7 @@ def test_existing_run_needs_overwrite(case: dict[str, Any],
                                       capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = cli(["train", str(case["cfg"]), "train.max_steps=1"], capsys)
     assert code == 0, err
-    assert (case["run_dir"] / "final" / "adapter_model.safetensors").exists()
+    assert (case["run_dir"] / "final" / "adapter" / "adapter_model.safetensors").exists()
     assert "done" in out and "1 steps" in out
     code, _, err = cli(["train", str(case["cfg"]), "train.max_steps=1"], capsys)
     _assert_user_error(code, err)

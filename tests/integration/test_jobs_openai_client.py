@@ -43,7 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     pull(MODEL)  # convert once before the server starts
     data = tmp_path_factory.mktemp("jobs-data")
     port = _free_port()
-    log = open(data / "server.log", "w")
+    log = open(data / "server.log", "w")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(
         [sys.executable, "-m", "tunesmith", "serve", "--port", str(port), "--data-dir",
          str(data), "--api-key", KEY, "--log-level", "warning"],

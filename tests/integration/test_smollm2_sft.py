@@ -68,7 +68,8 @@ def test_lora_steps_lower_validation_loss(smollm2: Path, shared_data: Path,
           f"({precision}, {res.loop.tokens_per_s:.0f} tok/s)")
     assert after["val_loss"] < before["val_loss"] - 0.02, (before, after)
     assert after["val_token_accuracy"] >= before["val_token_accuracy"] - 0.01
-    assert (res.final_dir / "adapter_model.safetensors").exists()
+    assert (res.final_dir / "adapter" / "adapter_model.safetensors").exists()
+    assert (res.final_dir / "model.safetensors").exists()  # merged: a plain HF checkpoint
     manifest = json.loads((res.run_dir / "manifest.json").read_text())
     assert manifest["data"]["validation"]["rows"] == N_VAL
     assert "<|im_start|>" in manifest["chat_template"]

@@ -68,7 +68,7 @@ def test_lora_dpo_raises_reward_accuracy_with_adapter_reference(
     assert steps[-1]["loss"] < steps[0]["loss"]
     last = res.loop.last_eval
     assert last["val_reward_accuracy"] > 0.8 and last["val_reward_margin"] > 0
-    assert (res.final_dir / "adapter_model.safetensors").exists()
+    assert (res.final_dir / "adapter" / "adapter_model.safetensors").exists()
 
 
 def test_adapter_reference_is_the_base_model(tiny_model_dir: Path, pairs_file: Path,
@@ -135,3 +135,22 @@ def test_adapter_reference_needs_lora(tiny_model_dir: Path, pairs_file: Path, tm
         _cfg(tiny_model_dir, pairs_file, tmp_path, method={"type": "full"},
              dpo={"reference": "adapter"})
     assert "dpo.reference" in str(err.value)
+
+
+def test_cli_trains_dpo_and_reports_bad_pairs(tiny_model_dir: Path, pairs_file: Path,
+                                              tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.unit.sft_support import cli, raw_cfg, write_config
+
+    raw = raw_cfg(tiny_model_dir, pairs_file, tmp_path / "runs", task="dpo",
+                  train={"max_steps": 2})
+    cfg_path = write_config(tmp_path / "dpo.yaml", raw)
+    code, out, err = cli(["train", str(cfg_path)], capsys)
+    assert code == 0, err
+    assert (tmp_path / "runs" / "t" / "final").is_dir()
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x", "chosen": "same",
+                                                 "rejected": "same"}])
+    code, _, err = cli(["train", str(cfg_path), f"data.train={bad}", "name=bad"], capsys)
+    assert code == 2 and "Error:" in err and "Traceback" not in err
+    assert "identical" in err and "bad.jsonl:1" in err
+    assert not (tmp_path / "runs" / "bad").exists()

@@ -71,7 +71,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir: Path, alpaca_fi
     # the resumed run's final weights equal the uninterrupted run's
     from safetensors.torch import load_file
 
-    name = "adapter_model.safetensors" if method["type"] == "lora" else "model.safetensors"
+    name = "adapter/adapter_model.safetensors" if method["type"] == "lora" else "model.safetensors"
     wa, wb = load_file(a.final_dir / name), load_file(b.final_dir / name)
     assert wa.keys() == wb.keys()
     for k in wa:
@@ -123,26 +123,38 @@ def test_final_full_model_loads_with_plain_transformers(tiny_model_dir: Path,
         assert torch.isfinite(model(ids).logits).all()
 
 
-def test_final_adapter_loads_with_peft(tiny_model_dir: Path, alpaca_file: Path,
-                                       tmp_path: Path) -> None:
+def test_final_is_merged_and_its_adapter_loads_with_peft(tiny_model_dir: Path,
+                                                         alpaca_file: Path,
+                                                         tmp_path: Path) -> None:
+    """final/ of a LoRA run is a plain checkpoint (the adapter merged; what
+    lm-evaluation-harness and vLLM load) and final/adapter/ is the adapter: same logits."""
     from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     cfg = make_cfg(tiny_model_dir, alpaca_file, tmp_path, train={"max_steps": 3, "lr": 5e-2})
     res = sft.run(cfg, progress=False)
-    assert (res.final_dir / "adapter_model.safetensors").exists()
-    assert not (res.final_dir / "model.safetensors").exists()
-    model = AutoPeftModelForCausalLM.from_pretrained(res.final_dir).eval()
-    from transformers import AutoModelForCausalLM
-
+    assert (res.final_dir / "adapter" / "adapter_model.safetensors").exists()
+    assert not (res.final_dir / "adapter_config.json").exists()
+    adapter = AutoPeftModelForCausalLM.from_pretrained(res.final_dir / "adapter").eval()
+    merged = AutoModelForCausalLM.from_pretrained(res.final_dir).eval()  # no peft needed
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     ids = torch.tensor([[5, 17, 42, 8, 9, 60]])
     with torch.no_grad():
-        tuned_logits, base_logits = model(ids).logits, base(ids).logits
+        tuned_logits, base_logits = adapter(ids).logits, base(ids).logits
+        torch.testing.assert_close(merged(ids).logits, tuned_logits, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(tuned_logits, base_logits, atol=1e-4), "adapter had no effect"
-    # the adapter loaded by peft is the one training left in memory: tunesmith's own loader
-    # (used by generate/chat) gives the same logits
+    # the EOS that ends an assistant turn is in the merged model's generation config
+    eos = merged.generation_config.eos_token_id
+    assert tokenizer_eos(res.final_dir) in (eos if isinstance(eos, list) else [eos])
+    # tunesmith's own loader (generate/chat/eval) resolves the run dir to the same model
     from tunesmith.models.load import load_for_inference
 
     ours, _ = load_for_inference(str(res.run_dir), dtype="float32")
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, tuned_logits, rtol=1e-4, atol=1e-4)
+
+
+def tokenizer_eos(path: Path) -> int:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path).eos_token_id

@@ -109,7 +109,8 @@ def test_existing_run_dir_needs_overwrite_or_resume(tiny_model_dir: Path, alpaca
     with pytest.raises(ConfigError, match="already exists"):
         sft.run(cfg, progress=False)
     res = sft.run(cfg, overwrite=True, progress=False)
-    assert (res.final_dir / "adapter_model.safetensors").exists()
+    assert (res.final_dir / "adapter" / "adapter_model.safetensors").exists()
+    assert (res.final_dir / "model.safetensors").exists()  # merged
 
 
 def test_bf16_and_fp32_runs_in_one_process(tiny_model_dir: Path, alpaca_file: Path,
@@ -136,7 +137,7 @@ def test_gradient_accumulation_matches_a_big_batch(tiny_model_dir: Path, alpaca_
         losses: dict[int, float] = {}
         res = sft.run(cfg, progress=False,
                       callbacks=[lambda s, v, losses=losses: losses.__setitem__(s, v["loss"])])
-        runs[(bs, accum)] = (losses, load_file(res.final_dir / "adapter_model.safetensors"))
+        runs[(bs, accum)] = (losses, load_file(res.final_dir / "adapter" / "adapter_model.safetensors"))
     (la, wa), (lb, wb) = runs[(4, 1)], runs[(2, 2)]
     assert sorted(la) == sorted(lb) == [1, 2, 3]
     for step in la:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -28,10 +28,10 @@ def export_command(
     merge: Annotated[bool, typer.Option(
         "--merge", help="Merge a LoRA adapter into its base (float32) instead of exporting "
         "the adapter alone (GGUF always merges).")] = False,
-    quantize: Annotated[Optional[str], typer.Option(
+    quantize: Annotated[str | None, typer.Option(
         "--quantize", "-q", help="hf: none, int8 (CPU: int8 weights + dynamic activations), "
         "f16, bf16. gguf: f16 (default), f32, bf16, q8_0, q5_1, q5_0, q4_1, q4_0.")] = None,
-    eval_file: Annotated[Optional[Path], typer.Option(
+    eval_file: Annotated[Path | None, typer.Option(
         "--eval-file", help="Score the export against its float32 source on this file "
         "(`tunesmith eval` task auto-detected); the change goes into the card.")] = None,
     speed: Annotated[bool, typer.Option(

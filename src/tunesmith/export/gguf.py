@@ -214,10 +214,10 @@ def export_gguf(source: ExportSource, quant: str, tmp: Path, info: dict[str, Any
                          got="; ".join(problems), fix="report this as a bug; export --format "
                          "hf meanwhile")
     dist = logit_distance(model, back, tok)
-    checks = [f"GGUF read back by transformers: tokenizer, chat template and special ids "
+    checks = [(f"GGUF read back by transformers: tokenizer, chat template and special ids "
               f"identical; logits max |Δ| {dist['max_abs']:.3g} ({100 * dist['relative']:.2f}% "
               f"of range), top-1 agreement {100 * dist['top1_agreement']:.1f}% over "
-              f"{dist['positions']} positions"]
+              f"{dist['positions']} positions")]
     checks.append(write_modelfile(tmp, path.name, tok))
     info["checks"] = checks
     info["gguf"] = {"file": path.name, "logits": dist}

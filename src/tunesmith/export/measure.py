@@ -50,8 +50,8 @@ def lm_tokens_per_s(model: Any, tok: Any, new_tokens: int = 32,
 
     encoded = [tok(render_prompt(tok, p), return_tensors="pt",
                    add_special_tokens=not getattr(tok, "chat_template", None)) for p in prompts]
-    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                  pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None)
+    kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False,
+                  "pad_token_id": tok.pad_token_id, "temperature": None, "top_p": None, "top_k": None}
     with torch.inference_mode():
         model.generate(**encoded[0], **{**kwargs, "max_new_tokens": 2, "min_new_tokens": 2})
         start = time.perf_counter()

@@ -40,6 +40,8 @@ def _render(tok: Any, messages: list[dict[str, str]], gen: bool) -> str:
 
 def derive_spec(tok: Any) -> ChatSpec | None:
     """Measure the chat template; None when it is not "prefix + content + suffix" per role."""
+    from jinja2 import TemplateError
+
     try:
         sys_only = _render(tok, [{"role": "system", "content": MARK["system"]}], False)
         with_user = _render(tok, [{"role": "system", "content": MARK["system"]},
@@ -50,8 +52,8 @@ def derive_spec(tok: Any) -> ChatSpec | None:
         gen = _render(tok, [{"role": "system", "content": MARK["system"]},
                             {"role": "user", "content": MARK["user"]}], True)
         user_only = _render(tok, [{"role": "user", "content": MARK["user"]}], False)
-    except Exception:  # templates may raise for unusual orders; then no TEMPLATE line
-        return None
+    except (TemplateError, ValueError, TypeError, KeyError, IndexError):
+        return None  # templates may refuse unusual message orders; then no TEMPLATE line
     if not (with_user.startswith(sys_only) and with_asst.startswith(with_user)
             and gen.startswith(with_user)):
         return None

@@ -81,7 +81,8 @@ def export(name: str, fmt: str = "hf", merge: bool = False, quantize: str | None
     info: dict[str, Any] = {
         "title": f"{out.name}", "source": str(source.path), "format": fmt, "quantize": q,
         "kind": source.kind, "architectures": source.architectures, "base": source.base,
-        "merged": source.is_adapter and (merge or fmt == "gguf"), "run": run_facts(
+        "merged": source.is_adapter and (merge or fmt == "gguf") or _trained_merged(source),
+        "run": run_facts(
             source.run_dir), "command": command or _command(name, fmt, merge, q, out, eval_path)}
     tmp = atomic_dir(out)
     try:
@@ -106,6 +107,11 @@ def export(name: str, fmt: str = "hf", merge: bool = False, quantize: str | None
     return ExportResult(out, info["files"], info)
 
 
+def _trained_merged(source: ExportSource) -> bool:
+    """A run's final/ that training already merged (its adapter kept in ``adapter/``)."""
+    return not source.is_adapter and (source.path / "adapter" / "adapter_config.json").exists()
+
+
 def _readable(path: Path) -> None:
     """Temporary directories and some writers create owner-only files; exports are shared."""
     path.chmod(0o755)
@@ -127,6 +133,8 @@ def _export_hf(source: ExportSource, q: str, tmp: Path, info: dict[str, Any],
         if source.kind == "classifier" else None
     if source.is_adapter:
         copy_adapter(source, tmp)
+    elif _trained_merged(source):
+        shutil.copytree(source.path / "adapter", tmp / "adapter")
     if q != "int8":
         save_hf(model, tok, tmp, HF_QUANT[q], sidecars_from=source.path)
     else:
@@ -182,4 +190,4 @@ def describe(result: ExportResult) -> dict[str, Any]:
                                   "checks": info.get("checks")}, default=str))
 
 
-__all__ = ["ExportResult", "export", "check_args", "describe", "ModelError"]
+__all__ = ["ExportResult", "ModelError", "check_args", "describe", "export"]

@@ -22,8 +22,7 @@ import torch
 from tunesmith.data.readers import read_rows
 from tunesmith.errors import DataError, ModelError
 from tunesmith.models.classifier import load_classifier, read_classifier_info
-from tunesmith.models.load import (_first_line, load_quantized, load_tokenizer,
-                                   resolve_artifact)
+from tunesmith.models.load import _first_line, load_quantized, load_tokenizer, resolve_artifact
 from tunesmith.models.registry import resolve_model_dir
 
 

@@ -13,10 +13,12 @@ while training finishes is never overwritten.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -25,10 +27,10 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from tunesmith.errors import CheckpointError, TunesmithError
 from tunesmith.serve import paths
 from tunesmith.serve.db import Database
-from tunesmith.serve.jobs_models import (CheckpointRow, FileRow, JobRow, add_event, new_id,
-                                         now)
+from tunesmith.serve.jobs_models import CheckpointRow, FileRow, JobRow, add_event, new_id, now
 
 
 class JobCancelled(Exception):
@@ -39,17 +41,17 @@ def run_job(job_id: str, db_url: str, data_dir: str) -> None:
     """Train job ``job_id`` in this process (its stdout/stderr are the job's log file)."""
     data = Path(data_dir)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop us
-    _exit_with_parent()
     db = Database(db_url)
+    _watch(db, job_id)
     try:
-        _run(db, job_id, data)
+        train_job(db, job_id, data)
     finally:
         db.dispose()
 
 
-def _run(db: Database, job_id: str, data_dir: Path) -> None:
+def train_job(db: Database, job_id: str, data_dir: Path) -> None:
+    """Train the claimed (``running``) job ``job_id`` in this process; record the outcome."""
     from tunesmith.config.load import validate_dict
-    from tunesmith.errors import TunesmithError
     from tunesmith.recipes import run_task
     from tunesmith.train.checkpoint import latest_checkpoint
 
@@ -61,7 +63,10 @@ def _run(db: Database, job_id: str, data_dir: Path) -> None:
     run_dir = paths.job_run_dir(data_dir, job_id)
     resume_from = None
     if resume_requested and run_dir.exists():
-        resume_from = _safe(lambda: latest_checkpoint(run_dir))
+        try:
+            resume_from = latest_checkpoint(run_dir)
+        except CheckpointError:
+            resume_from = None
     with db.session() as s:
         if resume_from is not None:
             add_event(s, job_id, f"Resuming from the checkpoint at step "
@@ -82,7 +87,7 @@ def _run(db: Database, job_id: str, data_dir: Path) -> None:
         _fail(db, job_id, "invalid_training_file" if type(exc).__name__ == "DataError"
               else "training_failed", exc.render())
         return
-    except Exception as exc:  # a bug: keep the traceback in the job's log
+    except Exception as exc:  # noqa: BLE001 - a bug: the job fails, the log keeps the traceback
         traceback.print_exc()
         _fail(db, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
         return
@@ -165,10 +170,7 @@ class StepReporter:
         for line in complete.splitlines():
             row = json.loads(line) if line.strip() else {}
             if row.get("step") == step and "val_loss" in row:
-                out = {"valid_loss": row["val_loss"], "full_valid_loss": row["val_loss"]}
-                if "val_token_accuracy" in row:
-                    out["valid_mean_token_accuracy"] = row["val_token_accuracy"]
-                    out["full_valid_mean_token_accuracy"] = row["val_token_accuracy"]
+                out = _val_of(row)
         return out
 
 
@@ -209,9 +211,12 @@ def _succeed(db: Database, job_id: str, data_dir: Path, run_dir: Path, output_na
 
 
 def _val_of(row: dict[str, Any]) -> dict[str, Any]:
-    return {"valid_loss": row["val_loss"], "full_valid_loss": row["val_loss"],
-            "valid_mean_token_accuracy": row.get("val_token_accuracy"),
-            "full_valid_mean_token_accuracy": row.get("val_token_accuracy")}
+    """A ``metrics.jsonl`` evaluation row in OpenAI's metric names."""
+    out = {"valid_loss": row["val_loss"], "full_valid_loss": row["val_loss"]}
+    if "val_token_accuracy" in row:
+        out["valid_mean_token_accuracy"] = row["val_token_accuracy"]
+        out["full_valid_mean_token_accuracy"] = row["val_token_accuracy"]
+    return out
 
 
 def _results_file(db: Database, data_dir: Path, rows: list[dict[str, Any]]) -> str:
@@ -232,8 +237,6 @@ def _results_file(db: Database, data_dir: Path, rows: list[dict[str, Any]]) -> s
     path = paths.file_path(data_dir, file_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(text)
-    import hashlib
-
     with db.session() as s:
         s.add(FileRow(id=file_id, filename="step_metrics.csv", bytes=len(text), created_at=now(),
                       purpose="fine-tune-results", status="processed", kind="results",
@@ -269,29 +272,34 @@ def _total_steps(cfg: Any) -> int | None:
         if cfg.data.max_examples:
             n = min(n, cfg.data.max_examples)
         return plan_steps(n, cfg)[1]
-    except Exception:
+    except (TunesmithError, OSError, ValueError):  # the recipe reports bad data itself
         return None
 
 
-def _safe(fn: Any) -> Any:
-    try:
-        return fn()
-    except Exception:
-        return None
-
-
-def _exit_with_parent() -> None:
-    """Stop when the process that started us dies (server killed): the job stays ``running``
-    in the database and the next worker resumes it from its last checkpoint."""
+def _watch(db: Database, job_id: str, heartbeat_every: float = 30.0) -> None:
+    """A thread that (1) exits when the process that started us dies (server killed: the job
+    stays ``running`` in the database and the next worker resumes it from its last
+    checkpoint) and (2) keeps the job's heartbeat fresh during long phases without steps
+    (model download, tokenizing), so workers on other hosts never take it for orphaned."""
     parent = os.getppid()
 
     def watch() -> None:
+        last = time.time()
         while True:
             time.sleep(1.0)
             if os.getppid() != parent:
                 os._exit(3)
+            if time.time() - last >= heartbeat_every:
+                last = time.time()
+                try:
+                    with db.session() as s:
+                        s.execute(update(JobRow).where(JobRow.id == job_id,
+                                                       JobRow.status == "running")
+                                  .values(heartbeat_at=last))
+                except Exception as exc:  # noqa: BLE001 - a missed heartbeat must not kill training
+                    print(f"heartbeat not written: {exc}", file=sys.stderr, flush=True)
 
-    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+    threading.Thread(target=watch, daemon=True, name="job-watch").start()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,8 +38,8 @@ METHOD_HPARAMS = {"supervised": ("n_epochs", "batch_size", "learning_rate_multip
                   "dpo": ("n_epochs", "batch_size", "learning_rate_multiplier", "beta")}
 FILE_KIND = {"supervised": ("chat", "completion"), "dpo": ("preference",)}
 DATA_FORMAT = {"chat": "messages", "completion": "prompt_completion"}  # dpo: recognised
-RESERVED = ("name", "task", "output", "model.name", "data.train", "data.validation",
-            "data.format", "data.mixture")
+RESERVED = ("name", "task", "output", "model.name", "model.trust_remote_code", "data.train",
+            "data.validation", "data.format", "data.mixture")
 _SUFFIX = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _KNOWN = {"model", "training_file", "validation_file", "hyperparameters", "method", "suffix",
@@ -161,7 +161,7 @@ def _check_hparam(key: str, value: Any, param: str) -> None:
                        f"(got {value!r}).", param=param, code="invalid_value")
 
 
-def resolve_hparams(requested: dict[str, Any], n_train: int, method: str) -> dict[str, Any]:
+def resolve_hparams(requested: dict[str, Any], n_train: int) -> dict[str, Any]:
     """Replace ``"auto"`` by the documented defaults."""
     out = {}
     for key, value in requested.items():

@@ -15,15 +15,24 @@ from typing import Any, Literal
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
-from sqlalchemy import func, select
+from sqlalchemy import select
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 from tunesmith.errors import DataError
 from tunesmith.serve import job_spec, paths
 from tunesmith.serve.errors import APIError
 from tunesmith.serve.files import file_object, render_error, store_upload
-from tunesmith.serve.jobs_models import (CheckpointRow, EventRow, FileRow, JobRow, add_event,
-                                         new_id, now)
+from tunesmith.serve.jobs_models import (
+    CheckpointRow,
+    EventRow,
+    FileRow,
+    JobRow,
+    add_event,
+    new_id,
+    now,
+)
 
 ACTIVE = ("validating_files", "queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -64,8 +73,9 @@ async def upload_file(request: Request) -> dict[str, Any]:
                        "bytes.", param="file", code="file_too_large")
     try:
         form = await request.form(max_files=1, max_fields=8)
-    except Exception as exc:  # malformed multipart body
-        raise APIError(400, f"Could not parse the multipart form ({exc}); send the file as "
+    except (HTTPException, MultiPartException, ValueError) as exc:  # malformed body
+        detail = getattr(exc, "detail", None) or getattr(exc, "message", None) or exc
+        raise APIError(400, f"Could not parse the multipart form ({detail}); send the file as "
                        "multipart/form-data with fields 'file' and 'purpose'.",
                        code="invalid_request") from None
     upload, purpose = form.get("file"), form.get("purpose")
@@ -153,7 +163,7 @@ async def create_job(request: Request) -> dict[str, Any]:
             val = job_spec.check_file(_file(s, req["validation_file"], missing_ok=True),
                                       req["validation_file"], "validation_file", method)
     base = job_spec.resolve_base(data_dir, req["model"])
-    hparams = job_spec.resolve_hparams(req["hyperparameters"], train.rows, method)
+    hparams = job_spec.resolve_hparams(req["hyperparameters"], train.rows)
     job_id = new_id("ftjob-")
     config = await run_in_threadpool(job_spec.build_config, job_id, data_dir, base, method,
                                      hparams, req["seed"], train, val, req["overrides"])
@@ -279,9 +289,3 @@ def _job(s: Any, job_id: str) -> JobRow:
                        code="fine_tuning_job_not_found")
     return row
 
-
-def count_jobs(db: Any, status: str) -> int:
-    """Jobs in ``status`` (for monitoring)."""
-    with db.session() as s:
-        return int(s.scalar(select(func.count()).select_from(JobRow).where(
-            JobRow.status == status)) or 0)

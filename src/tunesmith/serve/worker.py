@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import subprocess
-import sys
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path

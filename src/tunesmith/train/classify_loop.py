@@ -9,11 +9,8 @@ with probability inversely proportional to their class frequency.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +23,7 @@ from torch import nn
 from tunesmith.config.schema import CLASSIFICATION_METRICS, RunConfig
 from tunesmith.data.classification import ClsEncoded, LabelSpace, class_counts
 from tunesmith.data.collate import epoch_batches
-from tunesmith.errors import ConfigError, TrainingError
+from tunesmith.errors import ConfigError
 from tunesmith.evaluate.classification_metrics import (
     ConfusionMatrix,
     MultiLabelCounts,
@@ -34,12 +31,8 @@ from tunesmith.evaluate.classification_metrics import (
 )
 from tunesmith.models.adapters import GradualUnfreezer
 from tunesmith.models.classifier import save_classifier, write_classifier_info
-from tunesmith.train import checkpoint as ckpt
-from tunesmith.train.early_stopping import check_metric_available, is_improvement
-from tunesmith.train.loop import plan_steps
-from tunesmith.train.optim import build_optimizer, build_scheduler
-from tunesmith.train.progress import ProgressView
-from tunesmith.train.tracking import Tracker, truncate_after
+from tunesmith.train.engine import BatchOut, Objective, TrainLoop
+from tunesmith.train.tracking import truncate_after
 
 StepCallback = Callable[[int, dict[str, Any]], None]
 EVAL_LOG = "eval/classification.jsonl"
@@ -161,255 +154,145 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bo
                            reduction="none")
 
 
-class ClassifyLoop:
+class ClassifyObjective(Objective):
+    """Cross-entropy (softmax) or binary cross-entropy (sigmoid) per example, with label
+    smoothing and class weights; the step loss is a mean per example. Evaluation computes
+    accuracy, macro/micro/weighted P/R/F1, per-class figures and the confusion matrix."""
+
+    task = "classification"
+    metrics = CLASSIFICATION_METRICS
+    rate_name = "examples"
+    shown_metrics = ("val_loss", "val_accuracy", "val_macro_f1", "val_micro_f1")
+
+    def __init__(self, model: Any, tokenizer: Any, train: list[ClsEncoded],
+                 val: list[ClsEncoded], space: LabelSpace, cfg: RunConfig,
+                 save_info: dict[str, Any] | None = None) -> None:
+        self.train_set, self.val_set, self.space = train, val, space
+        self.cfg, self.tc, self.ccfg = cfg, cfg.train, cfg.classification
+        self.save_info = save_info or {}
+        weights = class_weight_tensor(self.ccfg.class_weights,
+                                      class_counts(train, space), space.multi_label, len(train))
+        self.module = ClassifierCriterion(model, space.multi_label, self.ccfg.label_smoothing,
+                                          weights)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.train_lengths = [len(e.input_ids) for e in train]
+        self.val_size = len(val)
+        self.labels = [e.label for e in train]
+        self.last_report: dict[str, Any] = {}
+
+    # -- batches -----------------------------------------------------------------------------
+    def epoch_batches(self, epoch: int, cfg: RunConfig) -> list[list[int]]:
+        """The batches of ``epoch`` (deterministic; balanced sampling draws per epoch)."""
+        tc = cfg.train
+        if not self.ccfg.balanced_sampling:
+            return epoch_batches(self.train_lengths, tc.batch_size, tc.seed, epoch,
+                                 tc.group_by_length)
+        drawn = balanced_order(self.labels, tc.seed, epoch)
+        batches = epoch_batches([self.train_lengths[j] for j in drawn], tc.batch_size, tc.seed,
+                                epoch, tc.group_by_length)
+        return [[drawn[k] for k in b] for b in batches]
+
+    def _batch(self, examples: Sequence[ClsEncoded], device: Any) -> dict[str, torch.Tensor]:
+        batch = collate_cls(examples, self.pad_id, self.space.multi_label)
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def train_batch(self, wrapped: nn.Module, idx: list[int], device: Any) -> BatchOut:
+        batch = self._batch([self.train_set[j] for j in idx], device)
+        lsum, _ = wrapped(**batch)
+        return BatchOut(lsum, {}, int(batch["attention_mask"].sum()))
+
+    def step_values(self, sums: dict[str, float], units: int) -> dict[str, float]:
+        return {"step_examples": units}
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def evaluate(self, wrapped: nn.Module, acc: Any, batch_size: int) -> dict[str, float]:
+        """Validation loss and metrics (streamed); the full report is ``last_report``."""
+        order = sorted(range(len(self.val_set)), key=lambda i: -len(self.val_set[i].input_ids))
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        multi = self.space.multi_label
+        counts: ConfusionMatrix | MultiLabelCounts = (
+            MultiLabelCounts(self.space.names) if multi else ConfusionMatrix(self.space.names))
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for idx in batches[acc.process_index::acc.num_processes]:
+            batch = self._batch([self.val_set[j] for j in idx], acc.device)
+            with acc.autocast():
+                lsum, logits = wrapped(**batch, train_loss=False)
+            loss_sum += lsum.double().cpu()
+            labels = batch["labels"].cpu()
+            if multi:
+                preds = torch.sigmoid(logits.float()).cpu() >= self.ccfg.threshold
+                counts.update(preds, labels)
+            else:
+                counts.update(logits.argmax(-1).cpu(), labels)
+        if acc.num_processes > 1:
+            loss_sum, counts = _reduce(acc, loss_sum, counts)
+        self.last_report = counts.compute()
+        return {"val_loss": float(loss_sum) / max(counts.total, 1),
+                **scalar_metrics(self.last_report)}
+
+    def eval_extra(self, step: int, metrics: dict[str, float]) -> dict[str, Any]:
+        return {"report": self.last_report}
+
+    def on_evaluated(self, step: int, metrics: dict[str, float], run_dir: Path) -> None:
+        path = run_dir / EVAL_LOG
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"step": step, **self.last_report}) + "\n")
+
+    def on_resume(self, run_dir: Path, step: int) -> None:
+        truncate_after(run_dir / EVAL_LOG, step)
+
+    def on_checkpoint(self, path: Path) -> None:
+        write_classifier_info(path, self.save_info)  # labels, for predict on a checkpoint
+
+    def save_model(self, module: nn.Module, tokenizer: Any, out: Path) -> None:
+        save_classifier(module.model, tokenizer, out, self.save_info)
+
+    save_final_model = save_model  # save_classifier already merges LoRA (adapter in adapter/)
+
+
+def _reduce(acc: Any, loss_sum: torch.Tensor, counts: Any) -> tuple[torch.Tensor, Any]:
+    loss_sum = acc.reduce(loss_sum.to(acc.device), reduction="sum").cpu()
+    if isinstance(counts, ConfusionMatrix):
+        counts.matrix = acc.reduce(counts.matrix.to(acc.device), reduction="sum").cpu()
+    else:
+        flat = torch.stack([counts.tp, counts.fp, counts.fn, counts.tn]).to(acc.device)
+        flat = acc.reduce(flat, reduction="sum").cpu()
+        counts.tp, counts.fp, counts.fn, counts.tn = flat
+        extra = acc.reduce(torch.tensor([counts.exact, counts.n], dtype=torch.float64,
+                                        device=acc.device), reduction="sum")
+        counts.exact, counts.n = (int(x) for x in extra)
+    return loss_sum, counts
+
+
+class ClassifyLoop(TrainLoop):
+    """The classification loop: :class:`ClassifyObjective` on the shared engine (same
+    signature and result as before the engine existed)."""
+
     def __init__(self, model: Any, tokenizer: Any, train: list[ClsEncoded],
                  val: list[ClsEncoded], space: LabelSpace, cfg: RunConfig, run_dir: Path,
                  accelerator: Any, unfreezer: GradualUnfreezer | None = None,
                  show_progress: bool = True, callbacks: list[StepCallback] | None = None,
                  save_info: dict[str, Any] | None = None) -> None:
-        self.model, self.tok, self.train_set, self.val_set = model, tokenizer, train, val
-        self.space, self.cfg, self.tc, self.ccfg = space, cfg, cfg.train, cfg.classification
-        self.run_dir, self.acc, self.unfreezer = run_dir, accelerator, unfreezer
-        check_metric_available(self.tc.early_stopping.metric, CLASSIFICATION_METRICS,
-                               "classification")
-        self.callbacks = callbacks or []
-        self.save_info = save_info or {}
-        self.show_progress = show_progress and accelerator.is_main_process
-        weights = class_weight_tensor(self.ccfg.class_weights,
-                                      class_counts(train, space), space.multi_label, len(train))
-        self.criterion = ClassifierCriterion(model, space.multi_label, self.ccfg.label_smoothing,
-                                             weights)
-        self.optimizer = build_optimizer(model, self.tc, all_params=unfreezer is not None)
-        self.per_epoch, self.total = plan_steps(len(train), cfg, accelerator.num_processes)
-        self.scheduler = build_scheduler(self.optimizer, self.tc, self.total)
-        self.wrapped, self.optimizer = accelerator.prepare(self.criterion, self.optimizer)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.lengths = [len(e.input_ids) for e in train]
-        self.labels = [e.label for e in train]
+        self.objective = ClassifyObjective(model, tokenizer, train, val, space, cfg, save_info)
+        super().__init__(self.objective, tokenizer, cfg, run_dir, accelerator, unfreezer,
+                         show_progress, callbacks)
+        self.model, self.train_set, self.val_set, self.space = model, train, val, space
+        self.criterion = self.objective.module
 
-    # -- batches -----------------------------------------------------------------------------
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """The batches of ``epoch`` (deterministic; balanced sampling draws per epoch)."""
-        tc = self.tc
-        if not self.ccfg.balanced_sampling:
-            return epoch_batches(self.lengths, tc.batch_size, tc.seed, epoch, tc.group_by_length)
-        drawn = balanced_order(self.labels, tc.seed, epoch)
-        batches = epoch_batches([self.lengths[j] for j in drawn], tc.batch_size, tc.seed, epoch,
-                                tc.group_by_length)
-        return [[drawn[k] for k in b] for b in batches]
+        return self.objective.epoch_batches(epoch, self.cfg)
 
-    def _batch(self, examples: Sequence[ClsEncoded]) -> dict[str, torch.Tensor]:
-        batch = collate_cls(examples, self.pad_id, self.space.multi_label)
-        return {k: v.to(self.acc.device) for k, v in batch.items()}
+    def run(self, resume_from: Path | None = None) -> ClassifyLoopResult:  # type: ignore[override]
+        base = super().run(resume_from)
+        return ClassifyLoopResult(
+            steps=base.steps, stopped_early=base.stopped_early, best_step=base.best_step,
+            best_metric=base.best_metric, last_eval=base.last_eval,
+            last_report=self.objective.last_report if base.last_eval else {},
+            examples_per_s=self.units_per_s, tokens_per_s=base.tokens_per_s,
+            losses=base.losses)
 
-    # -- public ------------------------------------------------------------------------------
-    def run(self, resume_from: Path | None = None) -> ClassifyLoopResult:
-        tc, acc = self.tc, self.acc
-        state: dict[str, Any] = {"step": 0, "epoch": 0, "cursor": 0, "best": None,
-                                 "best_step": None, "bad_evals": 0, "unfrozen": 0}
-        if resume_from is not None:
-            state = ckpt.load_checkpoint(resume_from, self.criterion.model, self.optimizer,
-                                         self.scheduler)
-            if self.unfreezer is not None:
-                self.unfreezer.restore(state["unfrozen"])
-            if acc.is_main_process:
-                truncate_after(self.run_dir / "metrics.jsonl", state["step"])
-                truncate_after(self.run_dir / EVAL_LOG, state["step"])
-        tracker = Tracker(self.run_dir, self.cfg.output.tensorboard, acc.is_main_process)
-        view = ProgressView(self.total, state["step"], self.show_progress)
-        result = ClassifyLoopResult(steps=state["step"])
-        micro_per_step = tc.grad_accum * acc.num_processes
-        save_every = tc.save_every or tc.eval_every
-        examples_seen, tokens_seen, train_time = 0, 0, 0.0
-        cached: tuple[int, list[list[int]]] | None = None
-        self.wrapped.train()
-        try:
-            while state["step"] < self.total:
-                if cached is None or cached[0] != state["epoch"]:
-                    cached = (state["epoch"], self.epoch_batches(state["epoch"]))
-                batches = cached[1]
-                t0 = time.perf_counter()
-                group = batches[state["cursor"]:state["cursor"] + micro_per_step]
-                state["cursor"] += len(group)
-                loss_sum, n_ex, n_tok, gnorm = self._step(group)
-                train_time += time.perf_counter() - t0
-                examples_seen += n_ex
-                tokens_seen += n_tok
-                state["step"] += 1
-                step = state["step"]
-                loss = loss_sum / max(n_ex, 1)
-                if not math.isfinite(loss):
-                    raise TrainingError(f"the training loss became {loss} at step {step}",
-                                        where=str(self.run_dir), fix="lower train.lr, set "
-                                        "train.max_grad_norm, or use train.precision: fp32")
-                result.losses.append(loss)
-                if state["cursor"] >= len(batches):
-                    state["epoch"] += 1
-                    state["cursor"] = 0
-                    if self.unfreezer is not None and self.unfreezer.cfg.per_epoch:
-                        self._unfreeze(step, True, view, tracker)
-                if self.unfreezer is not None and self.unfreezer.cfg.every_steps:
-                    self._unfreeze(step, False, view, tracker)
-                if self.unfreezer is not None:
-                    state["unfrozen"] = self.unfreezer.unfrozen
-                values = {"loss": loss, "lr": self.scheduler.get_last_lr()[0],
-                          "grad_norm": gnorm,
-                          "epoch": state["epoch"] + state["cursor"] / max(len(batches), 1),
-                          "examples_per_s": examples_seen / max(train_time, 1e-9),
-                          "tokens_per_s": tokens_seen / max(train_time, 1e-9),
-                          "step_examples": n_ex, "step_tokens": n_tok}
-                if step % tc.log_every == 0 or step == self.total:
-                    tracker.log(step, values)
-                view.update(step, values)
-                stop = False
-                if (tc.eval_every and step % tc.eval_every == 0) or step == self.total:
-                    if self.val_set:
-                        stop = self._evaluate_and_track(step, state, result, tracker, view)
-                if save_every and step % save_every == 0 and step < self.total and not stop:
-                    self._save(step, state)
-                for cb in self.callbacks:
-                    cb(step, dict(values, **state))
-                if stop:
-                    result.stopped_early = True
-                    view.note(f"early stopping at step {step}: no improvement of "
-                              f"{tc.early_stopping.metric} in {tc.early_stopping.patience} "
-                              "evaluations")
-                    break
-        finally:
-            view.close()
-            tracker.close()
-        result.steps = state["step"]
-        result.best_step, result.best_metric = state["best_step"], state["best"]
-        result.examples_per_s = examples_seen / max(train_time, 1e-9)
-        result.tokens_per_s = tokens_seen / max(train_time, 1e-9)
-        return result
-
-    # -- one optimizer step -------------------------------------------------------------------
-    def _step(self, group: list[list[int]]) -> tuple[float, int, int, float]:
-        acc = self.acc
-        n_examples = sum(len(b) for b in group)  # the loss is a mean over the whole step
-        mine = group[acc.process_index::acc.num_processes]
-        loss_sum, seen = 0.0, 0
-        for i, idx in enumerate(mine):
-            batch = self._batch([self.train_set[j] for j in idx])
-            seen += int(batch["attention_mask"].sum())
-            sync = contextlib.nullcontext() if i == len(mine) - 1 else acc.no_sync(self.wrapped)
-            with sync, acc.autocast():
-                lsum, _ = self.wrapped(**batch)
-                loss = lsum / max(n_examples, 1) * acc.num_processes
-            acc.backward(loss)
-            loss_sum += float(lsum.detach())
-        gnorm = 0.0
-        params = [p for p in self.criterion.parameters() if p.requires_grad]
-        if self.tc.max_grad_norm:
-            gnorm = float(acc.clip_grad_norm_(params, self.tc.max_grad_norm))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if acc.num_processes > 1:
-            t = torch.tensor([loss_sum, float(seen)], device=acc.device)
-            loss_sum, seen = (float(x) for x in acc.reduce(t, reduction="sum"))
-        return loss_sum, n_examples, int(seen), gnorm
-
-    def _unfreeze(self, step: int, epoch_started: bool, view: ProgressView,
-                  tracker: Tracker) -> None:
-        assert self.unfreezer is not None
-        group = self.unfreezer.update(step, epoch_started)
-        if group is not None:
-            n = sum(p.numel() for p in self.criterion.parameters() if p.requires_grad)
-            view.note(f"step {step}: unfroze layer group {group} "
-                      f"({self.unfreezer.unfrozen}/{len(self.unfreezer.groups)}, "
-                      f"{n:,} trainable parameters)")
-            tracker.log(step, {"unfrozen_groups": self.unfreezer.unfrozen,
-                               "trainable_params": n})
-
-    # -- evaluation, best/, early stopping ----------------------------------------------------
-    def evaluate(self) -> tuple[dict[str, float], dict[str, Any]]:
-        """Validation loss and metrics (streamed), and the full report."""
-        acc = self.acc
-        bs = self.tc.eval_batch_size or self.tc.batch_size
-        order = sorted(range(len(self.val_set)), key=lambda i: -len(self.val_set[i].input_ids))
-        batches = [order[i:i + bs] for i in range(0, len(order), bs)]
-        multi = self.space.multi_label
-        counts: ConfusionMatrix | MultiLabelCounts = (
-            MultiLabelCounts(self.space.names) if multi else ConfusionMatrix(self.space.names))
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        self.wrapped.eval()
-        with torch.no_grad():
-            for idx in batches[acc.process_index::acc.num_processes]:
-                batch = self._batch([self.val_set[j] for j in idx])
-                with acc.autocast():
-                    lsum, logits = self.wrapped(**batch, train_loss=False)
-                loss_sum += lsum.double().cpu()
-                labels = batch["labels"].cpu()
-                if multi:
-                    preds = torch.sigmoid(logits.float()).cpu() >= self.ccfg.threshold
-                    counts.update(preds, labels)
-                else:
-                    counts.update(logits.argmax(-1).cpu(), labels)
-        self.wrapped.train()
-        if acc.num_processes > 1:
-            loss_sum, counts = self._reduce(loss_sum, counts)
-        report = counts.compute()
-        metrics = {"val_loss": float(loss_sum) / max(counts.total, 1), **scalar_metrics(report)}
-        return metrics, report
-
-    def _reduce(self, loss_sum: torch.Tensor, counts: Any) -> tuple[torch.Tensor, Any]:
-        acc = self.acc
-        loss_sum = acc.reduce(loss_sum.to(acc.device), reduction="sum").cpu()
-        if isinstance(counts, ConfusionMatrix):
-            counts.matrix = acc.reduce(counts.matrix.to(acc.device), reduction="sum").cpu()
-        else:
-            flat = torch.stack([counts.tp, counts.fp, counts.fn, counts.tn]).to(acc.device)
-            flat = acc.reduce(flat, reduction="sum").cpu()
-            counts.tp, counts.fp, counts.fn, counts.tn = flat
-            extra = acc.reduce(torch.tensor([counts.exact, counts.n], dtype=torch.float64,
-                                            device=acc.device), reduction="sum")
-            counts.exact, counts.n = (int(x) for x in extra)
-        return loss_sum, counts
-
-    def _evaluate_and_track(self, step: int, state: dict[str, Any],
-                            result: ClassifyLoopResult, tracker: Tracker,
-                            view: ProgressView) -> bool:
-        es = self.tc.early_stopping
-        metrics, report = self.evaluate()
-        result.last_eval, result.last_report = metrics, report
-        tracker.log(step, metrics)
-        if self.acc.is_main_process:
-            path = self.run_dir / EVAL_LOG
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"step": step, **report}) + "\n")
-        value = metrics[es.metric]
-        improved = is_improvement(value, state["best"], es.metric, es.min_delta)
-        shown = ("val_loss", "val_accuracy", "val_macro_f1", "val_micro_f1")
-        view.note(f"step {step}: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in shown
-                                                 if k in metrics) +
-                  ("" if es.metric in shown else f"  {es.metric} {value:.4f}") +
-                  ("  (best)" if improved else ""))
-        if improved:
-            state["best"], state["best_step"], state["bad_evals"] = value, step, 0
-            self._save_best(step, metrics, report)
-            return False
-        state["bad_evals"] += 1
-        return bool(es.patience and state["bad_evals"] >= es.patience)
-
-    def _save_best(self, step: int, metrics: dict[str, float], report: dict[str, Any]) -> None:
-        if not self.acc.is_main_process:
-            return
-        out = self.run_dir / "best"
-        tmp = ckpt.atomic_dir(out)
-        save_classifier(self.acc.unwrap_model(self.wrapped).model, self.tok, tmp,
-                        self.save_info)
-        (tmp / "tunesmith_eval.json").write_text(json.dumps(
-            {"step": step, **metrics, "report": report}, indent=1))
-        ckpt.commit_dir(tmp, out)
-
-    def _save(self, step: int, state: dict[str, Any]) -> None:
-        self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
-            path = self.run_dir / "checkpoints" / f"step-{step}"
-            ckpt.save_checkpoint(path, self.acc.unwrap_model(self.wrapped).model, self.tok,
-                                 self.optimizer, self.scheduler, dict(state))
-            write_classifier_info(path, self.save_info)  # labels, for predict on a checkpoint
-            ckpt.rotate(self.run_dir / "checkpoints", self.tc.keep_last)
+    def evaluate(self) -> tuple[dict[str, float], dict[str, Any]]:  # type: ignore[override]
+        """Validation metrics and the full report."""
+        metrics = super().evaluate()
+        return metrics, self.objective.last_report

@@ -273,6 +273,8 @@ class ClassifierDistillObjective(_Distill):
     def save_model(self, module: nn.Module, tokenizer: Any, out: Path) -> None:
         save_classifier(module.model, tokenizer, out, self.info)
 
+    save_final_model = save_model  # save_classifier already merges LoRA (adapter in adapter/)
+
 
 def cache_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:32]

@@ -77,6 +77,8 @@ class Objective:
     train_lengths: list[int]
     val_size: int = 0
     units_name = "examples"  # what the step loss is averaged over
+    rate_name: str | None = None  # log `<rate_name>_per_s` (units per second) when set
+    shown_metrics: tuple[str, ...] | None = None  # shown in progress notes (None: all)
 
     def epoch_batches(self, epoch: int, cfg: RunConfig) -> list[list[int]]:
         """Training-example indices of each micro-batch of ``epoch`` (deterministic)."""
@@ -102,9 +104,23 @@ class Objective:
         """Write the trained weights (``module`` is the unwrapped ``self.module``)."""
         ckpt.save_weights(module.model, tokenizer, out)
 
+    def save_final_model(self, module: nn.Module, tokenizer: Any, out: Path) -> None:
+        """Write ``final/``: a plain checkpoint (a LoRA model merged into its base, the
+        adapter kept in ``out/adapter/``), which lm-evaluation-harness and vLLM load as is."""
+        ckpt.save_final(module.model, tokenizer, out)
+
     def eval_extra(self, step: int, metrics: dict[str, float]) -> dict[str, Any]:
-        """More to record with an evaluation in ``best/tunesmith_eval.json``."""
+        """More to record with an evaluation in ``best/`` and ``final/tunesmith_eval.json``."""
         return {}
+
+    def on_evaluated(self, step: int, metrics: dict[str, float], run_dir: Path) -> None:
+        """Called on the main process after each evaluation (e.g. to append a report)."""
+
+    def on_resume(self, run_dir: Path, step: int) -> None:
+        """Called on the main process when resuming at ``step`` (drop later log rows)."""
+
+    def on_checkpoint(self, path: Path) -> None:
+        """Called on the main process after a checkpoint was written to ``path``."""
 
 
 class TrainLoop:
@@ -140,12 +156,13 @@ class TrainLoop:
                 self.unfreezer.restore(state["unfrozen"])
             if acc.is_main_process:
                 truncate_after(self.run_dir / "metrics.jsonl", state["step"])
+                self.obj.on_resume(self.run_dir, state["step"])
         tracker = Tracker(self.run_dir, self.cfg.output.tensorboard, acc.is_main_process)
         view = ProgressView(self.total, state["step"], self.show_progress)
         result = LoopResult(steps=state["step"])
         micro_per_step = tc.grad_accum * acc.num_processes
         save_every = tc.save_every or tc.eval_every
-        tokens_seen, train_time = 0, 0.0
+        tokens_seen, units_seen, train_time = 0, 0, 0.0
         cached: tuple[int, list[list[int]]] | None = None
         self.wrapped.train()
         try:
@@ -159,6 +176,7 @@ class TrainLoop:
                 loss_sum, units, n_seen, gnorm, sums = self._step(group)
                 train_time += time.perf_counter() - t0
                 tokens_seen += n_seen
+                units_seen += units
                 state["step"] += 1
                 step = state["step"]
                 loss = loss_sum / max(units, 1)
@@ -181,6 +199,8 @@ class TrainLoop:
                           "epoch": state["epoch"] + state["cursor"] / max(len(batches), 1),
                           "tokens_per_s": tokens_seen / max(train_time, 1e-9),
                           "step_tokens": n_seen, **self.obj.step_values(sums, units)}
+                if self.obj.rate_name:
+                    values[f"{self.obj.rate_name}_per_s"] = units_seen / max(train_time, 1e-9)
                 if step % tc.log_every == 0 or step == self.total:
                     tracker.log(step, values)
                 view.update(step, values)
@@ -204,6 +224,7 @@ class TrainLoop:
         result.steps = state["step"]
         result.best_step, result.best_metric = state["best_step"], state["best"]
         result.tokens_per_s = tokens_seen / max(train_time, 1e-9)
+        self.units_per_s = units_seen / max(train_time, 1e-9)
         return result
 
     # -- one optimizer step ---------------------------------------------------------------
@@ -255,6 +276,9 @@ class TrainLoop:
     # -- evaluation, best/, early stopping -------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         """The objective's validation metrics (streamed, batch by batch)."""
+        return self._evaluate_metrics()
+
+    def _evaluate_metrics(self) -> dict[str, float]:
         self.wrapped.eval()
         try:
             with torch.no_grad():
@@ -266,13 +290,18 @@ class TrainLoop:
     def _evaluate_and_track(self, step: int, state: dict[str, Any], result: LoopResult,
                             tracker: Tracker, view: ProgressView) -> bool:
         es = self.tc.early_stopping
-        metrics = self.evaluate()
+        metrics = self._evaluate_metrics()
         result.last_eval = metrics
         tracker.log(step, metrics)
+        if self.acc.is_main_process:
+            self.obj.on_evaluated(step, metrics, self.run_dir)
         value = metrics[es.metric]
         improved = is_improvement(value, state["best"], es.metric, es.min_delta)
-        shown = {k: v for k, v in metrics.items() if "/" not in k} or metrics
-        view.note(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()) +
+        keys = self.obj.shown_metrics or [k for k in metrics if "/" not in k] or list(metrics)
+        if es.metric not in keys:
+            keys = [*keys, es.metric]
+        view.note(f"step {step}: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in keys
+                                                 if k in metrics) +
                   ("  (best)" if improved else ""))
         if improved:
             state["best"], state["best_step"], state["bad_evals"] = value, step, 0
@@ -286,9 +315,11 @@ class TrainLoop:
         final = self.run_dir / "final"
         if self.acc.is_main_process:
             tmp = ckpt.atomic_dir(final)
-            self.obj.save_model(self.acc.unwrap_model(self.wrapped), self.tok, tmp)
+            self.obj.save_final_model(self.acc.unwrap_model(self.wrapped), self.tok, tmp)
             (tmp / "tunesmith_eval.json").write_text(json.dumps(
-                {"step": result.steps, **result.last_eval}, indent=1))
+                {"step": result.steps, **result.last_eval,
+                 **(self.obj.eval_extra(result.steps, result.last_eval)
+                    if result.last_eval else {})}, indent=1))
             ckpt.commit_dir(tmp, final)
         return final
 
@@ -308,4 +339,5 @@ class TrainLoop:
             path = self.run_dir / "checkpoints" / f"step-{step}"
             ckpt.save_checkpoint(path, self.acc.unwrap_model(self.wrapped).model, self.tok,
                                  self.optimizer, self.scheduler, dict(state))
+            self.obj.on_checkpoint(path)
             ckpt.rotate(self.run_dir / "checkpoints", self.tc.keep_last)

@@ -59,3 +59,10 @@ def cls_run(export_home: Path) -> Path:
                   "precision": "fp32", "eval_every": 6},
         "output": {"dir": str(export_home / "runs"), "tensorboard": False}})
     return run_task(cfg, progress=False).run_dir
+
+
+@pytest.fixture(scope="session")
+def lora_adapter(lora_run: Path) -> Path:
+    """The run's LoRA adapter directory (``final/adapter/`` once training merges ``final/``)."""
+    final = lora_run / "final"
+    return final / "adapter" if (final / "adapter" / "adapter_config.json").exists() else final

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-_ACTION = re.compile(r"{{(-?)\s*(.*?)\s*(-?)}}", re.S)
+_ACTION = re.compile(r"{{(-?)\s*(.*?)\s*(-?)}}", re.DOTALL)
 
 
 def _tokens(template: str) -> list[tuple[str, str]]:
@@ -47,7 +47,7 @@ def _parse(tokens: list[tuple[str, str]], i: int, stop: tuple[str, ...]) -> tupl
         elif val.startswith(stop) or val == "end" and "end" in stop:
             return nodes, i
         elif val.startswith("if "):
-            branches, i = [], i
+            branches = []
             cond = val[3:]
             while True:
                 body, i = _parse(tokens, i + 1, ("else", "end"))

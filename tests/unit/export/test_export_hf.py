@@ -28,14 +28,14 @@ def test_int8_export_of_lora_run_has_card_figures_and_predicts(
     assert "sha256" in card and "tunesmith train" in card and "--quantize int8" in card
     assert json.loads((out / "eval" / "metrics.json").read_text())["examples"] == 3
     # generate/chat/eval load it through the generic loader
-    code, outtext, err = cli(["generate", str(out), "--prompt", "Say hello.",
+    code, _outtext, err = cli(["generate", str(out), "--prompt", "Say hello.",
                               "--max-new-tokens", "4"], capsys)
     assert code == 0, err
 
 
-def test_hf_export_of_adapter_without_merge_copies_adapter(lora_run: Path, tmp_path: Path
+def test_hf_export_of_adapter_without_merge_copies_adapter(lora_adapter: Path, tmp_path: Path
                                                           ) -> None:
-    res = export(str(lora_run), "hf", out=tmp_path / "a", measure_speed=False)
+    res = export(str(lora_adapter), "hf", out=tmp_path / "a", measure_speed=False)
     assert "adapter_model.safetensors" in res.files and "README.md" in res.files
     assert "model.safetensors" not in res.files
 
@@ -59,10 +59,10 @@ def test_hf_f16_export_of_classifier_loads_with_transformers(cls_run: Path, tmp_
     (["--eval-file", "missing.jsonl"], "--eval-file"),
     (["--quantize", "int8"], "--merge"),
 ])
-def test_cli_errors_exit_2_naming_the_field(lora_run: Path, tmp_path: Path, argv: list[str],
-                                            field: str, capsys: pytest.CaptureFixture[str]
-                                            ) -> None:
-    code, _, err = cli(["export", str(lora_run), "-o", str(tmp_path / "x"), *argv], capsys)
+def test_cli_errors_exit_2_naming_the_field(lora_adapter: Path, tmp_path: Path,
+                                            argv: list[str], field: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(["export", str(lora_adapter), "-o", str(tmp_path / "x"), *argv], capsys)
     assert code == 2
     assert err.count("Error:") == 1 and has(err, field)
     assert not (tmp_path / "x").exists()

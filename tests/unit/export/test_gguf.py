@@ -82,8 +82,8 @@ def test_metadata_and_sizes(gguf_exports: dict[str, Path]) -> None:
 
 
 def _modelfile_parts(text: str) -> tuple[str, str | None, list[str]]:
-    template = re.search(r'TEMPLATE """(.*?)"""', text, re.S).group(1)
-    system = re.search(r'SYSTEM """(.*?)"""', text, re.S)
+    template = re.search(r'TEMPLATE """(.*?)"""', text, re.DOTALL).group(1)
+    system = re.search(r'SYSTEM """(.*?)"""', text, re.DOTALL)
     stops = re.findall(r'PARAMETER stop "(.*?)"', text)
     return template, system.group(1) if system else None, stops
 

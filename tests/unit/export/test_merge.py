@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -18,8 +19,8 @@ def _ids(tok) -> torch.Tensor:
     return tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
 
 
-def test_merged_logits_match_adapter_model(lora_run: Path, tmp_path: Path) -> None:
-    adapter_dir = lora_run / "final"
+def test_merged_logits_match_adapter_model(lora_adapter: Path, tmp_path: Path) -> None:
+    adapter_dir = lora_adapter
     assert (adapter_dir / "adapter_config.json").exists()
     peft_model = load_causal_lm(adapter_dir).eval()
     base = AutoModelForCausalLM.from_pretrained(
@@ -40,8 +41,8 @@ def test_merged_logits_match_adapter_model(lora_run: Path, tmp_path: Path) -> No
     assert (out / "adapter" / "adapter_config.json").exists()
 
 
-def test_merged_dir_has_tokenizer_template_and_eos(lora_run: Path, tmp_path: Path) -> None:
-    out = merge_to_dir(lora_run / "final", tmp_path / "merged")
+def test_merged_dir_has_tokenizer_template_and_eos(lora_adapter: Path, tmp_path: Path) -> None:
+    out = merge_to_dir(lora_adapter, tmp_path / "merged")
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.chat_template and "<|im_start|>" in tok.chat_template
     gen = json.loads((out / "generation_config.json").read_text())
@@ -50,15 +51,28 @@ def test_merged_dir_has_tokenizer_template_and_eos(lora_run: Path, tmp_path: Pat
     assert gen["pad_token_id"] == tok.pad_token_id != tok.eos_token_id
 
 
-def test_merge_in_place_keeps_run_loadable(lora_run: Path, tmp_path: Path) -> None:
+def test_merge_in_place_replaces_the_adapter_dir(lora_adapter: Path, tmp_path: Path) -> None:
     import shutil
 
-    run = tmp_path / "run"
-    shutil.copytree(lora_run, run)
-    before = load_causal_lm(run / "final").eval()
-    merge_to_dir(run / "final", run / "final")
-    after = load_causal_lm(run / "final").eval()  # now a plain model
+    final = tmp_path / "final"
+    shutil.copytree(lora_adapter, final)
+    before = load_causal_lm(final).eval()
+    merge_to_dir(final, final)
+    after = load_causal_lm(final).eval()  # now a plain model, adapter kept in adapter/
     assert not hasattr(after, "peft_config")
+    assert (final / "adapter" / "adapter_model.safetensors").exists()
     ids = torch.tensor([[1, 5, 9, 20]])
     with torch.no_grad():
         assert torch.allclose(before(ids).logits, after(ids).logits, atol=MERGE_ATOL)
+
+
+def test_training_merged_final_equals_export_merge(lora_run: Path, lora_adapter: Path,
+                                                   tmp_path: Path) -> None:
+    """final/ (merged by training) and merge_to_dir of its adapter give the same logits."""
+    if lora_adapter == lora_run / "final":
+        pytest.skip("this training code keeps final/ as an adapter")
+    ours = AutoModelForCausalLM.from_pretrained(merge_to_dir(lora_adapter, tmp_path / "m")).eval()
+    trained = AutoModelForCausalLM.from_pretrained(lora_run / "final").eval()
+    ids = torch.tensor([[1, 5, 9, 20]])
+    with torch.no_grad():
+        assert torch.allclose(ours(ids).logits, trained(ids).logits, atol=MERGE_ATOL)

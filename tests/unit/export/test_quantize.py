@@ -26,7 +26,7 @@ def _export_int8(name: str, out: Path):
 
 def test_int8_causal_lm_reloads_exactly_and_stays_close(lora_run: Path, tmp_path: Path) -> None:
     source = resolve_source(str(lora_run))
-    ref, tok = load_full(source)
+    ref, _tok = load_full(source)
     ids = torch.tensor([[1, 7, 30, 61, 99, 150, 2]])
     with torch.no_grad():
         want = ref(ids).logits

@@ -52,7 +52,7 @@ class JobsEnv:
             job = self.job(job_id)
             if job["status"] in statuses:
                 return job
-            time.sleep(0.2)
+            time.sleep(0.5)
         raise AssertionError(f"job {job_id} did not reach {statuses}: {self.job(job_id)} "
                              f"{[e['message'] for e in self.events(job_id)][-5:]}")
 

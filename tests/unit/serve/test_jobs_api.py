@@ -158,3 +158,33 @@ def test_pagination_cancel_and_file_in_use(jobs_env: JobsEnv, tiny_model_dir: Pa
     ckpts = jobs_env.client.get(f"/v1/fine_tuning/jobs/{ids[0]}/checkpoints").json()
     assert ckpts == {"object": "list", "data": [], "has_more": False, "first_id": None,
                      "last_id": None}
+
+
+def test_create_app_runs_the_worker_and_serves_a_finished_model(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The server's app factory includes the jobs routes, starts the worker with the app and
+    stops it with the app; a model placed by a job is served by name."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from tests.unit.serve.serve_support import make_lora_run
+    from tunesmith.serve import paths
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.settings import ServeSettings
+
+    settings = ServeSettings(data_dir=tmp_path / "data", dtype="float32")
+    name = f"ft:{tiny_model_dir.name}:x:abcdefgh"
+    run = make_lora_run(tiny_model_dir, paths.model_dir(settings.data_dir, name), seed=0)
+    (run / paths.MODEL_INFO).write_text(json.dumps({"id": name, "base": "tiny", "job": "j",
+                                                    "created": 1, "steps": 1}))
+    app = create_app(settings)
+    with TestClient(app) as client:
+        worker = app.state.jobs_worker
+        assert worker._thread is not None and worker._thread.is_alive()
+        assert client.get("/v1/fine_tuning/jobs").json()["data"] == []
+        assert name in [m["id"] for m in client.get("/v1/models").json()["data"]]
+        reply = client.post("/v1/chat/completions", json={
+            "model": name, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]})
+        assert reply.status_code == 200, reply.text
+    assert worker._thread is None  # stopped with the app

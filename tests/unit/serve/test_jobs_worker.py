@@ -13,12 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
 from sqlalchemy import select
 
 from tests.unit.serve.jobs_support import JobsEnv, chat_rows, jobs_env  # noqa: F401
+from tunesmith.config.load import validate_dict
 from tunesmith.serve import paths
+from tunesmith.serve.job_run import train_job
+from tunesmith.serve.job_spec import dpo_available
 from tunesmith.serve.jobs_models import CheckpointRow, JobRow
-from tunesmith.serve.job_run import _run
 from tunesmith.serve.worker import HOST, JobWorker
 
 
@@ -37,7 +41,7 @@ def _wait(cond: Any, timeout: float = 240.0, what: str = "condition") -> Any:
         value = cond()
         if value:
             return value
-        time.sleep(0.05)
+        time.sleep(0.25)  # the test shares one core with the training process
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -88,7 +92,7 @@ def test_queued_job_runs_when_a_worker_starts_and_succeeds(jobs_env: JobsEnv,
     # the model is where the server looks for it, complete and trained
     run = paths.resolve_model_name(env.data_dir, name)
     assert run == paths.model_dir(env.data_dir, name)
-    assert (run / "final" / "adapter_model.safetensors").exists()
+    assert (run / "final" / "adapter" / "adapter_model.safetensors").exists()
     assert paths.resolve_model_name(env.data_dir, f"{name}:ckpt-step-3") == \
         run / "checkpoints" / "step-3"
     assert paths.resolve_model_name(env.data_dir, f"{name}:ckpt-step-6") == run / "final"
@@ -96,7 +100,7 @@ def test_queued_job_runs_when_a_worker_starts_and_succeeds(jobs_env: JobsEnv,
     assert not paths.job_run_dir(env.data_dir, job_id).exists()
     from safetensors.torch import load_file
 
-    weights = load_file(run / "final" / "adapter_model.safetensors")
+    weights = load_file(run / "final" / "adapter" / "adapter_model.safetensors")
     assert any("lora_B" in k and float(v.abs().sum()) > 0 for k, v in weights.items())
 
     results = env.client.get(f"/v1/files/{job.result_files[0]}/content").text
@@ -179,7 +183,7 @@ def test_recovery_gives_up_after_max_attempts(jobs_env: JobsEnv, tiny_model_dir:
     ids = [_create(env, tiny_model_dir) for _ in range(3)]
     dead = _dead_pid()
     with env.db.session() as s:
-        for job_id, attempts in zip(ids, (1, 3, 1)):
+        for job_id, attempts in zip(ids, (1, 3, 1), strict=True):
             row = s.scalar(select(JobRow).where(JobRow.id == job_id))
             row.status, row.attempts = "running", attempts
             row.worker = f"{HOST}:{dead}" if job_id != ids[2] else f"{HOST}:{os.getpid()}"
@@ -199,7 +203,7 @@ def test_failures_carry_the_reason(jobs_env: JobsEnv, tiny_model_dir: Path,
     broken = _create(env, empty)
     worker = JobWorker(env.db, env.data_dir, poll=0.1)
     assert worker.claim() == broken
-    _run(env.db, broken, env.data_dir)  # the job process's body, in this process
+    train_job(env.db, broken, env.data_dir)  # the job process's body, in this process
     job = env.job(broken)
     assert job["status"] == "failed" and job["error"]["code"] == "training_failed"
     assert str(empty) in job["error"]["message"]
@@ -228,11 +232,7 @@ def _dead_pid() -> int:
 
 def test_dpo_job_trains_on_openai_preference_data(jobs_env: JobsEnv,
                                                   tiny_model_dir: Path) -> None:
-    from tunesmith.serve.job_spec import dpo_available
-
     if not dpo_available():
-        import pytest
-
         pytest.skip("this installation has no DPO recipe")
     env = jobs_env
     words = ["hello", "yes", "no", "maybe", "red", "blue"] * 2
@@ -249,13 +249,10 @@ def test_dpo_job_trains_on_openai_preference_data(jobs_env: JobsEnv,
     job_id = resp.json()["id"]
     assert resp.json()["method"]["dpo"]["hyperparameters"]["beta"] == 0.2
     assert JobWorker(env.db, env.data_dir).claim() == job_id
-    _run(env.db, job_id, env.data_dir)  # the job process's body, in this process
+    train_job(env.db, job_id, env.data_dir)  # the job process's body, in this process
     job = env.job(job_id)
     assert job["status"] == "succeeded", job["error"]
     run = paths.model_dir(env.data_dir, job["fine_tuned_model"])
-    from tunesmith.config.load import validate_dict
-    import yaml
-
     cfg = validate_dict(yaml.safe_load((run / "config.yaml").read_text()))
     assert cfg.task == "dpo" and cfg.dpo.beta == 0.2
     losses = [e["data"]["train_loss"] for e in env.events(job_id) if e["type"] == "metrics"]
