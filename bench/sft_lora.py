@@ -224,6 +224,7 @@ ABLATIONS = {
     "no bf16 autocast (fp32)": (["train.precision=fp32"], True),
     "no length grouping": (["train.group_by_length=false"], True),
     "default glibc allocator": ([], False),
+    "no batch splitting (max_batch_tokens null)": (["train.max_batch_tokens=null"], True),
     "gradient checkpointing on": (["train.gradient_checkpointing=true"], True),
 }
 

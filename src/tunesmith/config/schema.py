@@ -175,6 +175,11 @@ class TrainConfig(_Section):
     group_by_length: bool = Field(True, description=(
         "Batch examples of similar length (shuffled batches) to cut padding."))
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    max_batch_tokens: int | None = Field(2048, ge=8, description=(
+        "Most padded tokens one forward pass holds: a batch longer than this runs as several "
+        "forward/backward passes accumulated into the same step (exact: the loss is still "
+        "averaged over the whole batch), so peak activation memory is bounded by this, not "
+        "by batch_size x max_length. `null`: never split."))
     loss_chunk_size: int = Field(1024, ge=64, description=(
         "Positions per chunk in the fused LM-head + cross-entropy (memory vs speed)."))
 

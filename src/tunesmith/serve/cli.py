@@ -1,4 +1,4 @@
-"""``tunesmith serve``, ``tunesmith monitor`` and ``tunesmith feedback export``."""
+"""``tunesmith serve``, ``monitor``, ``feedback export`` and ``promote``."""
 
 from __future__ import annotations
 
@@ -117,6 +117,69 @@ def feedback_export(output: Annotated[Path, typer.Option("-o", "--output",
     err.print(f"wrote {n} {format} rows to {output}")
 
 
+def promote(candidate: Annotated[str, typer.Argument(
+                metavar="CANDIDATE", help="The model to serve if it is not worse: run or model "
+                "directory, embedded name, fine-tuned model or alias name.")],
+            over: Annotated[str, typer.Option(
+                "--over", metavar="CURRENT", help="The model served now (its served name is "
+                "the default --name).")],
+            eval_file: Annotated[str, typer.Option(
+                "--eval", help="Held-out evaluation file (any format `tunesmith eval` reads).")],
+            metric: Annotated[Optional[str], typer.Option(
+                help="Decision metric (default: chrf for generation, perplexity for LM loss, "
+                "accuracy for labels).")] = None,
+            tolerance: Annotated[float, typer.Option(
+                help="How much worse the candidate may be, in the metric's units: promoted "
+                "iff the 95% CI lower bound of the improvement >= -tolerance.")] = 0.0,
+            data_dir: DataDir = Path(DEFAULT_DATA_DIR),
+            name: Annotated[Optional[str], typer.Option(
+                help="Served name to point at the candidate (default: CURRENT's).")] = None,
+            output: Annotated[Optional[Path], typer.Option(
+                "-o", "--output", help="Report directory (default: "
+                "DATA_DIR/promotions/<name>-<time>).")] = None,
+            dry_run: Annotated[bool, typer.Option(
+                "--dry-run", help="Evaluate and decide, change nothing (exit 0 if it would "
+                "promote, 1 if not).")] = False,
+            task: Annotated[str, typer.Option(
+                help="auto, generation, lm, classification or zero-shot.")] = "auto",
+            max_new_tokens: Annotated[int, typer.Option(help="Generation tasks.")] = 256,
+            batch_size: int = 8,
+            limit: Annotated[Optional[int], typer.Option(help="Use the first N rows.")] = None,
+            bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
+            seed: int = 0,
+            dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")
+                             ] = "auto",
+            ) -> None:
+    """Serve CANDIDATE under CURRENT's name only if its evaluation is not worse."""
+    from rich.markup import escape
+
+    from tunesmith.evaluate.tasks import EvalSettings
+    from tunesmith.serve.promote import PromoteRequest, run_promote
+
+    settings = EvalSettings(task=task, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                            limit=limit, bootstrap=bootstrap, seed=seed, dtype=dtype)
+    req = PromoteRequest(candidate, over, eval_file, metric=metric, tolerance=tolerance,
+                         data_dir=data_dir, name=name, output=output, dry_run=dry_run,
+                         settings=settings)
+    result = run_promote(req)
+    d = result["decision"]
+    if result["note"]:
+        err.print(f"note: {escape(result['note'])}")
+    out.print(escape(d["reason"]))
+    if result["promoted"]:
+        out.print(f"[green]promoted[/] {escape(candidate)} → served as "
+                  f"`{escape(result['name'])}` ({escape(result['alias_file'])})")
+    elif d["promote"]:
+        out.print(f"[green]would promote[/] {escape(candidate)} as `{escape(result['name'])}` "
+                  "(dry run: nothing changed)")
+    else:
+        out.print(f"[red]refused[/]: {escape(candidate)} is worse than {escape(over)} on "
+                  f"{d['metric']} beyond the tolerance; nothing changed")
+    err.print(f"report: {result['report']}")
+    if not d["promote"]:
+        raise typer.Exit(1)
+
+
 def _db_url(data_dir: Path, db: str | None) -> str:
     if db:
         return db
@@ -130,6 +193,7 @@ def _db_url(data_dir: Path, db: str | None) -> str:
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.command("monitor")(monitor)
+    app.command("promote")(promote)
     feedback_app = typer.Typer(help="Feedback gathered by `tunesmith serve`.",
                                no_args_is_help=True)
     feedback_app.command("export")(feedback_export)

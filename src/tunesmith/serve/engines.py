@@ -6,11 +6,18 @@ request picks its adapter with ``set_adapter`` (or runs the bare base inside
 ``disable_adapter()``), under that base's lock, since the active adapter is state of the
 shared model. Names not given at startup are looked up in ``<data_dir>/models/<name>/``,
 where finished fine-tuning jobs put their run directories, and loaded on first use.
+
+A served name can be an *alias* (``<data_dir>/aliases.json``, written by ``tunesmith
+promote``): the request naming it loads the alias's model in its place, so a running server
+switches to a promoted model without a restart, under the same name. The previous model's
+weights are released unless another name still uses them (a LoRA adapter stays loaded in its
+shared base until restart: it is small, and a request may still be using it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import threading
@@ -23,6 +30,7 @@ from tunesmith.errors import ModelError
 from tunesmith.inference.generate import _eos_ids
 from tunesmith.models.load import load_causal_lm, load_tokenizer, resolve_artifact
 from tunesmith.models.registry import EMBEDDED, resolve_model_dir
+from tunesmith.serve.aliases import AliasReader
 from tunesmith.serve.paths import list_fine_tuned, resolve_model_name
 from tunesmith.serve.settings import ServeSettings, parse_named
 
@@ -129,6 +137,10 @@ class ModelPool:
         self.handles: dict[str, Handle] = {}
         self.groups: dict[str, BaseGroup] = {}
         self._load_lock = threading.RLock()
+        self.aliases = AliasReader()
+        self._promoted: dict[str, str] = {}  # served name → alias source now loaded for it
+        self._given: dict[str, tuple[str, bool]] = {}  # name → (spec, adapter_only) as added
+        self._adapter_ids = itertools.count()
         self._dtype = settings.dtype
         if self._dtype == "auto":
             from tunesmith.train.precision import resolve_precision
@@ -146,12 +158,21 @@ class ModelPool:
 
     def add(self, name: str, spec: str, adapter_only: bool = False) -> Handle:
         """Load ``spec`` (embedded name, checkpoint, run dir, hub id) and serve it as ``name``."""
-        import time
-
         with self._load_lock:
             if name in self.handles:
                 raise ModelError("two served models have the same name", where="serve",
                                  got=name, fix="give one of them another name with NAME=PATH")
+            handle = self._build(name, spec, adapter_only)
+            self.handles[name] = handle
+            self._given[name] = (spec, adapter_only)
+            log.info("serving %s (%s) from %s", name, handle.kind, handle.source)
+            return handle
+
+    def _build(self, name: str, spec: str, adapter_only: bool = False) -> Handle:
+        """A handle for ``spec`` served as ``name`` (weights shared with loaded groups)."""
+        import time
+
+        with self._load_lock:
             src = resolve_artifact(spec)
             created = int(time.time())
             if isinstance(src, Path) and _is_classifier(src):
@@ -173,8 +194,6 @@ class ModelPool:
                     self.groups[key] = group
                 handle = LMHandle(name, str(src), group, None, load_tokenizer(src),
                                   _context_length(group.model), created)
-            self.handles[name] = handle
-            log.info("serving %s (%s) from %s", name, handle.kind, handle.source)
             return handle
 
     def _add_adapter(self, name: str, src: Path, created: int) -> LMHandle:
@@ -188,7 +207,7 @@ class ModelPool:
         if group is None:
             group = BaseGroup(key, load_causal_lm(base_src, dtype=self._dtype).eval())
             self.groups[key] = group
-        adapter = f"a{sum(len(g.adapters) for g in self.groups.values())}"
+        adapter = f"a{next(self._adapter_ids)}"  # unique even after a swap drops one
         with group.lock:  # a request may be generating with this model right now
             if hasattr(group.model, "peft_config"):
                 group.model.load_adapter(str(src), adapter_name=adapter)
@@ -213,7 +232,16 @@ class ModelPool:
         return resolve_model_name(self.settings.data_dir, name)
 
     def get(self, name: str) -> Handle | None:
-        """The handle serving ``name``, loading a finished job's model on first use."""
+        """The handle serving ``name``, loading a finished job's model on first use.
+
+        An alias (``tunesmith promote``) wins over everything else; when it names another
+        model than the one loaded for ``name``, that model is loaded and swapped in now.
+        """
+        alias = self.aliases.get(self.settings.data_dir, name)
+        if alias is not None or name in self._promoted:
+            source = alias.get("source") if alias else None
+            if source != self._promoted.get(name) or name not in self.handles:
+                return self._swap(name)
         handle = self.handles.get(name)
         if handle is not None:
             return handle
@@ -225,13 +253,67 @@ class ModelPool:
                 return self.handles[name]
             return self.add(name, str(path))
 
+    def _swap(self, name: str) -> Handle | None:
+        """Serve ``source`` as ``name`` (None: the alias is gone, back to what was given)."""
+        with self._load_lock:
+            alias = self.aliases.get(self.settings.data_dir, name)  # may have changed since
+            source = alias.get("source") if alias else None
+            if name in self.handles and self._promoted.get(name) == source:
+                return self.handles[name]  # another request swapped it meanwhile
+            if source is not None:
+                try:
+                    new: Handle | None = self._build(name, source)
+                except (ModelError, OSError) as exc:
+                    if name not in self.handles:
+                        raise
+                    log.error("alias %s → %s cannot be loaded, still serving %s: %s", name,
+                              source, self.handles[name].source, exc)
+                    return self.handles[name]  # retried on the next request
+            elif name in self._given:
+                new = self._build(name, *self._given[name])
+            else:
+                path = self.job_model_dir(name)
+                new = self._build(name, str(path)) if path is not None else None
+            old = self.handles.pop(name, None)
+            if new is not None:
+                self.handles[name] = new
+                log.info("serving %s from %s (alias %s)", name, new.source,
+                         "set" if source else "removed")
+            if source is None:
+                self._promoted.pop(name, None)
+            else:
+                self._promoted[name] = source
+            self._release(old)
+            return new
+
+    def _release(self, old: Handle | None) -> None:
+        """Drop ``old``'s base weights from the pool when no served name uses them any more."""
+        if not isinstance(old, LMHandle):
+            return
+        if old.adapter is not None and old.group.adapters.get(old.name) == old.adapter:
+            del old.group.adapters[old.name]  # the weights stay: a request may be using them
+        in_use = any(getattr(h, "group", None) is old.group for h in self.handles.values())
+        if not in_use and self.groups.get(old.group.key) is old.group:
+            del self.groups[old.group.key]
+
     def listing(self) -> list[dict[str, Any]]:
-        """OpenAI model objects: loaded models, then finished job models not loaded yet."""
+        """OpenAI model objects: loaded models, aliases, then finished job models not loaded."""
+        aliases = self.aliases.all(self.settings.data_dir)
         rows = [{"id": h.name, "object": "model", "created": h.created,
                  "owned_by": "tunesmith", "kind": h.kind,
                  "base": getattr(h, "group", None) and h.group.key}
                 for h in self.handles.values()]
+        for row in rows:
+            if row["id"] in aliases:
+                row["promoted"] = _promotion(aliases[row["id"]])
         listed = {r["id"] for r in rows}
+        for name, alias in aliases.items():
+            if name not in listed:
+                listed.add(name)
+                rows.append({"id": name, "object": "model",
+                             "created": int(alias.get("created") or 0),
+                             "owned_by": "tunesmith", "kind": alias.get("kind", "lm"),
+                             "base": None, "promoted": _promotion(alias)})
         for info in list_fine_tuned(self.settings.data_dir):
             if info.get("id") and info["id"] not in listed:
                 listed.add(info["id"])
@@ -247,3 +329,9 @@ class ModelPool:
                              "created": int(path.stat().st_mtime),
                              "owned_by": "tunesmith-fine-tuning", "kind": "lm", "base": None})
         return rows
+
+
+def _promotion(alias: dict[str, Any]) -> dict[str, Any]:
+    """What ``/v1/models`` says about an alias: the model now served and why."""
+    keys = ("target", "over", "metric", "candidate_value", "current_value", "ci95", "time")
+    return {k: alias[k] for k in keys if k in alias}

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -27,10 +28,18 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from tunesmith.errors import CheckpointError, TunesmithError
+from tunesmith.errors import CheckpointError, DataError, TunesmithError
 from tunesmith.serve import paths
 from tunesmith.serve.db import Database
-from tunesmith.serve.jobs_models import CheckpointRow, FileRow, JobRow, add_event, new_id, now
+from tunesmith.serve.jobs_models import (
+    CheckpointRow,
+    EventRow,
+    FileRow,
+    JobRow,
+    add_event,
+    new_id,
+    now,
+)
 
 
 class JobCancelled(Exception):
@@ -67,6 +76,14 @@ def train_job(db: Database, job_id: str, data_dir: Path) -> None:
             resume_from = latest_checkpoint(run_dir)
         except CheckpointError:
             resume_from = None
+    published = paths.model_dir(data_dir, output_name)
+    if (paths.read_model_info(published) or {}).get("job") == job_id \
+            and (published / "final").is_dir():  # interrupted right after publishing
+        _mark_succeeded(db, job_id, data_dir, published, output_name,
+                        StepReporter(db, job_id, published, spec))
+        return
+    if resume_from is not None:
+        _forget_steps_after(db, job_id, int(resume_from.name.split("-")[-1]))
     with db.session() as s:
         if resume_from is not None:
             add_event(s, job_id, f"Resuming from the checkpoint at step "
@@ -84,7 +101,7 @@ def train_job(db: Database, job_id: str, data_dir: Path) -> None:
     except JobCancelled:
         return
     except TunesmithError as exc:
-        _fail(db, job_id, "invalid_training_file" if type(exc).__name__ == "DataError"
+        _fail(db, job_id, "invalid_training_file" if isinstance(exc, DataError)
               else "training_failed", exc.render())
         return
     except Exception as exc:  # noqa: BLE001 - a bug: the job fails, the log keeps the traceback
@@ -176,19 +193,28 @@ class StepReporter:
 
 def _succeed(db: Database, job_id: str, data_dir: Path, run_dir: Path, output_name: str,
              reporter: StepReporter) -> None:
+    """Publish the run directory under ``models/`` (atomically), then mark the job."""
     rows = _read_metrics(run_dir / "metrics.jsonl")
-    steps = max((r["step"] for r in rows), default=0)
-    tokens = int(sum(r.get("step_tokens", 0) for r in rows if "loss" in r))
     with db.session() as s:
         job = s.scalar(select(JobRow).where(JobRow.id == job_id))
         if job is None or job.status != "running":
             return
         info = {"id": output_name, "base": job.model, "job": job_id, "created": now(),
-                "steps": steps}
+                "steps": max((r["step"] for r in rows), default=0)}
     (run_dir / paths.MODEL_INFO).write_text(json.dumps(info, indent=1), encoding="utf-8")
     target = paths.model_dir(data_dir, output_name)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():  # left by this job's earlier attempt (names carry the job id)
+        shutil.rmtree(target)
     os.replace(run_dir, target)
+    _mark_succeeded(db, job_id, data_dir, target, output_name, reporter)
+
+
+def _mark_succeeded(db: Database, job_id: str, data_dir: Path, target: Path, output_name: str,
+                    reporter: StepReporter) -> None:
+    rows = _read_metrics(target / "metrics.jsonl")
+    steps = max((r["step"] for r in rows), default=0)
+    tokens = int(sum(r.get("step_tokens", 0) for r in rows if "loss" in r))
     results = _results_file(db, data_dir, rows)
     with db.session() as s:
         done = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
@@ -196,7 +222,7 @@ def _succeed(db: Database, job_id: str, data_dir: Path, run_dir: Path, output_na
                                  finished_at=now(), trained_tokens=tokens,
                                  estimated_finish=None))
         if done.rowcount != 1:  # cancelled in the last moment: no model for a cancelled job
-            os.replace(target, run_dir)
+            os.replace(target, paths.job_run_dir(data_dir, job_id))
             return
         job = s.scalar(select(JobRow).where(JobRow.id == job_id))
         job.spec = {**job.spec, "result_files": [results]}
@@ -208,6 +234,15 @@ def _succeed(db: Database, job_id: str, data_dir: Path, run_dir: Path, output_na
             reporter.record_checkpoint(s, job, steps, data, "final")
         add_event(s, job_id, f"New fine-tuned model created: {output_name}")
         add_event(s, job_id, "The job has successfully completed")
+
+
+def _forget_steps_after(db: Database, job_id: str, step: int) -> None:
+    """On resume, drop metrics events of the steps that will run again."""
+    with db.session() as s:
+        for row in s.scalars(select(EventRow).where(EventRow.job_id == job_id,
+                                                    EventRow.type == "metrics")):
+            if (row.data or {}).get("step", 0) > step:
+                s.delete(row)
 
 
 def _val_of(row: dict[str, Any]) -> dict[str, Any]:

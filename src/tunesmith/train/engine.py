@@ -65,6 +65,29 @@ def plan_steps(n_examples: int, cfg: RunConfig, world: int = 1) -> tuple[int, in
     return per_epoch, total
 
 
+def split_by_tokens(idx: list[int], lengths: list[int], budget: int | None) -> list[list[int]]:
+    """``idx`` as consecutive parts whose padded size (rows x longest row) fits ``budget``.
+
+    Parts of one micro-batch are accumulated into the same step with the step's own loss
+    normaliser, so splitting changes peak memory, not the gradient. A single row longer than
+    the budget stays whole.
+    """
+    if not budget or len(idx) < 2 or len(idx) * max(lengths[i] for i in idx) <= budget:
+        return [idx]
+    parts: list[list[int]] = []
+    cur: list[int] = []
+    longest = 0
+    for i in idx:
+        longest_with = max(longest, lengths[i])
+        if cur and (len(cur) + 1) * longest_with > budget:
+            parts.append(cur)
+            cur, longest_with = [], lengths[i]
+        cur.append(i)
+        longest = longest_with
+    parts.append(cur)
+    return parts
+
+
 class Objective:
     """What is optimised. Subclasses set ``module`` (an ``nn.Module`` whose ``.model`` is the
     trained model; accelerate wraps it, so the loss lives inside its forward), ``task``,
@@ -232,7 +255,9 @@ class TrainLoop:
               ) -> tuple[float, int, int, float, dict[str, float]]:
         acc = self.acc
         units = self.obj.step_units(group)  # the loss is a mean over the whole step
-        mine = group[acc.process_index::acc.num_processes]
+        mine = [part for idx in group[acc.process_index::acc.num_processes]
+                for part in split_by_tokens(idx, self.obj.train_lengths,
+                                            self.tc.max_batch_tokens)]
         loss_sum, seen = 0.0, 0
         sums: dict[str, float] = {}
         for i, idx in enumerate(mine):

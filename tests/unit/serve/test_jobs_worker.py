@@ -176,6 +176,7 @@ def test_job_killed_with_the_server_resumes_from_its_checkpoint(jobs_env: JobsEn
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     logged = [r["step"] for r in rows if "loss" in r]
     assert logged == list(range(1, 31))  # each step once: resumed, not restarted
+    assert _metric_steps(env, job_id) == list(range(1, 31))  # no duplicate step events
 
 
 def test_recovery_gives_up_after_max_attempts(jobs_env: JobsEnv, tiny_model_dir: Path) -> None:
@@ -257,3 +258,24 @@ def test_dpo_job_trains_on_openai_preference_data(jobs_env: JobsEnv,
     assert cfg.task == "dpo" and cfg.dpo.beta == 0.2
     losses = [e["data"]["train_loss"] for e in env.events(job_id) if e["type"] == "metrics"]
     assert len(losses) == 6 and losses[-1] < losses[0], losses
+
+
+def test_job_interrupted_after_publishing_is_marked_succeeded(jobs_env: JobsEnv,
+                                                              tiny_model_dir: Path) -> None:
+    env = jobs_env
+    job_id = _create(env, tiny_model_dir, **{"train.max_steps": 2})
+    worker = JobWorker(env.db, env.data_dir)
+    assert worker.claim() == job_id
+    train_job(env.db, job_id, env.data_dir)
+    done = env.job(job_id)
+    assert done["status"] == "succeeded"
+    # the process died after moving the model into place, before the database said so
+    with env.db.session() as s:
+        row = s.scalar(select(JobRow).where(JobRow.id == job_id))
+        row.status, row.fine_tuned_model, row.finished_at = "running", None, None
+    before = len(_metric_steps(env, job_id))
+    train_job(env.db, job_id, env.data_dir)  # the resumed attempt
+    again = env.job(job_id)
+    assert again["status"] == "succeeded"
+    assert again["fine_tuned_model"] == done["fine_tuned_model"]
+    assert len(_metric_steps(env, job_id)) == before  # nothing trained again

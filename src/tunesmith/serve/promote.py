@@ -1,0 +1,258 @@
+"""``tunesmith promote``: serve a candidate under a served name only if it evaluates no worse.
+
+Both models are scored on the same file by ``tunesmith eval``'s runner (the current model
+first, as the baseline), which also writes ``report.html``/``report.md`` for both into the
+output directory. The decision uses one metric ``m`` (``--metric``, default the task's
+primary metric: chrF for generation, perplexity for language modelling, accuracy for
+classification and zero-shot labels) and the paired bootstrap of evaluate/metrics.py:
+
+    d       = candidate − current on m, oriented so that d > 0 means the candidate is
+              better (current − candidate for loss and perplexity)
+    [lo,hi] = 95% paired-bootstrap CI of d (both models resampled with the same example
+              indices; ``--bootstrap`` resamples, ``--seed``)
+    promote  ⇔  lo ≥ −tolerance          (``--tolerance``, default 0, in m's units)
+
+So the candidate is served only when the data rule out (at 97.5% one-sided) that it is worse
+by more than the tolerance; two models answering identically give d = 0, [0, 0] and pass;
+a candidate that merely looks better on too few examples does not. Fewer than two examples
+give no interval and are refused before any model loads.
+
+Promotion writes one alias record (serve/aliases.py: ``<data_dir>/aliases.json``) mapping
+the served name (``--name``, default CURRENT's served name) to the candidate; a running
+``tunesmith serve`` on that data directory answers with the candidate under that name from
+the next request on. When the served name is already an alias, the baseline is the model it
+serves now (whatever CURRENT says), so a promotion is always judged against what users get.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import ConfigError, DataError, ModelError, UsageError
+from tunesmith.evaluate.metrics import ALIASES, INFO, resolve_metrics
+from tunesmith.evaluate.tasks import EvalSettings
+from tunesmith.serve.aliases import read_aliases, set_alias
+from tunesmith.serve.paths import resolve_model_name
+from tunesmith.serve.settings import DEFAULT_DATA_DIR
+from tunesmith.train.checkpoint import atomic_write_text
+
+RULE = "promote iff the lower bound of the 95% paired-bootstrap CI of (candidate − current, " \
+       "oriented so that positive is better) ≥ −tolerance"
+
+
+@dataclass
+class PromoteRequest:
+    """One ``tunesmith promote`` call (see the module docstring for the rule)."""
+
+    candidate: str
+    current: str
+    eval_file: str
+    metric: str | None = None
+    tolerance: float = 0.0
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    name: str | None = None
+    output: Path | None = None
+    dry_run: bool = False
+    settings: EvalSettings = field(default_factory=EvalSettings)
+
+
+# -- arguments ----------------------------------------------------------------------------------
+def _check_arguments(req: PromoteRequest) -> None:
+    """Everything checkable without a model: exit 2 naming the option, before any load."""
+    if req.tolerance < 0 or req.tolerance != req.tolerance:
+        raise UsageError("--tolerance must be 0 or more (it is how much worse the candidate "
+                         "may be, in the metric's units)", where="--tolerance",
+                         got=req.tolerance, fix="e.g. --tolerance 0.5 for chrF, 0 to require "
+                         "no loss at all")
+    if req.metric is not None and req.metric not in INFO and \
+            len(ALIASES.get(req.metric.lower(), [])) != 1:
+        raise UsageError("unknown metric (promote decides on one metric)", where="--metric",
+                         got=req.metric, fix=f"use one of {', '.join(INFO)}")
+    if req.name is not None and (not req.name.strip() or re.search(r"[\s\x00-\x1f]", req.name)):
+        raise UsageError("--name must be a served model name (no spaces)", where="--name",
+                         got=req.name, fix="e.g. --name support-bot")
+    if req.settings.bootstrap < 100:
+        raise UsageError("too few bootstrap resamples for a 95% interval", where="--bootstrap",
+                         got=req.settings.bootstrap, fix="use 1000 (the default) or more")
+    path = Path(req.eval_file)
+    if not path.exists():
+        raise UsageError("evaluation file not found", where="--eval", got=req.eval_file,
+                         fix=f"give a JSONL/CSV/Parquet file (relative to {Path.cwd()})")
+
+
+def resolve_spec(spec: str, data_dir: Path, option: str) -> str:
+    """The loadable form of a model argument.
+
+    A local directory (made absolute, so the server finds it from any working directory),
+    a fine-tuned job model of the data directory (``ft:...``), an alias (the model it serves
+    now), else the name as given (embedded model or hub id). Checked loadable here, so a
+    typo fails naming its option before anything is evaluated.
+    """
+    from tunesmith.models.load import resolve_artifact
+
+    path = Path(spec).expanduser()
+    job = resolve_model_name(data_dir, spec)
+    alias = read_aliases(data_dir).get(spec)
+    out = str(path.resolve()) if path.exists() else str(job.resolve()) if job else \
+        alias["source"] if alias else spec
+    try:
+        resolve_artifact(out)
+    except ModelError as exc:
+        raise ModelError(exc.what, where=f"{option} {spec}", got=exc.where,
+                         fix="give a run or model directory, an embedded model name, a "
+                         f"fine-tuned model or alias of --data-dir {data_dir}") from None
+    return out
+
+
+def served_name_of(req: PromoteRequest) -> str:
+    from tunesmith.serve.engines import served_name
+
+    return req.name or served_name(req.current)
+
+
+def _task_and_metrics(sources: list[str], req: PromoteRequest) -> tuple[str, list[str], str]:
+    """(task, metrics to report, decision metric), with the runner's own task resolution."""
+    from tunesmith.data.readers import read_rows
+    from tunesmith.evaluate.analysis import primary_metric
+    from tunesmith.evaluate.runner import (DEFAULT_METRICS, FAMILY, KIND_OF_FAMILY, model_kind,
+                                           resolve_fields, resolve_task)
+    from tunesmith.models.load import resolve_artifact
+
+    rows = read_rows(req.eval_file, limit=req.settings.limit)
+    if len(rows) < 2:
+        raise DataError("the evaluation file needs at least 2 examples for a confidence "
+                        "interval", where="--eval", got=f"{len(rows)} example(s)",
+                        fix="evaluate on a held-out file of tens to hundreds of examples")
+    arts = [resolve_artifact(s) for s in sources]
+    kinds = [model_kind(a) for a in arts]
+    s = resolve_fields(req.settings, arts, kinds)
+    tasks = [resolve_task(k, rows[0].data, s) for k in kinds]
+    if len({FAMILY[t] for t in tasks}) > 1:
+        raise ModelError("the candidate and the current model cannot be compared on one task",
+                         where="CANDIDATE / --over", got=f"{tasks[1]} vs {tasks[0]}",
+                         fix="promote a model of the same kind (generation, language "
+                         "modelling, or labels)")
+    family = FAMILY[tasks[0]]
+    metrics = list(DEFAULT_METRICS[family])
+    if req.metric is None:
+        return tasks[0], metrics, primary_metric(tasks[0], metrics) or metrics[0]
+    try:
+        (metric,) = resolve_metrics([req.metric], KIND_OF_FAMILY[family])
+    except ConfigError:
+        raise UsageError(f"--metric does not apply to a {tasks[0]} evaluation", where="--metric",
+                         got=req.metric, fix=f"use one of {', '.join(metrics)}") from None
+    return tasks[0], metrics, metric
+
+
+# -- decision -----------------------------------------------------------------------------------
+def decide(comparison: dict[str, Any], tolerance: float) -> dict[str, Any]:
+    """Apply the rule to one row of the runner's comparison (model = candidate, baseline =
+    current): the oriented difference, its CI, the verdict and a sentence saying why."""
+    higher = bool(comparison["higher_is_better"])
+    sign = 1.0 if higher else -1.0
+    d = sign * comparison["delta"]
+    lo, hi = sorted((sign * comparison["low"], sign * comparison["high"]))
+    ok = lo >= -tolerance  # False for NaN: no interval, no promotion
+    m = comparison["metric"]
+    why = (f"{m} ({'higher' if higher else 'lower'} is better): candidate "
+           f"{comparison['b']:.4f} vs current {comparison['a']:.4f}; improvement {d:+.4f}, "
+           f"95% CI [{lo:+.4f}, {hi:+.4f}] (paired bootstrap, p={comparison['p_value']:.3g}); "
+           f"lower bound {lo:+.4f} {'≥' if ok else '<'} −tolerance {-tolerance:+.4f}")
+    return {"metric": m, "higher_is_better": higher, "candidate_value": comparison["b"],
+            "current_value": comparison["a"], "improvement": d, "ci95": [lo, hi],
+            "p_value": comparison["p_value"], "tolerance": tolerance, "rule": RULE,
+            "promote": bool(ok), "reason": why}
+
+
+def _default_out(data_dir: Path, served: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", served).strip("-.") or "model"
+    return data_dir / "promotions" / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _write_decision(out: Path, result: dict[str, Any]) -> None:
+    """``promote.json`` and the eval report with the decision as its first section."""
+    from tunesmith.evaluate.report import Section, eval_report, write_report
+    from tunesmith.evaluate.runner import load_eval_dir
+
+    atomic_write_text(out / "promote.json", json.dumps(result, indent=1, default=str) + "\n")
+    summary, records = load_eval_dir(out)
+    rep = eval_report(summary, records)
+    d = result["decision"]
+    verdict = ("promoted" if result["promoted"] else "would be promoted (dry run)"
+               if d["promote"] else "refused")
+    sec = Section("promotion", "Promotion decision").verdicts(
+        [{"status": "pass" if d["promote"] else "fail",
+          "text": f"{result['candidate']} over {result['current']} as "
+                  f"`{result['name']}`: {verdict}. {d['reason']}"}])
+    sec.table(["", "value"], [["rule", RULE], ["metric", d["metric"]],
+                              ["candidate", result["candidate_source"]],
+                              ["current", result["current_source"]],
+                              ["tolerance", d["tolerance"]]])
+    rep.sections.insert(0, sec)
+    rep.title = f"Promotion: {result['candidate']} over {result['current']}"
+    write_report(out, rep)
+
+
+# -- the command --------------------------------------------------------------------------------
+def run_promote(req: PromoteRequest,
+                on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Evaluate, decide, report, and (unless refused or a dry run) write the alias.
+
+    Returns the result also written to ``<out>/promote.json``: ``promoted``, ``decision``
+    (figures, CI, reason), ``name``, sources, ``out_dir``, ``note`` (baseline replaced by
+    the alias's model), ``alias_file`` when promoted.
+    """
+    from tunesmith.evaluate.runner import run_eval
+
+    _check_arguments(req)
+    data_dir = Path(req.data_dir)
+    served = served_name_of(req)
+    candidate = resolve_spec(req.candidate, data_dir, "CANDIDATE")
+    alias = read_aliases(data_dir).get(served)
+    note = None
+    if alias is not None:
+        current = alias["source"]
+        given = resolve_spec(req.current, data_dir, "--over")
+        if given != current:
+            note = (f"`{served}` is an alias serving {current} (promoted {alias.get('time')}); "
+                    f"that is the baseline, not {req.current}")
+    else:
+        current = resolve_spec(req.current, data_dir, "--over")
+    if candidate == current:
+        raise UsageError("the candidate is the model already served", where="CANDIDATE",
+                         got=candidate, fix=f"promote another model over `{served}`")
+    task, metrics, metric = _task_and_metrics([current, candidate], req)
+    out = req.output or _default_out(data_dir, served)
+    summary = run_eval([current, candidate], req.eval_file, out,
+                       replace(req.settings, metrics=metrics), on_progress)
+    row = next((c for c in summary["comparison"] if c["metric"] == metric), None)
+    if row is None:
+        raise ModelError("the two classifiers have different label sets, so no comparison",
+                         where="CANDIDATE / --over", got=[m["name"] for m in summary["models"]],
+                         fix="promote a classifier trained on the same labels")
+    decision = decide(row, req.tolerance)
+    promoted = decision["promote"] and not req.dry_run
+    result: dict[str, Any] = {
+        "promoted": promoted, "dry_run": req.dry_run, "name": served, "task": task,
+        "candidate": req.candidate, "current": req.current, "candidate_source": candidate,
+        "current_source": current, "eval": str(Path(req.eval_file).resolve()),
+        "examples": summary["examples"], "decision": decision, "note": note,
+        "out_dir": str(out), "report": str(out / "report.html")}
+    _write_decision(out, result)
+    if promoted:
+        kind = "classifier" if task == "classification" else "lm"
+        record = {"source": candidate, "target": req.candidate, "over": req.current,
+                  "over_source": current, "kind": kind, "metric": metric,
+                  "candidate_value": decision["candidate_value"],
+                  "current_value": decision["current_value"], "ci95": decision["ci95"],
+                  "tolerance": req.tolerance, "eval": result["eval"],
+                  "examples": summary["examples"], "report": result["report"],
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "created": int(time.time())}
+        result["alias_file"] = str(set_alias(data_dir, served, record))
+    return result
