@@ -43,6 +43,7 @@ def _register_subcommands() -> None:
     register_eval(app)
     __import__("tunesmith.serve.cli", fromlist=["register"]).register(app)  # serve, monitor
     __import__("tunesmith.export.cli", fromlist=["register"]).register(app)  # export
+    __import__("tunesmith.serve.jobs_cli", fromlist=["register"]).register(app)  # jobs list/worker
 
 
 def _quiet_libraries() -> None:

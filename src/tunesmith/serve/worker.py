@@ -1,7 +1,7 @@
 """The job worker: picks queued jobs from the database and trains each in its own process.
 
-A supervisor thread (started with the server, or alone with ``python -m
-tunesmith.serve.worker --db URL --data-dir DIR``) claims the oldest queued job with a
+A supervisor thread (started with the server, or alone with ``tunesmith jobs worker
+--data-dir DIR --db URL``) claims the oldest queued job with a
 conditional update (safe with several workers on one PostgreSQL database), starts a fresh
 Python process for it (``python -m tunesmith.serve.job_run``; a crash or a leak in training
 never touches the server), watches it, and:
@@ -20,7 +20,6 @@ the job fails with the reason.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -234,27 +233,3 @@ def _log_tail(path: Path, lines: int = 8) -> str:
         return ""
     return (" Last log lines: " + " | ".join(t.strip() for t in tail if t.strip())) if tail else ""
 
-
-def main(argv: list[str] | None = None) -> None:
-    """Run a worker without the HTTP server (e.g. on a GPU machine sharing PostgreSQL)."""
-    parser = argparse.ArgumentParser(prog="python -m tunesmith.serve.worker")
-    parser.add_argument("--data-dir", default="tunesmith-data")
-    parser.add_argument("--db", default=None, help="SQLAlchemy URL (default: SQLite in data dir)")
-    args = parser.parse_args(argv)
-    from tunesmith.serve.db import default_url
-
-    data_dir = Path(args.data_dir)
-    worker = JobWorker(Database(args.db or default_url(data_dir)), data_dir)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    worker.start()
-    try:
-        while not stop.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        pass
-    worker.stop()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,76 @@
+"""``tunesmith jobs list`` and ``tunesmith jobs worker``: the fine-tuning jobs of a server's data
+directory (or database) from the command line, without the HTTP server.
+
+``worker`` trains queued jobs on this machine — for example a GPU machine that shares the
+PostgreSQL database and the data directory with a server elsewhere.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunesmith.serve.db import Database
+
+DataDir = Annotated[Path, typer.Option(
+    "--data-dir", help="The server's data directory (files, job runs, models, SQLite DB).")]
+DbUrl = Annotated[str | None, typer.Option(
+    "--db", help="SQLAlchemy URL instead of the SQLite file in --data-dir, e.g. "
+    "postgresql+psycopg://user:pw@host/db.")]
+
+
+def _database(data_dir: Path, db: str | None) -> Database:
+    from tunesmith.serve.db import default_url
+
+    return Database(db or default_url(data_dir))
+
+
+def list_jobs(data_dir: DataDir = Path("tunesmith-data"), db: DbUrl = None,
+              limit: Annotated[int, typer.Option(help="Newest jobs shown.")] = 20) -> None:
+    """Show the newest fine-tuning jobs: id, status, model, result or error, progress."""
+    from sqlalchemy import select
+
+    from tunesmith.serve.jobs_models import EventRow, JobRow
+
+    database = _database(data_dir, db)
+    table = Table("job", "status", "model", "fine-tuned model / error", "last step")
+    with database.session() as s:
+        for job in s.scalars(select(JobRow).order_by(JobRow.seq.desc()).limit(limit)):
+            last = s.scalar(select(EventRow.message).where(
+                EventRow.job_id == job.id, EventRow.type == "metrics")
+                .order_by(EventRow.seq.desc()).limit(1))
+            result = job.fine_tuned_model or ((job.error or {}).get("message", "")[:80])
+            table.add_row(job.id, job.status, job.model, result or "", last or "")
+    database.dispose()
+    Console(soft_wrap=True).print(table)
+
+
+def worker(data_dir: DataDir = Path("tunesmith-data"), db: DbUrl = None) -> None:
+    """Train queued jobs until Ctrl-C or SIGTERM (a running job goes back to the queue)."""
+    from tunesmith.serve.worker import JobWorker
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    job_worker = JobWorker(_database(data_dir, db), data_dir)
+    job_worker.start()
+    Console(stderr=True).print(f"training queued jobs of {data_dir} (Ctrl-C stops)")
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    job_worker.stop()
+
+
+def register(app: typer.Typer) -> None:
+    jobs_app = typer.Typer(help="Fine-tuning jobs of a server's data directory.",
+                           no_args_is_help=True)
+    jobs_app.command("list")(list_jobs)
+    jobs_app.command("worker")(worker)
+    app.add_typer(jobs_app, name="jobs")
