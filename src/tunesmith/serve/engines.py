@@ -162,9 +162,13 @@ class ModelPool:
             if name in self.handles:
                 raise ModelError("two served models have the same name", where="serve",
                                  got=name, fix="give one of them another name with NAME=PATH")
-            handle = self._build(name, spec, adapter_only)
+            alias = self.aliases.get(self.settings.data_dir, name)  # promoted since: load that
+            source = alias.get("source") if alias else None
+            handle = self._build(name, source or spec, adapter_only and source is None)
             self.handles[name] = handle
             self._given[name] = (spec, adapter_only)
+            if source is not None:
+                self._promoted[name] = source
             log.info("serving %s (%s) from %s", name, handle.kind, handle.source)
             return handle
 

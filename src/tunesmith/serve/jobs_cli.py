@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 from tunesmith.serve.db import Database
 
@@ -33,22 +33,22 @@ def _database(data_dir: Path, db: str | None) -> Database:
 
 def list_jobs(data_dir: DataDir = Path("tunesmith-data"), db: DbUrl = None,
               limit: Annotated[int, typer.Option(help="Newest jobs shown.")] = 20) -> None:
-    """Show the newest fine-tuning jobs: id, status, model, result or error, progress."""
+    """Newest jobs first, one line each: id, status, model, fine-tuned model or error, last step."""
     from sqlalchemy import select
 
     from tunesmith.serve.jobs_models import EventRow, JobRow
 
     database = _database(data_dir, db)
-    table = Table("job", "status", "model", "fine-tuned model / error", "last step")
+    out = Console(soft_wrap=True, highlight=False)
     with database.session() as s:
         for job in s.scalars(select(JobRow).order_by(JobRow.seq.desc()).limit(limit)):
             last = s.scalar(select(EventRow.message).where(
                 EventRow.job_id == job.id, EventRow.type == "metrics")
                 .order_by(EventRow.seq.desc()).limit(1))
-            result = job.fine_tuned_model or ((job.error or {}).get("message", "")[:80])
-            table.add_row(job.id, job.status, job.model, result or "", last or "")
+            result = job.fine_tuned_model or (job.error or {}).get("message", "")[:120]
+            out.print(escape(f"{job.id}  {job.status:<9}  {job.model}  {result or '-'}"
+                             f"  {last or ''}".rstrip()))
     database.dispose()
-    Console(soft_wrap=True).print(table)
 
 
 def worker(data_dir: DataDir = Path("tunesmith-data"), db: DbUrl = None) -> None:

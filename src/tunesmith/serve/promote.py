@@ -145,7 +145,7 @@ def _task_and_metrics(sources: list[str], req: PromoteRequest) -> tuple[str, lis
     try:
         (metric,) = resolve_metrics([req.metric], KIND_OF_FAMILY[family])
     except ConfigError:
-        raise UsageError(f"--metric does not apply to a {tasks[0]} evaluation", where="--metric",
+        raise UsageError(f"--metric does not apply to this {tasks[0]} evaluation", where="--metric",
                          got=req.metric, fix=f"use one of {', '.join(metrics)}") from None
     return tasks[0], metrics, metric
 
@@ -163,7 +163,7 @@ def decide(comparison: dict[str, Any], tolerance: float) -> dict[str, Any]:
     why = (f"{m} ({'higher' if higher else 'lower'} is better): candidate "
            f"{comparison['b']:.4f} vs current {comparison['a']:.4f}; improvement {d:+.4f}, "
            f"95% CI [{lo:+.4f}, {hi:+.4f}] (paired bootstrap, p={comparison['p_value']:.3g}); "
-           f"lower bound {lo:+.4f} {'≥' if ok else '<'} −tolerance {-tolerance:+.4f}")
+           f"lower bound {lo:+.4f} {'≥' if ok else '<'} {-tolerance or 0.0:+.4g} (−tolerance)")
     return {"metric": m, "higher_is_better": higher, "candidate_value": comparison["b"],
             "current_value": comparison["a"], "improvement": d, "ci95": [lo, hi],
             "p_value": comparison["p_value"], "tolerance": tolerance, "rule": RULE,

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,12 @@ class JobWorker:
     """Supervises one training process at a time for the jobs in ``db``."""
 
     def __init__(self, db: Database, data_dir: Path, poll: float = 0.5, lease: float = 600.0,
-                 max_attempts: int = 3, kill_grace: float = 10.0) -> None:
+                 max_attempts: int = 3, kill_grace: float = 10.0,
+                 launch: Callable[[str], Any] | None = None) -> None:
+        """``launch(job_id)`` starts the job's process and returns a ``Popen``-like handle
+        (``pid``, ``poll``, ``wait``, ``terminate``, ``kill``); default: a fresh Python."""
         self.db, self.data_dir = db, Path(data_dir)
+        self.launch = launch or self._popen
         self.poll, self.lease, self.max_attempts, self.kill_grace = (
             poll, lease, max_attempts, kill_grace)
         self.proc: Any = None
@@ -108,15 +113,18 @@ class JobWorker:
                     return job_id
         return None
 
-    def _spawn(self, job_id: str) -> None:
+    def _popen(self, job_id: str) -> subprocess.Popen[bytes]:
         log_path = paths.job_run_dir(self.data_dir, job_id).with_suffix(".log")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as out:
-            proc = subprocess.Popen(
+            return subprocess.Popen(
                 [sys.executable, "-m", "tunesmith.serve.job_run", job_id, "--db", self.db.url,
                  "--data-dir", str(self.data_dir)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+
+    def _spawn(self, job_id: str) -> None:
+        proc = self.launch(job_id)
         self.proc, self.job_id = proc, job_id
         with self.db.session() as s:
             s.execute(update(JobRow).where(JobRow.id == job_id)

@@ -19,7 +19,7 @@ from tests.unit.sft_support import cli
 TEXTS = sorted(set(CORPUS))
 
 
-def _train_copy(base: Path, out: Path, steps: int = 40) -> Path:
+def _train_copy(base: Path, out: Path, steps: int = 15) -> Path:
     """The base model fitted to TEXTS for a few full-batch steps, saved as a model dir."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -96,6 +96,12 @@ def test_better_candidate_is_served_under_the_old_name(models: dict[str, Path], 
         listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
         assert listed["tiny-base"]["promoted"]["target"] == str(models["tuned"])
         assert listed["tiny-base"]["promoted"]["metric"] == "perplexity"
+
+        # a server started later with the old model on its command line serves the promoted one
+        restarted = ModelPool(ServeSettings(models=[str(models["base"])], dtype="float32",
+                                            data_dir=data))
+        restarted.load_settings_models()
+        assert restarted.handles["tiny-base"].source == str(models["tuned"].resolve())
 
         # removing the alias by hand goes back to the model the server was started with
         (data / "aliases.json").write_text(json.dumps({"aliases": {}, "history": []}))
