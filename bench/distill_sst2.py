@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, SHARED, peak_rss_mib
@@ -42,23 +43,31 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--teacher-steps", type=int, default=200)
     ap.add_argument("--student-steps", type=int, default=300)
+    ap.add_argument("--out", default=None, help="keep runs here; a finished teacher is reused")
     args = ap.parse_args()
     from tunesmith.config.load import load_config
     from tunesmith.recipes import classify, distill
 
     sst2 = SHARED / "sst2"
     data = [f"data.train={sst2 / 'train.jsonl'}", f"data.validation={sst2 / 'validation.jsonl'}"]
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or tmp
         common = [f"output.dir={out}", "output.tensorboard=false"]
         t0 = time.time()
-        teacher = classify.run(load_config(ROOT / "configs/classification/sentiment.yaml", [
+        teacher_cfg = load_config(ROOT / "configs/classification/sentiment.yaml", [
             *data, *common, f"train.max_steps={args.teacher_steps}", "train.eval_every=100",
-            "train.early_stopping.patience=null"]), progress=True)
+            "train.early_stopping.patience=null"])
+        done = Path(out) / teacher_cfg.name / "final"
+        if done.is_dir():  # reuse a finished teacher of an earlier invocation
+            teacher = SimpleNamespace(run_dir=done.parent, loop=SimpleNamespace(
+                steps=json.loads((done / "tunesmith_eval.json").read_text())["step"]))
+        else:
+            teacher = classify.run(teacher_cfg, progress=True)
         teacher_wall = time.time() - t0
         t0 = time.time()
         student = distill.run(load_config(ROOT / "configs/distill/sst2-minilm-half.yaml", [
             *data, *common, f"model.name={teacher.run_dir}", f"distill.teacher={teacher.run_dir}",
-            f"train.max_steps={args.student_steps}"]), progress=True)
+            f"train.max_steps={args.student_steps}"]), overwrite=True, progress=True)
         student_wall = time.time() - t0
         t_res, s_res = test_accuracy(teacher.run_dir), test_accuracy(student.run_dir)
     result = {"teacher": {**t_res, "train_wall_s": round(teacher_wall, 1),

@@ -225,6 +225,7 @@ ABLATIONS = {
     "no length grouping": (["train.group_by_length=false"], True),
     "default glibc allocator": ([], False),
     "no batch splitting (max_batch_tokens null)": (["train.max_batch_tokens=null"], True),
+    "max_batch_tokens 1024": (["train.max_batch_tokens=1024"], True),
     "gradient checkpointing on": (["train.gradient_checkpointing=true"], True),
 }
 

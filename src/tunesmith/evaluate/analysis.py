@@ -4,7 +4,9 @@ From an eval directory's predictions, per model:
 
 - **worst examples** by per-example loss (language modelling, labels) or by the main text
   metric (generation: sentence chrF, else token F1, ROUGE-L, sentence BLEU, exact match);
-- **confusion pairs**: the most frequent (expected → predicted) mistakes;
+- **confusion pairs**: the most frequent (expected → predicted) mistakes; for multi-label
+  classifiers the most often missed and extra (wrongly predicted) labels instead, and the
+  worst examples by per-example F1 of the label set;
 - **slices**: every metric per input-length quartile, per label and per metadata field (a
   field with 2-30 short values, e.g. ``category``), each compared with the rest of the data
   by bootstrap; a slice is *flagged* when it is worse than the rest with a Holm-corrected
@@ -33,7 +35,8 @@ from tunesmith.evaluate.metrics import (INFO, _resample_sums, aggregator, normal
 from tunesmith.train.checkpoint import atomic_dir, commit_dir
 
 PRIMARY_ORDER = ("chrf", "token_f1", "rougeL", "bleu", "rouge1", "exact_match")
-LABEL_TASKS = ("classification", "zero-shot", "labels")
+LABEL_TASKS = ("classification", "zero-shot", "labels", "multi-label")
+MULTI = "multi-label"
 SKIP_FIELDS = {"index", "id", "idx", "row", "url", "messages", "prompt", "completion",
                "instruction", "input", "output", "text", "source", "target", "chosen",
                "rejected"}
@@ -42,6 +45,8 @@ SKIP_FIELDS = {"index", "id", "idx", "row", "url", "messages", "prompt", "comple
 # -- ranking ------------------------------------------------------------------------------------
 def primary(records: Sequence[dict[str, Any]], task: str) -> tuple[str, bool]:
     """(per-example value used to rank, higher is better)."""
+    if task == MULTI:
+        return "example_f1", True
     if task in LABEL_TASKS or task == "lm" or not records:
         return "loss", False
     scores = records[0].get("scores", {})
@@ -62,8 +67,12 @@ def value_of(rec: dict[str, Any], name: str) -> float:
 def worst_examples(records: Sequence[dict[str, Any]], task: str, metrics: Sequence[str] = (),
                    k: int = 20) -> dict[str, Any]:
     name, higher = primary(records, task)
+    if task == MULTI:  # ties in F1: the higher loss first
+        records = sorted(records, key=lambda r: -r["loss"])
     ranked = sorted(records, key=lambda r: value_of(r, name), reverse=not higher)
-    return {"by": name if name == "loss" else f"sentence {name}", "items": ranked[:k]}
+    by = "per-example F1 of the label set" if task == MULTI else \
+        name if name == "loss" else f"sentence {name}"
+    return {"by": by, "items": ranked[:k]}
 
 
 def is_error(rec: dict[str, Any], task: str) -> bool:
@@ -78,6 +87,8 @@ def confusion_pairs(records: Sequence[dict[str, Any]], task: str, k: int = 15
                     ) -> list[dict[str, Any]]:
     """Most frequent (expected → predicted) mistakes; for generation, short answers only."""
     pairs: Counter[tuple[str, str]] = Counter()
+    if task == MULTI:
+        return []  # see label_errors
     for r in records:
         if task in LABEL_TASKS:
             if r["label"] != r["prediction"]:
@@ -91,6 +102,20 @@ def confusion_pairs(records: Sequence[dict[str, Any]], task: str, k: int = 15
     out = [{"expected": a, "predicted": b, "count": n, "share_of_errors": n / errors}
            for (a, b), n in pairs.most_common(k) if task in LABEL_TASKS or n >= 2]
     return out
+
+
+def label_errors(records: Sequence[dict[str, Any]], k: int = 15) -> list[dict[str, Any]]:
+    """Multi-label: per class, how often it was missed (gold, not predicted) and predicted
+    without being gold, most frequent first."""
+    missed: Counter[str] = Counter(n for r in records for n in r["missed"])
+    extra: Counter[str] = Counter(n for r in records for n in r["extra"])
+    support: Counter[str] = Counter(n for r in records for n in r["label"])
+    total = sum(missed.values()) + sum(extra.values())
+    rows = [{"label": n, "missed": missed[n], "extra": extra[n], "support": support[n],
+             "share_of_errors": (missed[n] + extra[n]) / total}
+            for n in set(missed) | set(extra)]
+    rows.sort(key=lambda r: (-(r["missed"] + r["extra"]), r["label"]))
+    return rows[:k]
 
 
 # -- slices -------------------------------------------------------------------------------------
@@ -109,7 +134,13 @@ def slice_groups(records: Sequence[dict[str, Any]], task: str, fields: Sequence[
         groups = {f"{lo + 1}-{hi} words": [i for i, n in enumerate(lengths) if lo < n <= hi]
                   for lo, hi in zip(bounds, bounds[1:])}
         dims["input length"] = {k: v for k, v in groups.items() if v}
-    if task in LABEL_TASKS:
+    if task == MULTI:  # overlapping slices: the rows whose gold set holds the label
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, r in enumerate(records):
+            for n in r["label"] or ["(none)"]:
+                groups[n].append(i)
+        dims["label"] = dict(groups)
+    elif task in LABEL_TASKS:
         dims["label"] = _group(records, lambda r: r["label"])
     chosen = list(fields) if fields else _metadata_fields(records, label_field)
     for f in chosen:
@@ -170,7 +201,7 @@ def slice_metrics(records: Sequence[dict[str, Any]], task: str, metrics: Sequenc
     rows: list[dict[str, Any]] = []
     for metric in metrics:
         stats = stats_matrix(metric, records, n_labels)
-        agg = aggregator(metric, n_labels)
+        agg = aggregator(metric, n_labels, task == MULTI)
         higher = INFO[metric].higher_is_better
         overall = agg(stats.sum(0))
         batch: list[dict[str, Any]] = []
@@ -219,9 +250,16 @@ def queue_row(rec: dict[str, Any], task: str, settings: dict[str, Any], rank: in
             row["text"] = row.get(text_field) if isinstance(row.get(text_field), str) \
                 else rec["input"]
         row.setdefault(label_field, rec["label"])
-        review.update(reason="predicted label differs from the gold label",
-                      gold=rec["label"], predicted=rec["prediction"],
-                      confidence=round(rec["confidence"], 4))
+        if task == MULTI:
+            review.update(reason="predicted label set differs from the gold set",
+                          gold=rec["label"], predicted=rec["prediction"],
+                          missed=rec["missed"], extra=rec["extra"],
+                          example_f1=round(rec["scores"]["example_f1"], 4),
+                          probabilities=rec["probs"])
+        else:
+            review.update(reason="predicted label differs from the gold label",
+                          gold=rec["label"], predicted=rec["prediction"],
+                          confidence=round(rec["confidence"], 4))
     elif task == "generation":
         if detect_format(row) not in ("chat", "alpaca", "prompt_completion"):
             row = {"prompt": rec["input"], "completion": rec["reference"][0], **row}
@@ -248,7 +286,15 @@ def relabel_queue(records: Sequence[dict[str, Any]], task: str, settings: dict[s
 # -- the command ----------------------------------------------------------------------------
 def example_card(rec: dict[str, Any], task: str, flag: bool = True) -> dict[str, Any]:
     fields: list[tuple[str, Any]] = [("input", _clip(rec.get("input", "")))]
-    if task in LABEL_TASKS:
+    if task == MULTI:
+        fields += [("gold", ", ".join(rec["label"]) or "(none)"),
+                   ("predicted", ", ".join(rec["prediction"]) or "(none)"),
+                   ("missed", ", ".join(rec["missed"])), ("extra", ", ".join(rec["extra"])),
+                   ("example F1", rec["scores"]["example_f1"]),
+                   ("probabilities", ", ".join(f"{n} {p:.3f}" for n, p in rec["probs"].items()
+                                               if n in rec["label"] or n in rec["prediction"]
+                                               or p >= 0.2))]
+    elif task in LABEL_TASKS:
         fields += [("gold", rec["label"]), ("predicted", rec["prediction"]),
                    ("confidence", rec["confidence"]), ("loss", rec["loss"])]
     elif task == "generation":
@@ -270,6 +316,7 @@ def analyze_model(records: list[dict[str, Any]], task: str, metrics: list[str],
     groups = slice_groups(records, task, fields, settings.get("label_field") or "label")
     return {"worst": worst_examples(records, task, metrics, top),
             "confusion_pairs": confusion_pairs(records, task),
+            **({"label_errors": label_errors(records)} if task == MULTI else {}),
             "errors": sum(is_error(r, task) for r in records),
             "slices": slice_metrics(records, task, metrics, groups, n_labels, n_boot, alpha,
                                     seed=int(settings.get("seed", 0))),
@@ -346,7 +393,12 @@ def analysis_report(result: dict[str, Any], summary: dict[str, Any]) -> Any:
     conf = Section("confusion-matrix", "Confusion matrix")
     for m in summary.get("models", []):
         c = m.get("classification")
-        if c:
+        if c and m.get("task") == MULTI:  # no matrix: one row per class
+            conf.heading(m["name"]).table(
+                ["class", "precision", "recall", "f1", "support", "predicted"],
+                [[n, v["precision"], v["recall"], v["f1"], v["support"], v["predicted"]]
+                 for n, v in c["per_class"].items()])
+        elif c:
             conf.heading(m["name"]).image(f"confusion-{m['dir']}", confusion_png(
                 c["confusion_matrix"], c["labels"]), m["name"])
     rep.add(conf)
@@ -362,6 +414,13 @@ def analysis_report(result: dict[str, Any], summary: dict[str, Any]) -> Any:
             pairs.heading(name).table(["expected", "predicted", "count", "share of errors"],
                                       [[p["expected"], p["predicted"], p["count"],
                                         p["share_of_errors"]] for p in a["confusion_pairs"]])
+    for name, a in models.items():
+        if a.get("label_errors"):
+            pairs.heading(f"{name} — most often missed and extra labels").table(
+                ["label", "missed (gold, not predicted)", "extra (predicted, not gold)",
+                 "gold support", "share of errors"],
+                [[r["label"], r["missed"], r["extra"], r["support"], r["share_of_errors"]]
+                 for r in a["label_errors"]])
     if not pairs.blocks:
         pairs.text("No repeated (expected → predicted) pair: confusion pairs are counted for "
                    "label tasks and for short generated answers.", "note")

@@ -52,7 +52,8 @@ def eval_command(
                                       "zero-shot.")] = "auto",
     metrics: Annotated[Optional[list[str]], typer.Option(
         "--metrics", "-m", help="Comma-separated: em, f1, bleu, chrf, rouge (generation); "
-        "loss, perplexity, token_accuracy (lm); accuracy, macro_f1 (labels).")] = None,
+        "loss, perplexity, token_accuracy (lm); accuracy, macro_f1 (labels); accuracy, "
+        "example_f1, micro_f1, macro_f1, hamming_loss (multi-label).")] = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o",
         help="Output directory (default: RUN/eval/<data name> or evals/<model>-<time>).")
@@ -70,6 +71,12 @@ def eval_command(
         help="Label field for label tasks (default: the classifier's, else label).")] = None,
     labels: Annotated[Optional[str], typer.Option(
         help="Zero-shot: class texts in id order, comma-separated.")] = None,
+    label_separator: Annotated[Optional[str], typer.Option(
+        help="Multi-label: split string labels on this (default: the classifier's training "
+        "setting); JSON lists need none.")] = None,
+    threshold: Annotated[Optional[float], typer.Option(
+        help="Multi-label: probability at or above which a class is predicted (default: "
+        "the classifier's training threshold).")] = None,
     normalize: Annotated[bool, typer.Option(
         help="Zero-shot: rank labels by mean (not total) token log-likelihood.")] = False,
     max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
@@ -89,6 +96,7 @@ def eval_command(
                             reference_field=reference_field, text_field=text_field,
                             text_pair_field=text_pair_field,
                             label_field=label_field, labels=_split([labels]) if labels else None,
+                            label_separator=label_separator, threshold=threshold,
                             normalize=normalize, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_p=top_p, seed=seed, system=system,
                             batch_size=batch_size, max_length=max_length, limit=limit,

@@ -17,7 +17,17 @@ loss           [nll sum, tokens]               nll sum / tokens                n
 perplexity     [nll sum, tokens]               exp(nll sum / tokens)           >= 1
 token_accuracy [top-1 hits, tokens]            hits / tokens                   0-1
 accuracy       [correct, 1]                    mean                            0-1
+macro_f1       confusion matrix (k x k)        mean F1 of present classes      0-1
+multi-label:
+accuracy       [label set exactly right, 1]    mean (subset accuracy)          0-1
+example_f1     [F1 of the label set, 1]        mean (scikit-learn "samples")   0-1
+micro_f1       [tp, fp, fn] over classes       2tp / (2tp + fp + fn)           0-1
+macro_f1       [tp, fp, fn] per class (3 x k)  mean F1 over every class        0-1
+hamming_loss   [wrong classes, classes]        wrong / classes                 0-1
 =============  ==============================  ==============================  =======
+
+Multi-label records carry 0/1 vectors as ``label_id`` / ``pred_id``; the statistics follow
+from them, so ``aggregator`` only needs to know that ``macro_f1`` is the multi-label one.
 
 BLEU and chrF use sacrebleu's own statistics and scoring code with its defaults (13a
 tokenisation, chrF character order 6, beta 2), so corpus figures equal ``sacrebleu``'s
@@ -99,7 +109,13 @@ INFO: dict[str, MetricInfo] = {m.name: m for m in [
     MetricInfo("token_accuracy", "lm", True, "0-1", "top-1 next-token accuracy"),
     MetricInfo("accuracy", "classification", True, "0-1", "share of correct labels"),
     MetricInfo("macro_f1", "classification", True, "0-1", "unweighted mean of per-class F1"),
+    MetricInfo("example_f1", "multilabel", True, "0-1",
+               "mean per-example F1 of the label set (scikit-learn average=samples)"),
+    MetricInfo("micro_f1", "multilabel", True, "0-1", "F1 of all (example, class) decisions"),
+    MetricInfo("hamming_loss", "multilabel", False, "0-1", "share of wrong class decisions"),
 ]}
+# multi-label evaluation accepts the label metrics too (accuracy = subset accuracy)
+KIND_METRICS = {"multilabel": ("classification", "multilabel")}
 ALIASES = {"em": ["exact_match"], "f1": ["token_f1"], "rouge": ["rouge1", "rouge2", "rougeL"],
            "rougel": ["rougeL"], "chrf": ["chrf"], "bleu": ["bleu"], "ppl": ["perplexity"]}
 
@@ -107,13 +123,14 @@ ALIASES = {"em": ["exact_match"], "f1": ["token_f1"], "rouge": ["rouge1", "rouge
 def resolve_metrics(names: Iterable[str], kind: str = "generation") -> list[str]:
     """Expand aliases (``em``, ``f1``, ``rouge``) and reject unknown names with the list."""
     out: list[str] = []
-    known = sorted(k for k, v in INFO.items() if v.kind == kind)
+    kinds = KIND_METRICS.get(kind, (kind,))
+    known = sorted(k for k, v in INFO.items() if v.kind in kinds)
     for raw in names:
         for name in (n.strip() for n in raw.split(",")):
             if not name:
                 continue
             expanded = ALIASES.get(name.lower()) or ([name] if name in INFO else None)
-            if expanded is None or any(INFO[e].kind != kind for e in expanded):
+            if expanded is None or any(INFO[e].kind not in kinds for e in expanded):
                 raise ConfigError(f"unknown metric for a {kind} task", where="--metrics",
                                   got=name, fix=f"use some of: {', '.join(known)}"
                                   + ("; aliases em, f1, rouge" if kind == "generation" else ""))
@@ -197,8 +214,10 @@ def example_stats(metric: str, record: dict[str, Any], n_labels: int = 0) -> lis
         return [record["loss_sum"], record["tokens"]]
     if metric == "token_accuracy":
         return [record["correct"], record["tokens"]]
-    if metric == "accuracy":
+    if metric == "accuracy":  # multi-label: the 0/1 vectors must be equal (subset accuracy)
         return [float(record["label_id"] == record["pred_id"]), 1.0]
+    if isinstance(record.get("label_id"), list):
+        return _multilabel_stats(metric, record)
     if metric == "macro_f1":
         vec = [0.0] * (n_labels * n_labels)
         vec[record["label_id"] * n_labels + record["pred_id"]] = 1.0
@@ -206,7 +225,33 @@ def example_stats(metric: str, record: dict[str, Any], n_labels: int = 0) -> lis
     return [record["scores"][metric], 1.0]
 
 
-def aggregator(metric: str, n_labels: int = 0) -> Callable[[np.ndarray], float]:
+def _multilabel_stats(metric: str, record: dict[str, Any]) -> list[float]:
+    gold = np.asarray(record["label_id"], dtype=np.float64)
+    pred = np.asarray(record["pred_id"], dtype=np.float64)
+    tp, fp, fn = gold * pred, (1 - gold) * pred, gold * (1 - pred)
+    if metric == "micro_f1":
+        return [tp.sum(), fp.sum(), fn.sum()]
+    if metric == "macro_f1":
+        return [*tp, *fp, *fn]
+    if metric == "hamming_loss":
+        return [fp.sum() + fn.sum(), float(gold.size)]
+    return [record["scores"][metric], 1.0]
+
+
+def example_f1(gold: Sequence[int], pred: Sequence[int]) -> float:
+    """F1 of one example's predicted label set (0/1 vectors); 1 when both sets are empty."""
+    tp = sum(g and p for g, p in zip(gold, pred))
+    den = sum(gold) + sum(pred)
+    return 2 * tp / den if den else 1.0
+
+
+def _f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    den = 2 * tp + fp + fn
+    return np.divide(2 * tp, den, out=np.zeros_like(den, dtype=float), where=den > 0)
+
+
+def aggregator(metric: str, n_labels: int = 0, multi_label: bool = False
+               ) -> Callable[[np.ndarray], float]:
     """Function from summed statistics (one vector) to the metric value."""
     if metric in ("bleu", "chrf"):
         from sacrebleu.metrics import BLEU, CHRF
@@ -216,6 +261,11 @@ def aggregator(metric: str, n_labels: int = 0) -> Callable[[np.ndarray], float]:
                                .score)
     if metric == "perplexity":
         return lambda s: math.exp(s[0] / s[1]) if s[1] else float("nan")
+    if metric == "micro_f1":
+        return lambda s: float(_f1_from_counts(*np.asarray(s, dtype=float)))
+    if metric == "macro_f1" and multi_label:  # every class counts, as scikit-learn does
+        return lambda s: float(_f1_from_counts(*np.asarray(s).reshape(3, n_labels)).mean()) \
+            if n_labels else 0.0
     if metric == "macro_f1":
         return lambda s: _macro_f1(np.asarray(s).reshape(n_labels, n_labels))
     return lambda s: float(s[0] / s[1]) if s[1] else float("nan")
@@ -234,9 +284,11 @@ def _macro_f1(m: np.ndarray) -> float:
 class StreamingMetrics:
     """Sums statistics vectors batch by batch; ``compute`` gives every metric."""
 
-    def __init__(self, metrics: Sequence[str], n_labels: int = 0) -> None:
+    def __init__(self, metrics: Sequence[str], n_labels: int = 0, multi_label: bool = False
+                 ) -> None:
         self.metrics = list(metrics)
         self.n_labels = n_labels
+        self.multi_label = multi_label
         self.sums: dict[str, np.ndarray | None] = {m: None for m in self.metrics}
         self.count = 0
 
@@ -249,8 +301,8 @@ class StreamingMetrics:
                 self.sums[m] = v if cur is None else cur + v
 
     def compute(self) -> dict[str, float]:
-        return {m: (aggregator(m, self.n_labels)(s) if s is not None else float("nan"))
-                for m, s in self.sums.items()}
+        return {m: (aggregator(m, self.n_labels, self.multi_label)(s) if s is not None
+                    else float("nan")) for m, s in self.sums.items()}
 
 
 def stats_matrix(metric: str, records: Sequence[dict[str, Any]], n_labels: int = 0

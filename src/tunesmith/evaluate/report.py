@@ -280,6 +280,8 @@ _SETTINGS = {"generation": ("prompt_template", "reference_field", "system", "max
                            "system"),
              "labels": ("prompt_template", "text_field", "label_field", "labels", "normalize"),
              "classification": ("text_field", "label_field", "max_length"),
+             "multi-label": ("text_field", "label_field", "label_separator", "threshold",
+                             "max_length"),
              "lm": ("max_length",)}
 
 
@@ -320,10 +322,24 @@ def eval_report(summary: dict[str, Any], records: dict[str, list[dict[str, Any]]
              "95% CI (paired bootstrap)", "p", "verdict"], rows, flags=flags,
             caption="difference = model − baseline on the same examples; "
             f"{s.get('bootstrap', 1000)} paired bootstrap resamples"))
-    conf = Section("confusion-matrix", "Confusion matrix")
+    multi = [m for m in models if m.get("task") == "multi-label"]
+    conf = Section("confusion-matrix", "Per-class figures" if multi else "Confusion matrix")
+    for m in multi:  # a class per row instead of a confusion matrix
+        c = m["classification"]
+        conf.heading(f"{m['name']} — threshold {fmt(m.get('threshold'))}")
+        conf.table(["class", "precision", "recall", "f1", "support", "predicted"],
+                   [[n, v["precision"], v["recall"], v["f1"], v["support"], v["predicted"]]
+                    for n, v in c["per_class"].items()],
+                   caption="support: gold rows with the class; predicted: rows where the model "
+                   "predicted it")
+        conf.table(["average", "precision", "recall", "f1"],
+                   [[a, c[f"{a}_precision"], c[f"{a}_recall"], c[f"{a}_f1"]]
+                    for a in ("micro", "macro", "weighted")],
+                   caption=f"subset accuracy {fmt(c['accuracy'])}, Hamming loss "
+                   f"{fmt(c['hamming_loss'])}")
     for m in models:
         c = m.get("classification")
-        if c:
+        if c and m not in multi:
             conf.heading(m["name"])
             conf.image(f"confusion-{m['dir']}", confusion_png(c["confusion_matrix"],
                                                               c["labels"]), m["name"])

@@ -34,12 +34,16 @@ from tunesmith.models.load import (DTYPES, load_causal_lm, load_quantized, load_
 from tunesmith.train.checkpoint import atomic_dir, atomic_write_text, commit_dir
 
 FAMILY = {"generation": "generation", "lm": "lm", "classification": "labels",
-          "zero-shot": "labels"}
+          "zero-shot": "labels", "multi-label": "multilabel"}
 DEFAULT_METRICS = {"generation": ["exact_match", "token_f1", "bleu", "chrf", "rouge1", "rouge2",
                                   "rougeL"],
                    "lm": ["loss", "perplexity", "token_accuracy"],
-                   "labels": ["accuracy", "macro_f1"]}
-KIND_OF_FAMILY = {"generation": "generation", "lm": "lm", "labels": "classification"}
+                   "labels": ["accuracy", "macro_f1"],
+                   "multilabel": ["accuracy", "example_f1", "micro_f1", "macro_f1"]}
+KIND_OF_FAMILY = {"generation": "generation", "lm": "lm", "labels": "classification",
+                  "multilabel": "multilabel"}
+MULTILABEL_ACCURACY = "share of examples whose predicted label set is exactly the gold set " \
+    "(subset accuracy, exact match)"
 OnProgress = Callable[[str, int, int], None]
 
 
@@ -103,15 +107,37 @@ def config_class_names(source: Path | str) -> list[str] | None:
     """Class names from a local checkpoint's config.json, without loading weights."""
     cfg = Path(str(source)) / "config.json"
     if not cfg.exists():
-        return None
-    config = json.loads(cfg.read_text())
-    if config.get("problem_type") == "multi_label_classification":
-        raise ConfigError("multi-label classifiers are not supported by `tunesmith eval` yet",
-                          where=str(source), got="problem_type multi_label_classification",
-                          fix="score them with `tunesmith predict` and the classification "
-                          "metrics, or evaluate a single-label model")
-    id2label = config.get("id2label") or {}
+        return classifier_info(source).get("labels")  # an adapter directory
+    id2label = json.loads(cfg.read_text()).get("id2label") or {}
     return [str(id2label[k]) for k in sorted(id2label, key=int)] or None
+
+
+def is_multi_label(source: Path | str) -> bool:
+    """Whether a classifier was trained multi-label (tunesmith_classifier.json, else the
+    config's problem_type, as ``tunesmith predict`` decides)."""
+    info = classifier_info(source)
+    if "multi_label" in info:
+        return bool(info["multi_label"])
+    cfg = Path(str(source)) / "config.json"
+    if cfg.exists():
+        return json.loads(cfg.read_text()).get("problem_type") == "multi_label_classification"
+    if Path(str(source)).exists():
+        return False
+    from transformers import AutoConfig  # a hub id
+
+    return getattr(AutoConfig.from_pretrained(str(source)), "problem_type", None) == \
+        "multi_label_classification"
+
+
+def multilabel_settings(s: T.EvalSettings, source: Path | str) -> T.EvalSettings:
+    """Threshold and label separator: the command line's, else those the model trained with."""
+    info = classifier_info(source)
+    threshold = s.threshold if s.threshold is not None else float(info.get("threshold", 0.5))
+    if not 0 < threshold < 1:
+        raise ConfigError("the threshold must be between 0 and 1", where="--threshold",
+                          got=threshold, fix="use e.g. 0.5")
+    return replace(s, threshold=threshold,
+                   label_separator=s.label_separator or info.get("label_separator"))
 
 
 def classifier_info(source: Path | str) -> dict[str, Any]:
@@ -222,6 +248,8 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
     kinds = [model_kind(src) for src in sources]
     s = replace(resolve_fields(s, sources, kinds), dtype=dtype)
     task_of = [resolve_task(k, rows[0].data, s) for k in kinds]
+    task_of = ["multi-label" if t == "classification" and is_multi_label(src) else t
+               for t, src in zip(task_of, sources)]
     families = {FAMILY[t] for t in task_of}
     if len(families) > 1:
         raise ConfigError("these models cannot be compared on one task", where="MODELS",
@@ -239,9 +267,11 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
     elif "zero-shot" in task_of:
         items["zero-shot"] = T.build_labelled(rows, s, T.zero_shot_labels(rows, s))
     for src, task in zip(sources, task_of):
-        known = config_class_names(src) if task == "classification" else None
+        known = config_class_names(src) if task in ("classification", "multi-label") else None
         if known:  # labels the classifier cannot know fail now
-            T.build_labelled(rows, replace(s, prompt_template=None), known)
+            T.build_labelled(rows, replace(multilabel_settings(s, src), prompt_template=None)
+                             if task == "multi-label" else replace(s, prompt_template=None),
+                             known, task == "multi-label")
 
     results, taken, signatures = [], set(), {}
     for name, src, kind, task in zip(models, sources, kinds, task_of):
@@ -250,7 +280,18 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
         model, tok, path = load_model(name, kind, dtype)
         progress = (lambda d, n, _l=label: on_progress(_l, d, n)) if on_progress else None
         names: list[str] | None = None
-        if task == "generation":
+        counts = None
+        if task == "multi-label":
+            from tunesmith.evaluate.classification_metrics import MultiLabelCounts
+
+            names = class_names(model)
+            ms = replace(multilabel_settings(s, src), prompt_template=None)
+            counts = MultiLabelCounts(names)
+            records = T.run_multilabel(
+                model, tok, T.build_labelled(rows, ms, names, True), ms, names,
+                ms.threshold or 0.5, progress, classifier_info(src).get("max_length") or 512,
+                counts)
+        elif task == "generation":
             scorer = GenerationScorer(metrics)
             records = T.run_generation(model, tok, items["generation"], s, scorer, progress)
             signatures = scorer.signatures()
@@ -269,11 +310,14 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
         del model
         gc.collect()
         results.append(_summarise(label, name, dirname, str(path), task, metrics, records,
-                                  names, s))
+                                  names, s, counts))
+        if counts is not None:
+            results[-1]["threshold"] = ms.threshold
+            results[-1]["label_separator"] = ms.label_separator
     summary = {"task": task_of[0] if len(set(task_of)) == 1 else "labels", "data": str(data),
                "examples": len(rows), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "settings": {k: v for k, v in asdict(s).items() if v is not None},
-               "metric_info": {m: asdict(INFO[m]) for m in metrics}, "signatures": signatures,
+               "metric_info": _metric_info(metrics, family), "signatures": signatures,
                "models": [{k: v for k, v in r.items() if k != "records"} for r in results],
                "comparison": compare(results, metrics, s.bootstrap, s.seed)}
     _write(out, summary, results)
@@ -281,23 +325,33 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
     return summary
 
 
+def _metric_info(metrics: list[str], family: str) -> dict[str, Any]:
+    info = {m: asdict(INFO[m]) for m in metrics}
+    if family == "multilabel" and "accuracy" in info:
+        info["accuracy"]["description"] = MULTILABEL_ACCURACY
+    return info
+
+
 def _summarise(label: str, name: str, dirname: str, path: str, task: str, metrics: list[str],
-               records: list[dict[str, Any]], names: list[str] | None, s: T.EvalSettings
-               ) -> dict[str, Any]:
+               records: list[dict[str, Any]], names: list[str] | None, s: T.EvalSettings,
+               counts: Any = None) -> dict[str, Any]:
     n_labels = len(names or [])
-    acc = StreamingMetrics(metrics, n_labels)
+    multi = task == "multi-label"
+    acc = StreamingMetrics(metrics, n_labels, multi)
     acc.update(records)
     values = acc.compute()
     ci = {}
     for m in metrics:
-        _, lo, hi = bootstrap_ci(stats_matrix(m, records, n_labels), aggregator(m, n_labels),
-                                 s.bootstrap, s.seed)
+        _, lo, hi = bootstrap_ci(stats_matrix(m, records, n_labels),
+                                 aggregator(m, n_labels, multi), s.bootstrap, s.seed)
         ci[m] = [lo, hi]
     run = run_dir_of(name)
     out: dict[str, Any] = {"name": label, "dir": dirname, "path": path, "task": task,
                            "run_dir": str(run) if run else None, "metrics": values, "ci95": ci,
                            "records": records}
-    if names is not None:
+    if counts is not None:  # multi-label: streamed batch by batch while predicting
+        out["classification"] = counts.compute()
+    elif names is not None:
         from tunesmith.evaluate.classification_metrics import ConfusionMatrix
 
         cm = ConfusionMatrix(names)
@@ -308,6 +362,9 @@ def _summarise(label: str, name: str, dirname: str, path: str, task: str, metric
 
 def _aligned(records: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
     """Label records re-indexed into ``names`` (models may order their classes differently)."""
+    if records and isinstance(records[0]["label"], list):  # multi-label: 0/1 vectors
+        return [{**r, "label_id": [int(n in r["label"]) for n in names],
+                 "pred_id": [int(n in r["prediction"]) for n in names]} for r in records]
     return [{**r, "label_id": names.index(r["label"]), "pred_id": names.index(r["prediction"])}
             for r in records]
 
@@ -327,9 +384,10 @@ def compare(results: list[dict[str, Any]], metrics: list[str], n_boot: int, seed
                 continue  # different label sets: metrics are shown, not compared
             a, b = _aligned(a, names), _aligned(b, names)
         k = len(names or [])
+        multi = base["task"] == "multi-label"
         for m in metrics:
             res = paired_bootstrap(stats_matrix(m, a, k), stats_matrix(m, b, k),
-                                   aggregator(m, k), n_boot, seed)
+                                   aggregator(m, k, multi), n_boot, seed)
             out.append({"metric": m, "baseline": base["name"], "model": other["name"], **res,
                         "significant": bool(res["p_value"] < 0.05),
                         "higher_is_better": INFO[m].higher_is_better})

@@ -50,6 +50,8 @@ class EvalSettings:
     text_pair_field: str | None = None
     label_field: str | None = None  # None: the classifier's own, else "label"
     labels: list[str] | None = None
+    label_separator: str | None = None  # multi-label: None = the classifier's own
+    threshold: float | None = None  # multi-label: None = the classifier's own (else 0.5)
     normalize: bool = False
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -73,7 +75,7 @@ class Item:
     input: str = ""
     prompt: Prompt | None = None
     references: list[str] | None = None
-    label: str | None = None
+    label: str | list[str] | None = None  # multi-label: the gold label set
     pair: str | None = None
     example: Example | None = None
 
@@ -184,7 +186,27 @@ def zero_shot_labels(rows: Sequence[Row], s: EvalSettings) -> list[str]:
                       fix="give the class texts in id order, e.g. --labels negative,positive")
 
 
-def build_labelled(rows: Sequence[Row], s: EvalSettings, names: Sequence[str]) -> list[Item]:
+def label_set(raw: Any, names: Sequence[str], where: str, fieldname: str,
+              separator: str | None) -> list[str]:
+    """A multi-label gold value as class names in model order: a list of names or ids, or a
+    string split on ``separator`` as training split it (``data.classification``)."""
+    from tunesmith.config.schema import ClassificationConfig
+    from tunesmith.data.classification import _label_values
+
+    values = None if raw is None else _label_values(raw, ClassificationConfig(
+        multi_label=True, label_separator=separator))
+    if values is None:
+        raise DataError("multi-label gold labels must be a list of class names or ids"
+                        + (f", or names joined by `{separator}`" if separator else ""),
+                        where=f"{where} field {fieldname}", got=raw,
+                        fix=f"use a list such as {list(names[:2])}, or give the separator "
+                        "with --label-separator")
+    chosen = {label_name(v, names, where, fieldname) for v in values}
+    return [n for n in names if n in chosen]
+
+
+def build_labelled(rows: Sequence[Row], s: EvalSettings, names: Sequence[str],
+                   multi_label: bool = False) -> list[Item]:
     items = []
     for i, row in enumerate(rows):
         if s.label_field not in row.data:
@@ -211,7 +233,10 @@ def build_labelled(rows: Sequence[Row], s: EvalSettings, names: Sequence[str]) -
                                 got=pair if s.text_pair_field in row.data else sorted(row.data),
                                 fix="give every record the second text, or drop "
                                 "--text-pair-field")
-        label = label_name(row.data[s.label_field], names, row.where, s.label_field)
+        raw = row.data[s.label_field]
+        label: str | list[str] = (
+            label_set(raw, names, row.where, s.label_field, s.label_separator) if multi_label
+            else label_name(raw, names, row.where, s.label_field))
         items.append(Item(i, row.where, row.data, text, prompt=text, label=label, pair=pair))
     return items
 
@@ -303,6 +328,54 @@ def run_classifier(model: Any, tok: Any, items: Sequence[Item], s: EvalSettings,
         if progress:
             progress(min(start + s.batch_size, len(items)), len(items))
     return records
+
+
+def run_multilabel(model: Any, tok: Any, items: Sequence[Item], s: EvalSettings,
+                   names: Sequence[str], threshold: float, progress: Progress | None = None,
+                   max_length: int = 512, counts: Any = None) -> list[dict[str, Any]]:
+    """Sigmoid probability per class, a class predicted at ``threshold`` or above (the
+    prediction code of ``tunesmith predict``); ``counts`` (MultiLabelCounts) is updated
+    batch by batch."""
+    from tunesmith.inference.predict import Predictor
+
+    predictor = Predictor(model, tok, list(names), multi_label=True, threshold=threshold,
+                          max_length=s.max_length or max_length)
+    records = []
+    for start in range(0, len(items), s.batch_size):
+        chunk = items[start:start + s.batch_size]
+        pairs = [it.pair or "" for it in chunk] if s.text_pair_field else None
+        preds = predictor.predict([it.input for it in chunk], pairs, s.batch_size)
+        batch = [_multilabel_record(it, names, p.probabilities, p.label, threshold)
+                 for it, p in zip(chunk, preds)]
+        if counts is not None:
+            counts.update(torch.tensor([r["pred_id"] for r in batch]),
+                          torch.tensor([r["label_id"] for r in batch]))
+        records += batch
+        if progress:
+            progress(min(start + s.batch_size, len(items)), len(items))
+    return records
+
+
+def _multilabel_record(it: Item, names: Sequence[str], probs: dict[str, float],
+                       predicted: Any, threshold: float) -> dict[str, Any]:
+    from tunesmith.evaluate.metrics import example_f1
+
+    gold = [int(n in it.label) for n in names]  # type: ignore[operator]
+    pred = [int(n in predicted) for n in names]
+    eps = 1e-7
+    bce = [-math.log(max(probs[n], eps)) if g else -math.log(max(1 - probs[n], eps))
+           for n, g in zip(names, gold)]
+    wrong = [probs[n] if p else 1 - probs[n] for n, g, p in zip(names, gold, pred) if g != p]
+    return {**_base(it), "label": list(it.label),  # type: ignore[arg-type]
+            "prediction": [n for n, p in zip(names, pred) if p], "label_id": gold,
+            "pred_id": pred,
+            "missed": [n for n, g, p in zip(names, gold, pred) if g and not p],
+            "extra": [n for n, g, p in zip(names, gold, pred) if p and not g],
+            "scores": {"example_f1": example_f1(gold, pred)},
+            # how sure the model was of its wrong decisions (relabel queue order)
+            "confidence": max(wrong, default=0.0),
+            "loss": sum(bce) / max(len(bce), 1), "threshold": threshold,
+            "probs": {n: round(float(probs[n]), 6) for n in names}, "row": it.row}
 
 
 def run_zero_shot(model: Any, tok: Any, items: Sequence[Item], s: EvalSettings,

@@ -87,7 +87,7 @@ def classifier_info(cfg: RunConfig, names: list[str]) -> dict[str, Any]:
     """What prediction needs besides the weights (saved as tunesmith_classifier.json)."""
     c = cfg.classification
     return {"labels": names, "multi_label": c.multi_label, "threshold": c.threshold,
-            "text_field": c.text_field, "text_pair_field": c.text_pair_field,
+            "label_separator": c.label_separator, "text_field": c.text_field, "text_pair_field": c.text_pair_field,
             "label_field": c.label_field, "max_length": c.max_length,
             "base_model": cfg.model.name, "method": cfg.method.type, "run": cfg.name}
 

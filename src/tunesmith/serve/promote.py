@@ -34,8 +34,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import ConfigError, DataError, ModelError, UsageError
-from tunesmith.evaluate.metrics import ALIASES, INFO, resolve_metrics
+from tunesmith.errors import DataError, ModelError, UsageError
+from tunesmith.evaluate.metrics import ALIASES, INFO
 from tunesmith.evaluate.tasks import EvalSettings
 from tunesmith.serve.aliases import read_aliases, set_alias
 from tunesmith.serve.paths import resolve_model_name
@@ -86,6 +86,11 @@ def _check_arguments(req: PromoteRequest) -> None:
                          fix=f"give a JSONL/CSV/Parquet file (relative to {Path.cwd()})")
 
 
+def _metric_name(name: str) -> str:
+    """A metric or its one-metric alias (``em``, ``f1``, ``ppl``) → the metric's name."""
+    return name if name in INFO else ALIASES[name.lower()][0]
+
+
 def resolve_spec(spec: str, data_dir: Path, option: str) -> str:
     """The loadable form of a model argument.
 
@@ -116,12 +121,12 @@ def served_name_of(req: PromoteRequest) -> str:
     return req.name or served_name(req.current)
 
 
-def _task_and_metrics(sources: list[str], req: PromoteRequest) -> tuple[str, list[str], str]:
-    """(task, metrics to report, decision metric), with the runner's own task resolution."""
+def _check_metric_applies(sources: list[str], req: PromoteRequest) -> None:
+    """Fail fast (before any model loads) when ``--metric`` cannot apply to the eval's task,
+    resolved as the runner resolves it; the default metric is picked after the eval."""
     from tunesmith.data.readers import read_rows
-    from tunesmith.evaluate.analysis import primary_metric
-    from tunesmith.evaluate.runner import (DEFAULT_METRICS, FAMILY, KIND_OF_FAMILY, model_kind,
-                                           resolve_fields, resolve_task)
+    from tunesmith.evaluate.runner import (FAMILY, KIND_OF_FAMILY, model_kind, resolve_fields,
+                                           resolve_task)
     from tunesmith.models.load import resolve_artifact
 
     rows = read_rows(req.eval_file, limit=req.settings.limit)
@@ -129,25 +134,17 @@ def _task_and_metrics(sources: list[str], req: PromoteRequest) -> tuple[str, lis
         raise DataError("the evaluation file needs at least 2 examples for a confidence "
                         "interval", where="--eval", got=f"{len(rows)} example(s)",
                         fix="evaluate on a held-out file of tens to hundreds of examples")
+    if req.metric is None:
+        return
     arts = [resolve_artifact(s) for s in sources]
     kinds = [model_kind(a) for a in arts]
-    s = resolve_fields(req.settings, arts, kinds)
-    tasks = [resolve_task(k, rows[0].data, s) for k in kinds]
-    if len({FAMILY[t] for t in tasks}) > 1:
-        raise ModelError("the candidate and the current model cannot be compared on one task",
-                         where="CANDIDATE / --over", got=f"{tasks[1]} vs {tasks[0]}",
-                         fix="promote a model of the same kind (generation, language "
-                         "modelling, or labels)")
-    family = FAMILY[tasks[0]]
-    metrics = list(DEFAULT_METRICS[family])
-    if req.metric is None:
-        return tasks[0], metrics, primary_metric(tasks[0], metrics) or metrics[0]
-    try:
-        (metric,) = resolve_metrics([req.metric], KIND_OF_FAMILY[family])
-    except ConfigError:
-        raise UsageError(f"--metric does not apply to this {tasks[0]} evaluation", where="--metric",
-                         got=req.metric, fix=f"use one of {', '.join(metrics)}") from None
-    return tasks[0], metrics, metric
+    task = resolve_task(kinds[0], rows[0].data, resolve_fields(req.settings, arts, kinds))
+    kind = KIND_OF_FAMILY[FAMILY[task]]
+    allowed = {"classification", "multilabel"} if kind == "classification" else {kind}
+    if INFO[_metric_name(req.metric)].kind not in allowed:
+        raise UsageError(f"--metric does not apply to this {task} evaluation", where="--metric",
+                         got=req.metric, fix="use one of " + ", ".join(
+                             m for m, i in INFO.items() if i.kind in allowed))
 
 
 # -- decision -----------------------------------------------------------------------------------
@@ -208,6 +205,7 @@ def run_promote(req: PromoteRequest,
     (figures, CI, reason), ``name``, sources, ``out_dir``, ``note`` (baseline replaced by
     the alias's model), ``alias_file`` when promoted.
     """
+    from tunesmith.evaluate.analysis import primary_metric
     from tunesmith.evaluate.runner import run_eval
 
     _check_arguments(req)
@@ -227,10 +225,17 @@ def run_promote(req: PromoteRequest,
     if candidate == current:
         raise UsageError("the candidate is the model already served", where="CANDIDATE",
                          got=candidate, fix=f"promote another model over `{served}`")
-    task, metrics, metric = _task_and_metrics([current, candidate], req)
+    _check_metric_applies([current, candidate], req)
     out = req.output or _default_out(data_dir, served)
+    # the runner's default metrics of a task are all the metrics it has for that task
     summary = run_eval([current, candidate], req.eval_file, out,
-                       replace(req.settings, metrics=metrics), on_progress)
+                       replace(req.settings, metrics=[]), on_progress)
+    task, evaluated = summary["task"], list(summary["models"][0]["metrics"])
+    metric = _metric_name(req.metric) if req.metric else \
+        primary_metric(task, evaluated) or evaluated[0]
+    if metric not in evaluated:
+        raise UsageError(f"--metric does not apply to this {task} evaluation", where="--metric",
+                         got=req.metric, fix=f"use one of {', '.join(evaluated)}")
     row = next((c for c in summary["comparison"] if c["metric"] == metric), None)
     if row is None:
         raise ModelError("the two classifiers have different label sets, so no comparison",
@@ -246,7 +251,7 @@ def run_promote(req: PromoteRequest,
         "out_dir": str(out), "report": str(out / "report.html")}
     _write_decision(out, result)
     if promoted:
-        kind = "classifier" if task == "classification" else "lm"
+        kind = "classifier" if task in ("classification", "multi-label") else "lm"
         record = {"source": candidate, "target": req.candidate, "over": req.current,
                   "over_source": current, "kind": kind, "metric": metric,
                   "candidate_value": decision["candidate_value"],

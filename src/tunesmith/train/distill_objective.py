@@ -80,7 +80,8 @@ class _Distill(Objective):
     def _teacher_logits(self, batch: dict[str, torch.Tensor], split: str, idx: list[int]
                         ) -> torch.Tensor:
         if self.cached:
-            return torch.cat([self.cached[split][j] for j in idx]).float().to(
+            # float16 rows to float32 one by one: CPU autocast refuses to cat float16
+            return torch.cat([self.cached[split][j].float() for j in idx]).to(
                 batch["input_ids"].device)
         assert self.teacher is not None
         with torch.no_grad():

@@ -175,3 +175,35 @@ def test_bad_models_and_files_exit_2(models: dict[str, Path], tmp_path: Path,
     for argv, option in cases:
         code, out, err = cli([*argv, "--data-dir", data], capsys)
         assert code == 2 and option in err, (argv, out, err)
+
+
+def test_identical_classifier_passes_with_zero_difference(tmp_path: Path, capsys: Any) -> None:
+    """Equal answers give d = 0 and CI [0, 0]: not worse, so promoted (tolerance 0); the
+    classification path (accuracy) and a classifier swap in the pool."""
+    import shutil
+
+    from tests.helpers.tiny_cls import build_tiny_bert_dir
+    from tests.unit.serve.serve_support import make_classifier_run
+    from tunesmith.serve.engines import ModelPool
+    from tunesmith.serve.settings import ServeSettings
+
+    run = make_classifier_run(tmp_path / "runs" / "sentiment",
+                              build_tiny_bert_dir(tmp_path / "tiny-bert"))
+    copy = shutil.copytree(run, tmp_path / "runs" / "sentiment-v2")
+    ev = write_jsonl(tmp_path / "sst.jsonl", [{"text": t, "label": ["negative", "positive"][
+        i % 2]} for i, t in enumerate(TEXTS)])
+    data = tmp_path / "data"
+    pool = ModelPool(ServeSettings(models=[str(run)], dtype="float32", data_dir=data))
+    pool.load_settings_models()
+    code, out, err = cli(["promote", str(copy), "--over", str(run), "--eval", str(ev),
+                          "--data-dir", str(data), "-o", str(tmp_path / "rep"),
+                          "--bootstrap", "200"], capsys)
+    assert code == 0 and "accuracy" in out, out + err
+    d = json.loads((tmp_path / "rep" / "promote.json").read_text())["decision"]
+    assert d["improvement"] == 0 and d["ci95"] == [0, 0]
+    with make_client(pool, data) as client:
+        resp = client.post("/v1/classify", json={"model": "sentiment", "input": TEXTS[0]})
+        assert resp.status_code == 200, resp.text
+    assert pool.handles["sentiment"].source == str(copy.resolve() / "final")
+    assert json.loads((data / "aliases.json").read_text())["aliases"]["sentiment"]["kind"] \
+        == "classifier"
