@@ -53,19 +53,33 @@ def test_gguf_round_trip_matches_source(smollm2: str, gguf_q8: Path) -> None:
 
 
 def test_int8_export_generates_like_fp32(smollm2: str, tmp_path: Path) -> None:
+    """The default int8 recipe keeps SmolLM2's greedy answers (quantizing every layer did not)."""
+    from tunesmith.export.merge import load_full
     from tunesmith.export.run import export
+    from tunesmith.export.source import resolve_source
     from tunesmith.inference.generate import GenerationSettings, generate
     from tunesmith.models.load import load_causal_lm, load_tokenizer
 
+    chats = [CHAT] + [[{"role": "user", "content": c}] for c in (
+        "List three primary colors.", "What is 12 plus 7?",
+        "Translate 'good morning' into French.")]
+    settings = GenerationSettings(max_new_tokens=24)
+    fp32, tok32 = load_full(resolve_source(smollm2))
+    want = generate(fp32, tok32, chats, settings)
+    del fp32
     res = export(smollm2, "hf", quantize="int8", out=tmp_path / "int8", measure_speed=False)
     tok = load_tokenizer(res.out_dir)
     q = load_causal_lm(res.out_dir)
     assert getattr(q, "tunesmith_quantization", None) == "int8"
-    settings = GenerationSettings(max_new_tokens=8)
-    answer = generate(q, tok, [CHAT], settings)[0]
-    assert "Paris" in answer
+    # the vocabulary projection stays float32 and tied to the embedding
+    assert isinstance(q.lm_head, torch.nn.Linear) and q.lm_head.weight.dtype == torch.float32
+    assert q.lm_head.weight.data_ptr() == q.model.embed_tokens.weight.data_ptr()
+    got = generate(q, tok, chats, settings)
+    assert "Paris" in got[0]
+    assert sum(a == b for a, b in zip(got, want)) >= 3, (got, want)
     weights = (res.out_dir / "int8_model.safetensors").stat().st_size
-    assert weights < 0.5 * res.info["quantization"]["reference_size_bytes"]
+    assert weights < 0.65 * res.info["quantization"]["reference_size_bytes"]
+    assert "lm_head" in res.info["quantization"]["kept_float"]
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from tests.unit.sft_support import isolated_home, make_cfg  # noqa: F401 (fixtur
 from tunesmith.recipes import sft
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install lm-eval)")
-pytestmark = pytest.mark.usefixtures("isolated_home")
+pytestmark = [pytest.mark.usefixtures("isolated_home"), pytest.mark.integration]
 
 TASK = """task: tunesmith_local_mc
 dataset_path: json

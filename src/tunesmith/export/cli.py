@@ -38,6 +38,11 @@ def export_command(
         "--speed/--no-speed", help="Measure tokens/s or examples/s (int8, gguf).")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")
                          ] = False,
+    keep_float: Annotated[str | None, typer.Option(
+        "--keep-float", help="int8: comma-separated linear layers kept in float32 (default "
+        "for LMs: head,down_proj,first-layer,last-layer; classifiers: head; 'none' = "
+        "quantize all). Items: head, first-layer, last-layer, a module name or glob.")
+        ] = None,
 ) -> None:
     """Export a trained model: merged checkpoint, int8 for CPU, or GGUF (+ Ollama Modelfile)."""
     from tunesmith.export.card import quantization_line
@@ -46,8 +51,10 @@ def export_command(
     err = Console(stderr=True, soft_wrap=True)
     command = "tunesmith " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
         if sys.argv[1:2] == ["export"] else None
+    keep = None if keep_float is None else [
+        k.strip() for k in keep_float.split(",") if k.strip() and k.strip() != "none"]
     result = export(model, format, merge, quantize, output, eval_file, overwrite, speed,
-                    command)
+                    command, keep)
     for line in result.info.get("checks") or []:
         err.print(f"check: {escape(line)}", highlight=False)
     if result.info.get("quantization"):

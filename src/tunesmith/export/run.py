@@ -64,11 +64,19 @@ def check_args(fmt: str, quantize: str | None, out: Path, overwrite: bool,
 def export(name: str, fmt: str = "hf", merge: bool = False, quantize: str | None = None,
            out: Path | str = "export", eval_file: Path | str | None = None,
            overwrite: bool = False, measure_speed: bool = True, command: str | None = None,
-           ) -> ExportResult:
-    """Export ``name`` (run dir, checkpoint, adapter or model) to ``out``; see module doc."""
+           keep_float: list[str] | None = None) -> ExportResult:
+    """Export ``name`` (run dir, checkpoint, adapter or model) to ``out``; see module doc.
+
+    ``keep_float``: int8 only, the linear layers that stay float32 (patterns of
+    ``quantize.keep_float_names``; None = the default recipe, [] = quantize every layer).
+    """
     out = Path(out)
     eval_path = Path(eval_file) if eval_file is not None else None
     q = check_args(fmt, quantize, out, overwrite, eval_path)
+    if keep_float is not None and q != "int8":
+        raise UsageError("--keep-float only applies to --quantize int8", where="--keep-float",
+                         got=",".join(keep_float) or "none", fix="add --quantize int8 or drop "
+                         "--keep-float")
     source = resolve_source(name)
     if fmt == "gguf":
         from tunesmith.export.gguf import check_supported
@@ -83,13 +91,15 @@ def export(name: str, fmt: str = "hf", merge: bool = False, quantize: str | None
         "kind": source.kind, "architectures": source.architectures, "base": source.base,
         "merged": source.is_adapter and (merge or fmt == "gguf") or _trained_merged(source),
         "run": run_facts(
-            source.run_dir), "command": command or _command(name, fmt, merge, q, out, eval_path)}
+            source.run_dir), "command": command or _command(name, fmt, merge, q, out, eval_path)
+        + ("" if keep_float is None or command else
+           f" --keep-float {','.join(keep_float) or 'none'}")}
     tmp = atomic_dir(out)
     try:
         if source.is_adapter and not info["merged"]:
             _export_adapter(source, tmp)
         elif fmt == "hf":
-            _export_hf(source, q, tmp, info, eval_path, measure_speed)
+            _export_hf(source, q, tmp, info, eval_path, measure_speed, keep_float)
         else:
             from tunesmith.export.gguf import export_gguf
 
@@ -127,7 +137,8 @@ def _export_adapter(source: ExportSource, tmp: Path) -> None:
 
 
 def _export_hf(source: ExportSource, q: str, tmp: Path, info: dict[str, Any],
-               eval_file: Path | None, measure_speed: bool) -> None:
+               eval_file: Path | None, measure_speed: bool,
+               keep_float: list[str] | None = None) -> None:
     model, tok = load_full(source)
     info["labels"] = list((getattr(model.config, "id2label", None) or {}).values()) \
         if source.kind == "classifier" else None
@@ -145,7 +156,9 @@ def _export_hf(source: ExportSource, q: str, tmp: Path, info: dict[str, Any],
                                "reference_size_bytes": measure.weight_bytes(model)}
         if measure_speed:
             fig["reference_speed"] = measure.speed(model, tok, source.kind)
-        model, tensors = quantize_int8(model, source.kind)
+        model, tensors = quantize_int8(model, source.kind, keep_float)
+        fig["method"] += f"; kept in float32: {model.tunesmith_kept_float}"
+        fig["kept_float"] = model.tunesmith_kept_float
         save_int8(model, tensors, tok, tmp)
         for name in SIDECARS:
             if (source.path / name).exists():

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +45,8 @@ class JobWorker:
     """Supervises one training process at a time for the jobs in ``db``."""
 
     def __init__(self, db: Database, data_dir: Path, poll: float = 0.5, lease: float = 600.0,
-                 max_attempts: int = 3, kill_grace: float = 10.0,
-                 launch: Callable[[str], Any] | None = None) -> None:
-        """``launch(job_id)`` starts the job's process and returns a ``Popen``-like handle
-        (``pid``, ``poll``, ``wait``, ``terminate``, ``kill``); default: a fresh Python."""
+                 max_attempts: int = 3, kill_grace: float = 10.0) -> None:
         self.db, self.data_dir = db, Path(data_dir)
-        self.launch = launch or self._popen
         self.poll, self.lease, self.max_attempts, self.kill_grace = (
             poll, lease, max_attempts, kill_grace)
         self.proc: Any = None
@@ -114,6 +109,8 @@ class JobWorker:
         return None
 
     def _popen(self, job_id: str) -> subprocess.Popen[bytes]:
+        """A fresh interpreter per job: forking this (threaded) server could inherit a held
+        lock and hang the child; a training crash or leak never touches the server."""
         log_path = paths.job_run_dir(self.data_dir, job_id).with_suffix(".log")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as out:
@@ -124,7 +121,7 @@ class JobWorker:
                 env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
 
     def _spawn(self, job_id: str) -> None:
-        proc = self.launch(job_id)
+        proc = self._popen(job_id)
         self.proc, self.job_id = proc, job_id
         with self.db.session() as s:
             s.execute(update(JobRow).where(JobRow.id == job_id)

@@ -25,6 +25,7 @@ def test_int8_export_of_lora_run_has_card_figures_and_predicts(
     card = (out / "README.md").read_text()
     line = next(ln for ln in card.splitlines() if "quantization:" in ln)
     assert "size" in line and "tokens/s" in line and "exact_match" in line
+    assert "kept in float32: down_proj ×2, lm_head" in line  # what stays float is on the card
     assert "sha256" in card and "tunesmith train" in card and "--quantize int8" in card
     assert json.loads((out / "eval" / "metrics.json").read_text())["examples"] == 3
     # generate/chat/eval load it through the generic loader
@@ -58,6 +59,7 @@ def test_hf_f16_export_of_classifier_loads_with_transformers(cls_run: Path, tmp_
     (["--format", "gguf", "--quantize", "int8"], "--quantize"),
     (["--eval-file", "missing.jsonl"], "--eval-file"),
     (["--quantize", "int8"], "--merge"),
+    (["--keep-float", "head"], "--keep-float"),
 ])
 def test_cli_errors_exit_2_naming_the_field(lora_adapter: Path, tmp_path: Path,
                                             argv: list[str], field: str,

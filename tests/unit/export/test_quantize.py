@@ -43,9 +43,68 @@ def test_int8_causal_lm_reloads_exactly_and_stays_close(lora_run: Path, tmp_path
     rel = (got_loaded - want).abs().max() / want.abs().max()
     assert 0 < rel.item() < 0.05
     assert got_loaded.argmax(-1).eq(want.argmax(-1)).float().mean().item() >= 0.8
-    qc = json.loads((out / "config.json").read_text())["quantization_config"]
-    assert qc["quant_method"] == "tunesmith-int8" and "lm_head" in qc["modules"]
+    cfg = json.loads((out / "config.json").read_text())
+    qc = cfg["quantization_config"]
+    assert qc["quant_method"] == "tunesmith-int8"
+    # default recipe: the vocabulary projection (tied to the embedding) and the MLP
+    # down-projections stay float32; attention and gate/up projections are int8
+    assert "lm_head" not in qc["modules"] and not any("down_proj" in m for m in qc["modules"])
+    assert any(m.endswith("self_attn.q_proj") for m in qc["modules"])
+    assert any(m.endswith("mlp.up_proj") for m in qc["modules"])
+    assert qc["keep_float"] == ["head", "down_proj", "first-layer", "last-layer"]
+    assert "lm_head" in qc["kept_float"] and "down_proj ×2" in qc["kept_float"]
+    assert isinstance(loaded.lm_head, torch.nn.Linear)
+    assert loaded.lm_head.weight.dtype == torch.float32
+    # still tied to the embedding, saved once
+    assert cfg["tie_word_embeddings"] is True
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    assert torch.equal(loaded.lm_head.weight, ref.lm_head.weight)
     assert weights > 0
+
+
+def test_keep_float_patterns_select_layers(lora_run: Path) -> None:
+    from tunesmith.errors import UsageError
+    from tunesmith.export.quantize import int8_targets, keep_float_names
+
+    model, _ = load_full(resolve_source(str(lora_run)))
+    linear = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert set(int8_targets(model, "causal-lm", [])) == linear  # 'none': every layer
+    assert keep_float_names(model, "causal-lm", ["head"]) == {"lm_head"}
+    assert keep_float_names(model, "causal-lm", ["*.self_attn.o_proj"]) == {
+        "model.layers.0.self_attn.o_proj", "model.layers.1.self_attn.o_proj"}
+    # a 2-layer model keeps no whole layer (nothing would be left to quantize)
+    assert keep_float_names(model, "causal-lm", ["first-layer", "last-layer"]) == set()
+    with pytest.raises(UsageError, match="matches no linear layer") as err:
+        quantize_int8(model, "causal-lm", ["mlp.nonexistent"])
+    assert err.value.where == "--keep-float"
+
+
+def test_keep_float_first_last_layer_on_deeper_model(tmp_path: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunesmith.export.quantize import keep_float_names
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=4, num_attention_heads=2,
+                                         num_key_value_heads=1))
+    kept = keep_float_names(model, "causal-lm", ["first-layer", "last-layer"])
+    assert {n.split(".")[2] for n in kept} == {"0", "3"} and len(kept) == 14
+
+
+def test_int8_quantize_all_unties_quantized_head(lora_run: Path, tmp_path: Path) -> None:
+    source = resolve_source(str(lora_run))
+    model, tok = load_full(source)
+    q, tensors = quantize_int8(model, source.kind, keep_float=[])
+    out = tmp_path / "int8-all"
+    out.mkdir()
+    save_int8(q, tensors, tok, out)
+    cfg = json.loads((out / "config.json").read_text())
+    assert "lm_head" in cfg["quantization_config"]["modules"]
+    assert cfg["tie_word_embeddings"] is False  # int8 head stored apart from the float embedding
+    loaded = load_int8(out, "causal-lm")
+    ids = torch.tensor([[1, 7, 30, 61]])
+    with torch.no_grad():
+        assert torch.equal(q(ids).logits, loaded(ids).logits)
 
 
 def test_int8_handles_bf16_inputs(lora_run: Path, tmp_path: Path) -> None:
@@ -92,7 +151,7 @@ def test_load_int8_reports_incomplete_checkpoint(lora_run: Path, tmp_path: Path)
     _export_int8(str(lora_run), tmp_path / "int8")
     f = tmp_path / "int8" / "int8_model.safetensors"
     tensors = load_file(f)
-    del tensors["lm_head.qscale"]
+    del tensors["model.layers.0.self_attn.q_proj.qscale"]
     save_file(tensors, str(f))
     with pytest.raises(ModelError, match="incomplete"):
         load_int8(tmp_path / "int8", "causal-lm")

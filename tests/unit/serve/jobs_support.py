@@ -64,49 +64,6 @@ def chat_rows(n: int = 12) -> list[dict[str, Any]]:
             for w in (WORDS * (n // len(WORDS) + 1))[:n]]
 
 
-class ForkedJob:
-    """A job process forked from the test process (torch is already imported, so it starts in
-    well under a second instead of the seconds a fresh interpreter needs); the same
-    ``Popen``-like handle the worker uses. The fresh-interpreter launcher, the default, is
-    covered by the lifecycle test and the integration test."""
-
-    def __init__(self, job_id: str, db_url: str, data_dir: Path) -> None:
-        import multiprocessing
-
-        from tunesmith.serve.job_run import run_job
-
-        self._proc = multiprocessing.get_context("fork").Process(
-            target=run_job, args=(job_id, db_url, str(data_dir)), daemon=False)
-        self._proc.start()
-        self.pid = self._proc.pid
-
-    def poll(self) -> int | None:
-        return None if self._proc.is_alive() else self._proc.exitcode
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        import subprocess
-
-        self._proc.join(timeout)
-        if self._proc.is_alive():
-            raise subprocess.TimeoutExpired("job", timeout or 0)
-        return self._proc.exitcode
-
-    def terminate(self) -> None:
-        self._proc.terminate()
-
-    def kill(self) -> None:
-        self._proc.kill()
-
-
-def forked_worker(env: JobsEnv, **options: Any) -> Any:
-    """A JobWorker whose job processes are forked from the test process."""
-    from tunesmith.serve.worker import JobWorker
-
-    return JobWorker(env.db, env.data_dir, poll=0.1,
-                     launch=lambda job_id: ForkedJob(job_id, env.db.url, env.data_dir),
-                     **options)
-
-
 def build_app(data_dir: Path, db_url: str | None = None) -> tuple[Any, Any]:
     from fastapi import FastAPI
 

@@ -17,12 +17,7 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from tests.unit.serve.jobs_support import (  # noqa: F401
-    JobsEnv,
-    chat_rows,
-    forked_worker,
-    jobs_env,
-)
+from tests.unit.serve.jobs_support import JobsEnv, chat_rows, jobs_env  # noqa: F401
 from tunesmith.config.load import validate_dict
 from tunesmith.serve import paths
 from tunesmith.serve.job_run import train_job
@@ -118,7 +113,7 @@ def test_stop_requeues_then_cancel_kills_the_process(jobs_env: JobsEnv,
                                                      tiny_model_dir: Path) -> None:
     env = jobs_env
     job_id = _create(env, tiny_model_dir, **{"train.max_steps": 100000, "train.save_every": 5})
-    worker = forked_worker(env)
+    worker = JobWorker(env.db, env.data_dir, poll=0.1)
     worker.start()
     _wait(lambda: len(_metric_steps(env, job_id)) >= 6, what="training steps")
     worker.stop()  # server shutdown: the job goes back to the queue, to resume later
@@ -126,7 +121,7 @@ def test_stop_requeues_then_cancel_kills_the_process(jobs_env: JobsEnv,
     assert job["status"] == "queued", job
     assert "resumes from its last checkpoint" in env.events(job_id)[-1]["message"]
 
-    worker = forked_worker(env)
+    worker = JobWorker(env.db, env.data_dir, poll=0.1)
     worker.start()
     try:
         _wait(lambda: any("Resuming from the checkpoint" in e["message"]
@@ -151,7 +146,7 @@ def test_job_killed_with_the_server_resumes_from_its_checkpoint(jobs_env: JobsEn
                                                                 tiny_model_dir: Path) -> None:
     env = jobs_env
     job_id = _create(env, tiny_model_dir, **{"train.max_steps": 30, "train.save_every": 3})
-    crashed = forked_worker(env)
+    crashed = JobWorker(env.db, env.data_dir)
     crashed.tick()  # claims the job and starts its process, as the old server did
     assert crashed.proc is not None
 
@@ -165,7 +160,7 @@ def test_job_killed_with_the_server_resumes_from_its_checkpoint(jobs_env: JobsEn
     crashed.proc.wait()
     assert env.job(job_id)["status"] == "running"
 
-    worker = forked_worker(env)  # the restarted server
+    worker = JobWorker(env.db, env.data_dir, poll=0.1)  # the restarted server
     worker.start()
     try:
         job = env.wait(job_id)
@@ -216,7 +211,7 @@ def test_failures_carry_the_reason(jobs_env: JobsEnv, tiny_model_dir: Path,
     assert env.events(broken)[-1]["level"] == "error"
 
     long = _create(env, tiny_model_dir, **{"train.max_steps": 100000})
-    worker = forked_worker(env)
+    worker = JobWorker(env.db, env.data_dir, poll=0.1)
     worker.start()
     try:
         _wait(lambda: len(_metric_steps(env, long)) >= 2, what="training steps")
