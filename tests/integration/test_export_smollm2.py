@@ -74,12 +74,34 @@ def test_int8_export_generates_like_fp32(smollm2: str, tmp_path: Path) -> None:
     # the vocabulary projection stays float32 and tied to the embedding
     assert isinstance(q.lm_head, torch.nn.Linear) and q.lm_head.weight.dtype == torch.float32
     assert q.lm_head.weight.data_ptr() == q.model.embed_tokens.weight.data_ptr()
-    got = generate(q, tok, chats, settings)
-    assert "Paris" in got[0]
-    assert sum(a == b for a, b in zip(got, want)) >= 3, (got, want)
+    assert "Paris" in generate(q, tok, chats[:1], settings)[0]
+    # teacher-forced on the float32 greedy answers: share of positions where the model picks
+    # the same next token (open-ended text diverges for good after one different token, so
+    # compare per position). The default recipe must beat every-layer int8, which broke the
+    # fine-tuned JSON answers (docs/export.md).
+    from tunesmith.export.quantize import quantize_int8
+
+    agree_default = _agreement(q, tok, chats, want)
+    all_int8, _ = quantize_int8(load_full(resolve_source(smollm2))[0], "causal-lm", [])
+    agree_all = _agreement(all_int8, tok, chats, want)
+    print(f"next-token agreement with fp32: default {agree_default:.3f}, all {agree_all:.3f}")
+    assert agree_default >= 0.75 and agree_default > agree_all, (agree_default, agree_all, want)
     weights = (res.out_dir / "int8_model.safetensors").stat().st_size
     assert weights < 0.65 * res.info["quantization"]["reference_size_bytes"]
     assert "lm_head" in res.info["quantization"]["kept_float"]
+
+
+def _agreement(model: torch.nn.Module, tok: object, chats: list, answers: list[str]) -> float:
+    same = total = 0
+    for chat, answer in zip(chats, answers):
+        prompt = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p_ids + tok(answer, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            pred = model(ids).logits[0, len(p_ids) - 1:-1].argmax(-1)
+        same += int(pred.eq(ids[0, len(p_ids):]).sum())
+        total += ids.shape[1] - len(p_ids)
+    return same / total
 
 
 @pytest.mark.slow
