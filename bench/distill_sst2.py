@@ -42,7 +42,7 @@ def test_accuracy(run_dir: Path) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--teacher-steps", type=int, default=200)
-    ap.add_argument("--student-steps", type=int, default=300)
+    ap.add_argument("--student-steps", type=int, default=250)
     ap.add_argument("--out", default=None, help="keep runs here; a finished teacher is reused")
     args = ap.parse_args()
     from tunesmith.config.load import load_config

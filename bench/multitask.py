@@ -7,7 +7,7 @@ model with the prompt) and after. Held-out sets, sized for a short CPU run: the 
 ``--eval`` SST-2 validation sentences and the first ``--eval`` TREC *test* questions (TREC
 has no validation split; nothing here selects a model, so the test questions stay unseen).
 
-    taskset -c 0 env OMP_NUM_THREADS=1 .venv/bin/python bench/multitask.py [--steps 60]
+    taskset -c 0 env OMP_NUM_THREADS=1 .venv/bin/python bench/multitask.py [--steps 30]
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def _head(src: Path, out: Path, n: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--eval", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--eval", type=int, default=60)
     ap.add_argument("--train-examples", type=int, default=1000)
     args = ap.parse_args()
     from tunesmith.config import validate_dict

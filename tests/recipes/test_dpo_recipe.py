@@ -145,7 +145,7 @@ def test_cli_trains_dpo_and_reports_bad_pairs(tiny_model_dir: Path, pairs_file: 
     raw = raw_cfg(tiny_model_dir, pairs_file, tmp_path / "runs", task="dpo",
                   train={"max_steps": 2})
     cfg_path = write_config(tmp_path / "dpo.yaml", raw)
-    code, out, err = cli(["train", str(cfg_path)], capsys)
+    code, _, err = cli(["train", str(cfg_path)], capsys)
     assert code == 0, err
     assert (tmp_path / "runs" / "t" / "final").is_dir()
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x", "chosen": "same",
