@@ -20,7 +20,7 @@ from typing import Any
 from tunesmith.config.schema import RunConfig
 from tunesmith.data.classification import prepare_classification
 from tunesmith.data.pipeline import prepare_data
-from tunesmith.errors import ModelError
+from tunesmith.errors import ConfigError, ModelError
 from tunesmith.models.load import (
     DTYPES,
     _first_line,
@@ -110,6 +110,11 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
         tok = load_tokenizer(source, None, cfg.model.trust_remote_code)
         check_same_vocabulary(tok, load_tokenizer(teacher_src), cfg.model.name, d.teacher)
         data = prepare_classification(cfg.data, cfg.classification, tok, cfg.train.seed)
+        if data.labels.multi_label:
+            raise ConfigError("distillation of multi-label classifiers is not supported yet",
+                              where="classification.multi_label", got=True,
+                              fix="distil a single-label classifier, or train the smaller "
+                              "model with task: classification")
         names = data.labels.names
         teacher = load_teacher_classifier(teacher_src, names, cfg)
         model, unfreezer, _ = classify.build_model(cfg, tok, source, names, cut)

@@ -244,8 +244,7 @@ class ClassifierDistillObjective(_Distill):
                         int(batch["attention_mask"].sum()))
 
     def evaluate(self, wrapped: nn.Module, acc: Any, batch_size: int) -> dict[str, float]:
-        if self.space.multi_label:
-            raise NotImplementedError("multi-label evaluation: use val_loss")
+        assert not self.space.multi_label, "the recipe refuses multi-label distillation"
         counts = ConfusionMatrix(self.space.names)
         totals = torch.zeros(3, dtype=torch.float64)  # loss, divergence, teacher agreement
         order = list(range(self.val_size))
