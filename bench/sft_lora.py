@@ -176,6 +176,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", help="tunesmith config override (section.key=v)")
     ap.add_argument("--ablation", action="store_true",
                     help="tunesmith only, one technique switched off at a time")
+    ap.add_argument("--variants", help="with --ablation: comma-separated rows to run (repeats "
+                    "allowed, to see drift)")
     args = ap.parse_args()
     if args.worker:
         fn = worker_tunesmith if args.worker == "tunesmith" else worker_trl
@@ -232,7 +234,9 @@ ABLATIONS = {
 
 def ablation(args: argparse.Namespace, passthrough: list[str]) -> None:
     rows = []
-    for name, (sets, malloc) in ABLATIONS.items():
+    names = args.variants.split(",") if args.variants else list(ABLATIONS)
+    for name in names:
+        sets, malloc = ABLATIONS[name]
         extra = [x for item in sets for x in ("--set", item)]
         r = run_worker(__file__, "tunesmith", [*passthrough, *extra],
                        MALLOC_ENV if malloc else None)
