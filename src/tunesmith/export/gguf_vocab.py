@@ -26,7 +26,7 @@ def pre_tokenizer_name(tj: dict[str, Any]) -> str:
     steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
     kinds = [s.get("type") for s in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"  # llama.cpp's name (its loader refuses "gpt2")
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and \
             steps[1].get("use_regex", True):
         return "smollm"  # SmolLM's original tokenizer: digits split, then GPT-2's regex
@@ -35,7 +35,7 @@ def pre_tokenizer_name(tj: dict[str, Any]) -> str:
         if regex == LLAMA3_REGEX:
             return "llama-bpe"
         if regex == GPT2_REGEX:
-            return "gpt2"
+            return "gpt-2"  # llama.cpp's name (its loader refuses "gpt2")
     raise ModelError("this tokenizer's pre-tokenizer has no known GGUF equivalent",
                      where="tokenizer.json pre_tokenizer", got=json.dumps(pre)[:200],
                      fix="GGUF export supports byte-level BPE tokenizers split like GPT-2, "

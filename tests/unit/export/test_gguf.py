@@ -142,7 +142,7 @@ def test_non_llama_causal_lm_is_refused(tmp_path: Path) -> None:
 def test_unknown_pre_tokenizer_is_refused() -> None:
     from tunesmith.export.gguf_vocab import pre_tokenizer_name
 
-    assert pre_tokenizer_name({"pre_tokenizer": {"type": "ByteLevel", "use_regex": True}}) == "gpt2"
+    assert pre_tokenizer_name({"pre_tokenizer": {"type": "ByteLevel", "use_regex": True}}) == "gpt-2"
     with pytest.raises(ModelError, match="pre-tokenizer"):
         pre_tokenizer_name({"pre_tokenizer": {"type": "Metaspace", "replacement": "▁"}})
 
