@@ -30,3 +30,36 @@ def test_bf16_tracks_fp32(tiny_model_dir: Path, alpaca_file: Path, tmp_path: Pat
     for a, b in zip(fp32, bf16):
         assert b == pytest.approx(a, rel=0.03), (fp32, bf16)
     assert fp32[-1] < fp32[0] and bf16[-1] < bf16[0]
+
+
+def test_lora_frozen_base_in_bf16_is_exact(tiny_model_dir: Path, alpaca_file: Path,
+                                           tmp_path: Path) -> None:
+    """LoRA under bf16 autocast stores the frozen block Linears in bf16: the same losses step
+    for step as float32 storage (autocast multiplies in bf16 either way), embeddings stay
+    float32, and final/ is merged into a float32 base: the same weights as the other run's."""
+    import torch
+    from safetensors.torch import load_file
+
+    losses: dict[bool, list[float]] = {}
+    for stored in (True, False):
+        cfg = make_cfg(tiny_model_dir, alpaca_file, tmp_path / str(stored),
+                       method={"type": "lora", "r": 4, "alpha": 8},
+                       train={"max_steps": 4, "precision": "bf16", "lr": 1e-2,
+                              "frozen_in_compute_dtype": stored})
+        if stored:
+            model, _, _ = sft.build_model(cfg)
+            dtypes = {n: p.dtype for n, p in model.named_parameters()}
+            assert dtypes["base_model.model.model.layers.0.mlp.down_proj.weight"] == torch.bfloat16
+            assert all(d == torch.float32 for n, d in dtypes.items()
+                       if "lora_" in n or "embed_tokens" in n or "norm" in n), dtypes
+        out: list[float] = []
+        res = sft.run(cfg, progress=False, callbacks=[lambda s, v: out.append(v["loss"])])
+        losses[stored] = out
+        weights = load_file(res.final_dir / "model.safetensors")
+        assert all(t.dtype == torch.float32 for t in weights.values())
+        if stored:
+            first = weights
+    assert losses[True] == losses[False]
+    assert losses[True][-1] < losses[True][0]
+    for name, tensor in weights.items():
+        torch.testing.assert_close(first[name], tensor, rtol=0, atol=1e-6)

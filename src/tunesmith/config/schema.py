@@ -180,6 +180,10 @@ class TrainConfig(_Section):
         "forward/backward passes accumulated into the same step (exact: the loss is still "
         "averaged over the whole batch), so peak activation memory is bounded by this, not "
         "by batch_size x max_length. `null`: never split."))
+    frozen_in_compute_dtype: bool = Field(True, description=(
+        "LoRA under bf16/fp16 autocast: keep the frozen base's Linear weights in that dtype "
+        "(identical products, no per-step casts, half the base's memory). final/ is still "
+        "merged into a float32 base. `false`: keep them float32."))
     loss_chunk_size: int = Field(1024, ge=64, description=(
         "Positions per chunk in the fused LM-head + cross-entropy (memory vs speed)."))
 

@@ -197,6 +197,34 @@ def _apply_lora(model: nn.Module, method: MethodConfig, task_type: str = "CAUSAL
 _DROPOUT_ATTRS = ("attention_dropout", "dropout", "hidden_dropout", "activation_dropout")
 
 
+def store_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store the frozen Linear weights of the transformer blocks in ``dtype``; returns how
+    many were converted.
+
+    Under autocast every Linear multiplies in the autocast dtype anyway, so a frozen float32
+    weight is cast again on every forward pass and that copy is held for the backward pass.
+    Stored once in that dtype, the products are identical, the copies are gone and the
+    frozen base takes half the memory. Embeddings and the LM head (often tied to them) stay
+    as loaded: they feed the float32 residual stream and the fused loss. Merging such a LoRA
+    model must start from a float32 base again (``checkpoint.save_final`` does).
+    """
+    keep = {id(p) for m in (model.get_input_embeddings(), model.get_output_embeddings())
+            if m is not None for p in m.parameters()}
+    converted = 0
+    for module in model.modules():
+        if not isinstance(module, nn.Linear) or id(module.weight) in keep:
+            continue
+        params = [q for q in (module.weight, module.bias) if q is not None]
+        if any(q.requires_grad or q.dtype != torch.float32 for q in params):
+            continue
+        for q in params:
+            q.data = q.data.to(dtype)
+        converted += 1
+    if converted:
+        model.tunesmith_frozen_dtype = str(dtype).removeprefix("torch.")
+    return converted
+
+
 def set_dropout(model: nn.Module, p: float) -> None:
     """Override every dropout probability (modules and config fields)."""
     for m in model.modules():

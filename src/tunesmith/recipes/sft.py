@@ -19,8 +19,8 @@ from tunesmith.data.pipeline import padding_stats, prepare_data
 from tunesmith.models import adapters
 from tunesmith.models.load import load_causal_lm, load_tokenizer, resolve_artifact
 from tunesmith.recipes import common
-from tunesmith.train.loop import Loop, LoopResult, SFTObjective, StepCallback
-from tunesmith.train.precision import accelerate_mixed_precision
+from tunesmith.train.loop import Loop, LoopResult, SFTObjective, StepCallback, head_dtype_for
+from tunesmith.train.precision import accelerate_mixed_precision, resolve_precision
 
 
 @dataclass
@@ -61,6 +61,10 @@ def build_model(cfg: RunConfig, tok: Any = None, prepare: Callable[[Any], Any] |
             p.requires_grad_("lora_" in name)
     else:
         model = adapters.apply_method(model, cfg.method)
+        precision = resolve_precision(cfg.train.precision)
+        if (cfg.method.type == "lora" and precision in ("bf16", "fp16") and prepare is None
+                and cfg.train.frozen_in_compute_dtype):
+            adapters.store_frozen_linears(model, head_dtype_for(precision))
         if cfg.method.unfreeze is not None:
             unfreezer = adapters.GradualUnfreezer(model, cfg.method)
             unfreezer.start()

@@ -80,7 +80,12 @@ def save_final(model: nn.Module, tokenizer: Any, out: Path) -> None:
 
     if hasattr(model, "peft_config"):
         save_weights(model, tokenizer, out / "adapter")
-        merged = copy.deepcopy(model).merge_and_unload()
+        if getattr(model, "tunesmith_frozen_dtype", None):  # base stored in bf16/fp16
+            from tunesmith.models.load import load_causal_lm
+
+            merged = load_causal_lm(out / "adapter", dtype="float32").merge_and_unload()
+        else:
+            merged = copy.deepcopy(model).merge_and_unload()
         fix_generation_config(merged, tokenizer)
         merged.save_pretrained(out, safe_serialization=True)
         del merged
