@@ -157,6 +157,11 @@ class TrainConfig(_Section):
     warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not on norms/biases).")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    layer_lr_decay: float | None = Field(None, gt=0, le=1, description=(
+        "Layer-wise learning-rate decay: the top transformer layer trains at lr x d, the "
+        "one below at lr x d^2, ..., the embeddings at lr x d^(layers+1); the head and final "
+        "norm at lr. Keeps the general lower layers closer to the pretrained weights on small "
+        "datasets (0.8-0.95 is usual). Unset: one lr for all."))
     max_grad_norm: float | None = Field(1.0, description="Gradient clipping; null disables.")
     dropout: float | None = Field(None, ge=0, lt=1, description=(
         "Override the model's dropout probabilities (attention/hidden)."))

@@ -8,24 +8,37 @@ import torch
 from torch import nn
 
 from tunesmith.config.schema import TrainConfig
+from tunesmith.models.adapters import is_embedding, layer_index, num_layers
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, all_params: bool = False
                     ) -> torch.optim.Optimizer:
     """AdamW over trainable parameters (or all, for gradual unfreezing: frozen ones have no
-    gradient and AdamW skips them until they are unfrozen)."""
-    decay, no_decay = [], []
+    gradient and AdamW skips them until they are unfrozen), with layer-wise LR decay when
+    ``cfg.layer_lr_decay`` is set."""
+    layers = num_layers(model)
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not (p.requires_grad or all_params):
             continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
+        wd = 0.0 if p.ndim < 2 or "norm" in name.lower() else cfg.weight_decay
+        groups.setdefault((wd, lr_scale(name, layers, cfg.layer_lr_decay)), []).append(p)
+    params = [{"params": ps, "weight_decay": wd, "lr": cfg.lr * scale}
+              for (wd, scale), ps in sorted(groups.items(), key=lambda kv: (-kv[0][0], -kv[0][1]))]
     try:  # the fused kernel exists for CPU and CUDA in current torch; older ones fall back
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), fused=True)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.adam_betas), fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas))
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.adam_betas))
+
+
+def lr_scale(name: str, layers: int, decay: float | None) -> float:
+    """LR multiplier of parameter ``name`` under layer-wise decay ``decay`` (see the schema)."""
+    if decay is None or layers == 0:
+        return 1.0
+    index = layer_index(name)
+    if index is not None:
+        return decay ** (layers - index)
+    return decay ** (layers + 1) if is_embedding(name) else 1.0
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
