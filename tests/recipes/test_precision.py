@@ -63,3 +63,34 @@ def test_lora_frozen_base_in_bf16_is_exact(tiny_model_dir: Path, alpaca_file: Pa
     assert losses[True][-1] < losses[True][0]
     for name, tensor in weights.items():
         torch.testing.assert_close(first[name], tensor, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shard", [None, "40KB"], ids=["one-file", "sharded"])
+def test_frozen_linears_restored_from_the_checkpoint(tiny_model_dir: Path, alpaca_file: Path,
+                                                     tmp_path: Path, shard: str | None) -> None:
+    """The bf16-stored frozen weights get their exact float32 originals back from the base
+    checkpoint (one file or sharded); a checkpoint without them leaves the model unchanged."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.models.adapters import restore_frozen_linears
+
+    source = tiny_model_dir
+    if shard:
+        source = tmp_path / "sharded"
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(
+            source, max_shard_size=shard)
+        AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(source)
+        assert (source / "model.safetensors.index.json").exists()
+    cfg = make_cfg(source, alpaca_file, tmp_path, method={"type": "lora", "r": 4},
+                   train={"precision": "bf16"})
+    model, _, _ = sft.build_model(cfg)
+    assert not restore_frozen_linears(model, tmp_path / "nowhere")
+    assert model.base_model.model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert restore_frozen_linears(model, source)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    for name, p in model.named_parameters():
+        key = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        assert p.dtype == torch.float32, name
+        if key in base:
+            assert torch.equal(p, base[key]), name

@@ -7,6 +7,7 @@ given, what is wrong and the fix; an unknown key suggests the nearest valid one.
 from __future__ import annotations
 
 import difflib
+import re
 import os
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ def validate_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = [_describe(err, raw) for err in exc.errors()]
+        problems = _merge_union_members([_describe(err, raw) for err in exc.errors()])
         raise ConfigError(f"invalid configuration ({len(problems)} problem"
                           f"{'s' if len(problems) != 1 else ''})", where=source,
                           problems=problems) from None
@@ -82,8 +83,26 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
+# pydantic names the member of a union that failed inside ``loc`` (e.g. ``constrained-int``,
+# ``literal['auto']``); such parts are not config keys
+_UNION_MEMBER = re.compile(r"^(function-|tagged-|constrained-|literal\[)|"
+                           r"^(int|float|str|bool|none|list\[.*\]|dict\[.*\]|tuple\[.*\])$")
+
+
+def _merge_union_members(problems: list[str]) -> list[str]:
+    """One line per field: the failures of a union's members joined with "or"."""
+    merged: dict[str, str] = {}
+    for text in problems:
+        head, sep, msg = text.partition(": ")
+        if sep and head in merged:
+            merged[head] += f", or {msg[0].lower()}{msg[1:]}"
+        else:
+            merged[head if sep else text] = text
+    return list(merged.values())
+
+
 def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
-    loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-"))]
+    loc = [str(p) for p in err["loc"] if not _UNION_MEMBER.match(str(p))]
     path = ".".join(loc) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":

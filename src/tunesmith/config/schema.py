@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -180,11 +180,12 @@ class TrainConfig(_Section):
     group_by_length: bool = Field(True, description=(
         "Batch examples of similar length (shuffled batches) to cut padding."))
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
-    max_batch_tokens: int | None = Field(2048, ge=8, description=(
+    max_batch_tokens: Annotated[int, Field(ge=8)] | Literal["auto"] | None = Field("auto", description=(
         "Most padded tokens one forward pass holds: a batch longer than this runs as several "
         "forward/backward passes accumulated into the same step (exact: the loss is still "
         "averaged over the whole batch), so peak activation memory is bounded by this, not "
-        "by batch_size x max_length. `null`: never split."))
+        "by batch_size x max_length. `auto`: 1024 on a CPU (as fast as larger passes there, "
+        "at a third less memory than 2048), 8192 on a GPU. `null`: never split."))
     frozen_in_compute_dtype: bool = Field(True, description=(
         "LoRA under bf16/fp16 autocast: keep the frozen base's Linear weights in that dtype "
         "(identical products, no per-step casts, half the base's memory). final/ is still "

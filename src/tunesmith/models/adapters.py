@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -223,6 +224,30 @@ def store_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
     if converted:
         model.tunesmith_frozen_dtype = str(dtype).removeprefix("torch.")
     return converted
+
+
+def restore_frozen_linears(model: nn.Module, source: Path | str) -> bool:
+    """Put the float32 weights back into the Linears :func:`store_frozen_linears` converted,
+    read from the base checkpoint ``source``; False (model unchanged) when they cannot be
+    found there (not safetensors, other names)."""
+    from tunesmith.models.load import read_safetensors
+
+    targets: dict[str, torch.nn.Parameter] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and not module.weight.requires_grad and \
+                module.weight.dtype != torch.float32:
+            base = re.sub(r"^base_model\.model\.", "", name).replace(".base_layer", "")
+            targets[f"{base}.weight"] = module.weight
+            if module.bias is not None:
+                targets[f"{base}.bias"] = module.bias
+    weights = read_safetensors(Path(str(source)), list(targets))
+    if weights is None:
+        return False
+    for key, param in targets.items():
+        param.data = weights.pop(key)
+    if hasattr(model, "tunesmith_frozen_dtype"):
+        del model.tunesmith_frozen_dtype
+    return True
 
 
 def set_dropout(model: nn.Module, p: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +109,37 @@ def load_for_inference(name: str, dtype: str = "auto") -> tuple[Any, Any]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16,
+                       "F16": torch.float16}
+
+
+def read_safetensors(directory: Path, keys: list[str]) -> dict[str, torch.Tensor] | None:
+    """The named tensors of a (possibly sharded) safetensors checkpoint in float32, or None
+    when one is missing. Read with plain file reads, not memory-mapped, so the checkpoint's
+    other tensors never become resident: only what is asked for costs memory."""
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        files = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    elif (directory / "model.safetensors").exists():
+        files = dict.fromkeys(keys, "model.safetensors")
+    else:
+        return None
+    if any(k not in files for k in keys):
+        return None
+    out: dict[str, torch.Tensor] = {}
+    for name in sorted({files[k] for k in keys}):
+        with open(directory / name, "rb") as fh:
+            size = struct.unpack("<Q", fh.read(8))[0]
+            header = json.loads(fh.read(size))
+            for key in (k for k in keys if files[k] == name):
+                meta = header.get(key)
+                if meta is None or meta["dtype"] not in _SAFETENSORS_DTYPES:
+                    return None
+                begin, end = meta["data_offsets"]
+                fh.seek(8 + size + begin)
+                raw = bytearray(fh.read(end - begin))
+                tensor = torch.frombuffer(raw, dtype=_SAFETENSORS_DTYPES[meta["dtype"]])
+                out[key] = tensor.reshape(meta["shape"]).to(torch.float32)
+    return out

@@ -80,12 +80,16 @@ def save_final(model: nn.Module, tokenizer: Any, out: Path) -> None:
 
     if hasattr(model, "peft_config"):
         save_weights(model, tokenizer, out / "adapter")
+        merged = copy.deepcopy(model)
+        source = getattr(model, "tunesmith_frozen_source", None)
         if getattr(model, "tunesmith_frozen_dtype", None):  # base stored in bf16/fp16
+            from tunesmith.models.adapters import restore_frozen_linears
             from tunesmith.models.load import load_causal_lm
 
-            merged = load_causal_lm(out / "adapter", dtype="float32").merge_and_unload()
-        else:
-            merged = copy.deepcopy(model).merge_and_unload()
+            if source is None or not restore_frozen_linears(merged, source):
+                del merged  # the base from disk in float32, the adapter applied again
+                merged = load_causal_lm(out / "adapter", dtype="float32")
+        merged = merged.merge_and_unload()
         fix_generation_config(merged, tokenizer)
         merged.save_pretrained(out, safe_serialization=True)
         del merged

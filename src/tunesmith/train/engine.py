@@ -65,6 +65,13 @@ def plan_steps(n_examples: int, cfg: RunConfig, world: int = 1) -> tuple[int, in
     return per_epoch, total
 
 
+def token_budget(setting: int | str | None) -> int | None:
+    """``train.max_batch_tokens`` resolved for this machine (``auto``: 1024 CPU, 8192 GPU)."""
+    if setting != "auto":
+        return setting  # type: ignore[return-value]
+    return 8192 if torch.cuda.is_available() else 1024
+
+
 def split_by_tokens(idx: list[int], lengths: list[int], budget: int | None) -> list[list[int]]:
     """``idx`` as consecutive parts whose padded size (rows x longest row) fits ``budget``.
 
@@ -257,7 +264,7 @@ class TrainLoop:
         units = self.obj.step_units(group)  # the loss is a mean over the whole step
         mine = [part for idx in group[acc.process_index::acc.num_processes]
                 for part in split_by_tokens(idx, self.obj.train_lengths,
-                                            self.tc.max_batch_tokens)]
+                                            token_budget(self.tc.max_batch_tokens))]
         loss_sum, seen = 0.0, 0
         sums: dict[str, float] = {}
         for i, idx in enumerate(mine):
