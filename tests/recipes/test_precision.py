@@ -94,3 +94,25 @@ def test_frozen_linears_restored_from_the_checkpoint(tiny_model_dir: Path, alpac
         assert p.dtype == torch.float32, name
         if key in base:
             assert torch.equal(p, base[key]), name
+
+
+def test_compiled_blocks_train_like_eager(tiny_model_dir: Path, alpaca_file: Path,
+                                          tmp_path: Path) -> None:
+    """train.compile: the same per-step losses as eager (within float tolerance) and a final/
+    with the usual parameter names (loads with plain transformers)."""
+    from transformers import AutoModelForCausalLM
+
+    curves: dict[bool, list[float]] = {}
+    for compiled in (False, True):
+        cfg = make_cfg(tiny_model_dir, alpaca_file, tmp_path / str(compiled),
+                       method={"type": "lora", "r": 4, "alpha": 8},
+                       train={"max_steps": 3, "precision": "fp32", "lr": 1e-2,
+                              "compile": compiled})
+        losses: list[float] = []
+        res = sft.run(cfg, progress=False, callbacks=[lambda s, v: losses.append(v["loss"])])
+        curves[compiled] = losses
+    assert curves[True] == pytest.approx(curves[False], rel=1e-4, abs=1e-5)
+    AutoModelForCausalLM.from_pretrained(res.final_dir)  # no _orig_mod names, loads as is
+    model, _, _ = sft.build_model(cfg)
+    blocks = model.base_model.model.model.layers
+    assert all(getattr(b, "_compiled_call_impl", None) is not None for b in blocks)

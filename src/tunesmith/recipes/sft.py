@@ -55,6 +55,11 @@ def build_model(cfg: RunConfig, tok: Any = None, prepare: Callable[[Any], Any] |
         if cfg.method.type in ("lora", "qlora"):
             model.enable_input_require_grads()
     model.config.use_cache = False
+    if cfg.train.compile:
+        from tunesmith.models.student import find_layer_list
+
+        for block in find_layer_list(model)[2]:
+            block.compile(dynamic=True)  # in place: parameter names stay as they are
     unfreezer = None
     if cfg.method.type == "lora" and hasattr(model, "peft_config"):
         for name, p in model.named_parameters():  # continue training a loaded adapter
