@@ -231,6 +231,7 @@ ABLATIONS = {
     "max_batch_tokens 1536": (["train.max_batch_tokens=1536"], True),
     "max_batch_tokens 2048": (["train.max_batch_tokens=2048"], True),
     "frozen base kept fp32": (["train.frozen_in_compute_dtype=false"], True),
+    "compile on": (["train.compile=true"], True),
     "gradient checkpointing on": (["train.gradient_checkpointing=true"], True),
 }
 

@@ -181,10 +181,10 @@ class TrainConfig(_Section):
         "Batch examples of similar length (shuffled batches) to cut padding."))
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     compile: bool = Field(False, description=(
-        "torch.compile each transformer block (in place, dynamic shapes: no recompiles as "
-        "lengths vary). Fuses the small memory-bound operations: blocks ran 1.34x faster "
-        "forward+backward on the 2-core CPU (LoRA, SmolLM2) after a one-off ~75 s compile, "
-        "so it pays in runs of more than a few minutes. Needs a C++ compiler on a CPU."))
+        "Experimental: torch.compile each transformer block in place (dynamic shapes). "
+        "Fixed-size batches ran 1.34x faster after a ~75 s compile, but the training loop's "
+        "micro-batches change shape every step and recompile (0.57x in a 12-step benchmark). "
+        "Needs a C++ compiler on a CPU."))
     max_batch_tokens: Annotated[int, Field(ge=8)] | Literal["auto"] | None = Field("auto", description=(
         "Most padded tokens one forward pass holds: a batch longer than this runs as several "
         "forward/backward passes accumulated into the same step (exact: the loss is still "
