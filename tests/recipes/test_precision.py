@@ -4,6 +4,7 @@ losses of a few steps track each other within bf16's tolerance, and both fall.""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,15 @@ from tests.unit.sft_support import isolated_home, make_cfg  # noqa: F401 (fixtur
 from tunesmith.recipes import sft
 
 pytestmark = pytest.mark.usefixtures("isolated_home")
+
+
+def _lora_run(model_dir: Path, data: Path, out: Path, **train: object) -> tuple[list[float], Any]:
+    """A small LoRA run with ``train`` settings: (per-step losses, the recipe's result)."""
+    cfg = make_cfg(model_dir, data, out, method={"type": "lora", "r": 4, "alpha": 8},
+                   train={"lr": 1e-2, **train})
+    losses: list[float] = []
+    res = sft.run(cfg, progress=False, callbacks=[lambda s, v: losses.append(v["loss"])])
+    return losses, res
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -42,19 +52,17 @@ def test_lora_frozen_base_in_bf16_is_exact(tiny_model_dir: Path, alpaca_file: Pa
 
     losses: dict[bool, list[float]] = {}
     for stored in (True, False):
-        cfg = make_cfg(tiny_model_dir, alpaca_file, tmp_path / str(stored),
-                       method={"type": "lora", "r": 4, "alpha": 8},
-                       train={"max_steps": 4, "precision": "bf16", "lr": 1e-2,
-                              "frozen_in_compute_dtype": stored})
+        train = {"max_steps": 4, "precision": "bf16", "frozen_in_compute_dtype": stored}
         if stored:
+            cfg = make_cfg(tiny_model_dir, alpaca_file, tmp_path, method={"type": "lora"},
+                           train=train)
             model, _, _ = sft.build_model(cfg)
             dtypes = {n: p.dtype for n, p in model.named_parameters()}
             assert dtypes["base_model.model.model.layers.0.mlp.down_proj.weight"] == torch.bfloat16
             assert all(d == torch.float32 for n, d in dtypes.items()
                        if "lora_" in n or "embed_tokens" in n or "norm" in n), dtypes
-        out: list[float] = []
-        res = sft.run(cfg, progress=False, callbacks=[lambda s, v: out.append(v["loss"])])
-        losses[stored] = out
+        losses[stored], res = _lora_run(tiny_model_dir, alpaca_file, tmp_path / str(stored),
+                                        **train)
         weights = load_file(res.final_dir / "model.safetensors")
         assert all(t.dtype == torch.float32 for t in weights.values())
         if stored:
@@ -104,15 +112,12 @@ def test_compiled_blocks_train_like_eager(tiny_model_dir: Path, alpaca_file: Pat
 
     curves: dict[bool, list[float]] = {}
     for compiled in (False, True):
-        cfg = make_cfg(tiny_model_dir, alpaca_file, tmp_path / str(compiled),
-                       method={"type": "lora", "r": 4, "alpha": 8},
-                       train={"max_steps": 3, "precision": "fp32", "lr": 1e-2,
-                              "compile": compiled})
-        losses: list[float] = []
-        res = sft.run(cfg, progress=False, callbacks=[lambda s, v: losses.append(v["loss"])])
-        curves[compiled] = losses
+        curves[compiled], res = _lora_run(tiny_model_dir, alpaca_file, tmp_path / str(compiled),
+                                          max_steps=3, precision="fp32", compile=compiled)
     assert curves[True] == pytest.approx(curves[False], rel=1e-4, abs=1e-5)
     AutoModelForCausalLM.from_pretrained(res.final_dir)  # no _orig_mod names, loads as is
+    cfg = make_cfg(tiny_model_dir, alpaca_file, tmp_path, method={"type": "lora"},
+                   train={"compile": True})
     model, _, _ = sft.build_model(cfg)
     blocks = model.base_model.model.model.layers
     assert all(getattr(b, "_compiled_call_impl", None) is not None for b in blocks)
