@@ -228,6 +228,7 @@ ABLATIONS = {
     "default glibc allocator": ([], False),
     "no batch splitting (max_batch_tokens null)": (["train.max_batch_tokens=null"], True),
     "max_batch_tokens 1024": (["train.max_batch_tokens=1024"], True),
+    "max_batch_tokens 512": (["train.max_batch_tokens=512"], True),
     "max_batch_tokens 1536": (["train.max_batch_tokens=1536"], True),
     "max_batch_tokens 2048": (["train.max_batch_tokens=2048"], True),
     "frozen base kept fp32": (["train.frozen_in_compute_dtype=false"], True),
