@@ -112,6 +112,19 @@ def test_bad_value_and_unknown_key_reported_together(case: dict[str, Any],
     _assert_no_run(case["run_dir"])
 
 
+def test_union_field_error_is_one_line(case: dict[str, Any],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A field taking an int or "auto" reports one problem naming the field, the value and
+    both accepted forms, not one line per union member."""
+    code, _, err = cli(["train", str(case["cfg"]), "train.max_batch_tokens=4"], capsys)
+    _assert_user_error(code, err)
+    assert "1 problem" in err
+    line = next(ln for ln in err.splitlines() if "train.max_batch_tokens" in ln)
+    assert "(got 4)" in line and "greater than or equal to 8" in line and "'auto'" in line
+    assert "constrained-int" not in err and "literal[" not in err
+    _assert_no_run(case["run_dir"])
+
+
 def test_unknown_key_in_yaml_suggests_nearest(case: dict[str, Any],
                                               capsys: pytest.CaptureFixture[str]) -> None:
     raw = dict(case["raw"], data=dict(case["raw"]["data"], max_lenght=32))

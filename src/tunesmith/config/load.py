@@ -7,8 +7,8 @@ given, what is wrong and the fix; an unknown key suggests the nearest valid one.
 from __future__ import annotations
 
 import difflib
-import re
 import os
+import re
 from pathlib import Path
 from typing import Any
 

@@ -198,9 +198,10 @@ def _apply_lora(model: nn.Module, method: MethodConfig, task_type: str = "CAUSAL
 _DROPOUT_ATTRS = ("attention_dropout", "dropout", "hidden_dropout", "activation_dropout")
 
 
-def store_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
+def store_frozen_linears(model: nn.Module, dtype: torch.dtype, source: Path | str) -> int:
     """Store the frozen Linear weights of the transformer blocks in ``dtype``; returns how
-    many were converted.
+    many were converted. ``source`` (the base checkpoint holding their float32 originals)
+    is remembered on the model as ``tunesmith_frozen_source``.
 
     Under autocast every Linear multiplies in the autocast dtype anyway, so a frozen float32
     weight is cast again on every forward pass and that copy is held for the backward pass.
@@ -222,7 +223,7 @@ def store_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
             q.data = q.data.to(dtype)
         converted += 1
     if converted:
-        model.tunesmith_frozen_dtype = str(dtype).removeprefix("torch.")
+        model.tunesmith_frozen_source = str(source)
     return converted
 
 
@@ -245,8 +246,8 @@ def restore_frozen_linears(model: nn.Module, source: Path | str) -> bool:
         return False
     for key, param in targets.items():
         param.data = weights.pop(key)
-    if hasattr(model, "tunesmith_frozen_dtype"):
-        del model.tunesmith_frozen_dtype
+    if hasattr(model, "tunesmith_frozen_source"):
+        del model.tunesmith_frozen_source
     return True
 
 

@@ -69,8 +69,7 @@ def build_model(cfg: RunConfig, tok: Any = None, prepare: Callable[[Any], Any] |
         precision = resolve_precision(cfg.train.precision)
         if (cfg.method.type == "lora" and precision in ("bf16", "fp16") and prepare is None
                 and cfg.train.frozen_in_compute_dtype):
-            if adapters.store_frozen_linears(model, head_dtype_for(precision)):
-                model.tunesmith_frozen_source = str(source)  # float32 originals for final/
+            adapters.store_frozen_linears(model, head_dtype_for(precision), source)
         if cfg.method.unfreeze is not None:
             unfreezer = adapters.GradualUnfreezer(model, cfg.method)
             unfreezer.start()

@@ -82,11 +82,11 @@ def save_final(model: nn.Module, tokenizer: Any, out: Path) -> None:
         save_weights(model, tokenizer, out / "adapter")
         merged = copy.deepcopy(model)
         source = getattr(model, "tunesmith_frozen_source", None)
-        if getattr(model, "tunesmith_frozen_dtype", None):  # base stored in bf16/fp16
+        if source is not None:  # base stored in bf16/fp16: merge into its float32 originals
             from tunesmith.models.adapters import restore_frozen_linears
             from tunesmith.models.load import load_causal_lm
 
-            if source is None or not restore_frozen_linears(merged, source):
+            if not restore_frozen_linears(merged, source):
                 del merged  # the base from disk in float32, the adapter applied again
                 merged = load_causal_lm(out / "adapter", dtype="float32")
         merged = merged.merge_and_unload()

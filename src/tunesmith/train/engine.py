@@ -161,6 +161,7 @@ class TrainLoop:
                  show_progress: bool = True, callbacks: list[StepCallback] | None = None
                  ) -> None:
         self.obj, self.tok, self.cfg, self.tc = objective, tokenizer, cfg, cfg.train
+        self.token_budget = token_budget(cfg.train.max_batch_tokens)
         self.run_dir, self.acc, self.unfreezer = run_dir, accelerator, unfreezer
         check_metric_available(cfg.train.early_stopping.metric, objective.metrics,
                                objective.task)
@@ -263,8 +264,7 @@ class TrainLoop:
         acc = self.acc
         units = self.obj.step_units(group)  # the loss is a mean over the whole step
         mine = [part for idx in group[acc.process_index::acc.num_processes]
-                for part in split_by_tokens(idx, self.obj.train_lengths,
-                                            token_budget(self.tc.max_batch_tokens))]
+                for part in split_by_tokens(idx, self.obj.train_lengths, self.token_budget)]
         loss_sum, seen = 0.0, 0
         sums: dict[str, float] = {}
         for i, idx in enumerate(mine):
