@@ -266,12 +266,14 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
         items["lm"] = T.build_lm(rows)
     elif "zero-shot" in task_of:
         items["zero-shot"] = T.build_labelled(rows, s, T.zero_shot_labels(rows, s))
+    # per multi-label model: its threshold and label separator, without a prompt template
+    ml = {src: replace(multilabel_settings(s, src), prompt_template=None)
+          for src, task in zip(sources, task_of) if task == "multi-label"}
     for src, task in zip(sources, task_of):
         known = config_class_names(src) if task in ("classification", "multi-label") else None
         if known:  # labels the classifier cannot know fail now
-            T.build_labelled(rows, replace(multilabel_settings(s, src), prompt_template=None)
-                             if task == "multi-label" else replace(s, prompt_template=None),
-                             known, task == "multi-label")
+            T.build_labelled(rows, ml.get(src, replace(s, prompt_template=None)), known,
+                             task == "multi-label")
 
     results, taken, signatures = [], set(), {}
     for name, src, kind, task in zip(models, sources, kinds, task_of):
@@ -285,11 +287,11 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
             from tunesmith.evaluate.classification_metrics import MultiLabelCounts
 
             names = class_names(model)
-            ms = replace(multilabel_settings(s, src), prompt_template=None)
+            ms = ml[src]
             counts = MultiLabelCounts(names)
             records = T.run_multilabel(
                 model, tok, T.build_labelled(rows, ms, names, True), ms, names,
-                ms.threshold or 0.5, progress, classifier_info(src).get("max_length") or 512,
+                ms.threshold, progress, classifier_info(src).get("max_length") or 512,
                 counts)
         elif task == "generation":
             scorer = GenerationScorer(metrics)
