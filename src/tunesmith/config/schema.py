@@ -195,6 +195,11 @@ class TrainConfig(_Section):
         "LoRA under bf16/fp16 autocast: keep the frozen base's Linear weights in that dtype "
         "(identical products, no per-step casts, half the base's memory). final/ is still "
         "merged into a float32 base. `false`: keep them float32."))
+    fused_norm: bool = Field(True, description=(
+        "Run Llama-style RMSNorms as one autograd node that hands q/k/v (and LoRA A, gate, "
+        "up) the autocast dtype directly: one cast and one saved copy instead of one per "
+        "reader, identical forward values. Their gradients are summed in the compute dtype "
+        "under autocast. `false`: the stock modules."))
     loss_chunk_size: int = Field(1024, ge=64, description=(
         "Positions per chunk in the fused LM-head + cross-entropy (memory vs speed)."))
 

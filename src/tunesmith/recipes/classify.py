@@ -31,6 +31,7 @@ from tunesmith.models.classifier import (
     load_classifier,
     save_classifier,
 )
+from tunesmith.models.fused_norm import fuse_rms_norms
 from tunesmith.models.load import load_tokenizer, resolve_artifact
 from tunesmith.recipes import run_dir as rd
 from tunesmith.recipes.sft import make_accelerator
@@ -60,6 +61,8 @@ def build_model(cfg: RunConfig, tok: Any, source: Path | str, names: list[str],
         prepare(model)
     if cfg.train.dropout is not None:
         adapters.set_dropout(model, cfg.train.dropout)
+    if cfg.train.fused_norm:
+        fuse_rms_norms(model)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.method.type == "lora":

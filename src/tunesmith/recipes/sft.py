@@ -17,6 +17,7 @@ from tunesmith.config.schema import RunConfig
 from tunesmith.data.mixture import prepare_mixture
 from tunesmith.data.pipeline import padding_stats, prepare_data
 from tunesmith.models import adapters
+from tunesmith.models.fused_norm import fuse_rms_norms
 from tunesmith.models.load import load_causal_lm, load_tokenizer, resolve_artifact
 from tunesmith.recipes import common
 from tunesmith.train.loop import Loop, LoopResult, SFTObjective, StepCallback, head_dtype_for
@@ -50,6 +51,8 @@ def build_model(cfg: RunConfig, tok: Any = None, prepare: Callable[[Any], Any] |
         prepare(model)
     if cfg.train.dropout is not None:
         adapters.set_dropout(model, cfg.train.dropout)
+    if cfg.train.fused_norm:
+        fuse_rms_norms(model)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.method.type in ("lora", "qlora"):
