@@ -30,6 +30,7 @@ from bench.common import (MALLOC_ENV, SHARED, matmul_peak_gflops, peak_rss_mib, 
                           print_table, run_worker)
 
 N_PARAMS = 134.5e6
+NO_MMAP_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
 # TRL configurations: its defaults on this CPU (bf16 autocast + gradient checkpointing), plain
 # fp32 (the quality reference), and the fastest we found (bf16 without checkpointing).
 # ``use_cpu=True`` is how TRL must be told it runs on a CPU (its bf16 default refuses
@@ -226,12 +227,14 @@ ABLATIONS = {
     "no bf16 autocast (fp32)": (["train.precision=fp32"], True),
     "no length grouping": (["train.group_by_length=false"], True),
     "default glibc allocator": ([], False),
+    "heap never mapped (MALLOC_MMAP_MAX_=0)": ([], "no-mmap"),
     "no batch splitting (max_batch_tokens null)": (["train.max_batch_tokens=null"], True),
     "max_batch_tokens 1024": (["train.max_batch_tokens=1024"], True),
     "max_batch_tokens 512": (["train.max_batch_tokens=512"], True),
     "max_batch_tokens 1536": (["train.max_batch_tokens=1536"], True),
     "max_batch_tokens 2048": (["train.max_batch_tokens=2048"], True),
     "frozen base kept fp32": (["train.frozen_in_compute_dtype=false"], True),
+    "stock RMSNorm (fused_norm off)": (["train.fused_norm=false"], True),
     "compile on": (["train.compile=true"], True),
     "gradient checkpointing on": (["train.gradient_checkpointing=true"], True),
 }
@@ -243,8 +246,8 @@ def ablation(args: argparse.Namespace, passthrough: list[str]) -> None:
     for name in names:
         sets, malloc = ABLATIONS[name]
         extra = [x for item in sets for x in ("--set", item)]
-        r = run_worker(__file__, "tunesmith", [*passthrough, *extra],
-                       MALLOC_ENV if malloc else None)
+        env = (NO_MMAP_ENV if malloc == "no-mmap" else MALLOC_ENV) if malloc else None
+        r = run_worker(__file__, "tunesmith", [*passthrough, *extra], env)
         r["name"] = name
         rows.append(r)
         print(f"  {name}: {r['tokens_per_s']:.1f} tok/s, peak RSS {r['peak_rss_mib']:.0f} MiB",

@@ -211,16 +211,21 @@ def demo(output_dir: Annotated[Path, typer.Option(help="Where the demo run goes.
 
 # glibc returns every >32 MiB temporary to the kernel and page-faults it back in on the next
 # step; on CPU that costs 20-50% of training time (shared/research/peer-performance.md).
-# Training commands re-exec themselves once with an allocator that keeps freed memory.
-_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
+# Training commands re-exec themselves once with an allocator that keeps freed memory below
+# 8 MiB on its heap (the many activation-sized tensors, reused without page faults) and maps
+# larger blocks (head chunks, embedding-sized gradients) so that freeing them returns them:
+# with mmap off altogether those big transients fragmented the heap (full fine-tuning of
+# SmolLM2 peaked at 5.1 instead of 4.8 GiB, same speed; bench/README.md).
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(8 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
 _HEAVY = {"train", "demo"}
 
 
 def _reexec_with_allocator(argv: list[str]) -> None:
     if (sys.platform != "linux" or not argv or argv[0] not in _HEAVY
-            or os.environ.get("TUNESMITH_NO_REEXEC") or "MALLOC_MMAP_MAX_" in os.environ):
+            or os.environ.get("TUNESMITH_NO_REEXEC")
+            or any(k.startswith("MALLOC_MMAP_") for k in os.environ)):
         return
-    env = {**os.environ, **_MALLOC_ENV}
+    env = {**os.environ, **MALLOC_ENV}
     try:
         os.execve(sys.executable, [sys.executable, "-m", "tunesmith", *argv], env)
     except OSError:
