@@ -6,8 +6,9 @@ never seen in training or model selection):
   sst2-full     MiniLM-L6 full fine-tuning on SST-2 (train / validation → test accuracy)
   sst2-lora     MiniLM-L6 LoRA (all block linears) + trained head, same data
   sst2-smollm2  SmolLM2-135M with a classification head (LoRA on attention + head)
-  trec          MiniLM-L6 full fine-tuning on TREC-6 (10 % of train held out → test)
-  trec-smollm2  SmolLM2-135M with a classification head on TREC-6 (LoRA + head)
+  trec          MiniLM-L6 full fine-tuning on TREC-6 (all of train, 10 epochs → test)
+  trec-smollm2  SmolLM2-135M with a classification head on TREC-6 (LoRA + head, all of
+                train, 3 epochs; 0.974 in 19.6 min on 2 idle cores)
 
 For each: test accuracy and macro-F1 of ``best/`` (chosen on validation) and ``final/``,
 steps, training examples/s, wall time and peak RSS.
