@@ -17,9 +17,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(8 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
 # the setting `tunesmith train` re-executes itself with (tunesmith/cli.py); not imported from
 # there so that the peers' worker processes never import tunesmith
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(8 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
+# the setting until session 4 (never map; ablation row)
+NO_MMAP_ENV = {"MALLOC_MMAP_MAX_": "0",
+               "MALLOC_TRIM_THRESHOLD_": MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"]}
 
 
 def peak_rss_mib() -> float:
@@ -30,7 +33,7 @@ def run_worker(script: str, name: str, args: list[str], extra_env: dict[str, str
                ) -> dict[str, Any]:
     """Run ``script --worker NAME args`` and parse the JSON line it prints last."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
-    for key in [*MALLOC_ENV, "MALLOC_MMAP_MAX_"]:
+    for key in {*MALLOC_ENV, *NO_MMAP_ENV}:
         if not extra_env or key not in extra_env:
             env.pop(key, None)
     t0 = time.time()

@@ -26,11 +26,10 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import (MALLOC_ENV, SHARED, matmul_peak_gflops, peak_rss_mib,  # noqa: E402
-                          print_table, run_worker)
+from bench.common import (MALLOC_ENV, NO_MMAP_ENV, SHARED, matmul_peak_gflops,  # noqa: E402
+                          peak_rss_mib, print_table, run_worker)
 
 N_PARAMS = 134.5e6
-NO_MMAP_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
 # TRL configurations: its defaults on this CPU (bf16 autocast + gradient checkpointing), plain
 # fp32 (the quality reference), and the fastest we found (bf16 without checkpointing).
 # ``use_cpu=True`` is how TRL must be told it runs on a CPU (its bf16 default refuses
@@ -222,21 +221,22 @@ def main() -> None:
                                                "trl": by}, indent=1))
 
 # technique → what switches it off (each row runs tunesmith with that one change)
+# name: (tunesmith config overrides, allocator environment of the worker)
 ABLATIONS = {
-    "all on (defaults)": ([], True),
-    "no bf16 autocast (fp32)": (["train.precision=fp32"], True),
-    "no length grouping": (["train.group_by_length=false"], True),
-    "default glibc allocator": ([], False),
-    "heap never mapped (MALLOC_MMAP_MAX_=0)": ([], "no-mmap"),
-    "no batch splitting (max_batch_tokens null)": (["train.max_batch_tokens=null"], True),
-    "max_batch_tokens 1024": (["train.max_batch_tokens=1024"], True),
-    "max_batch_tokens 512": (["train.max_batch_tokens=512"], True),
-    "max_batch_tokens 1536": (["train.max_batch_tokens=1536"], True),
-    "max_batch_tokens 2048": (["train.max_batch_tokens=2048"], True),
-    "frozen base kept fp32": (["train.frozen_in_compute_dtype=false"], True),
-    "stock RMSNorm (fused_norm off)": (["train.fused_norm=false"], True),
-    "compile on": (["train.compile=true"], True),
-    "gradient checkpointing on": (["train.gradient_checkpointing=true"], True),
+    "all on (defaults)": ([], MALLOC_ENV),
+    "no bf16 autocast (fp32)": (["train.precision=fp32"], MALLOC_ENV),
+    "no length grouping": (["train.group_by_length=false"], MALLOC_ENV),
+    "default glibc allocator": ([], None),
+    "heap never mapped (MALLOC_MMAP_MAX_=0)": ([], NO_MMAP_ENV),
+    "no batch splitting (max_batch_tokens null)": (["train.max_batch_tokens=null"], MALLOC_ENV),
+    "max_batch_tokens 1024": (["train.max_batch_tokens=1024"], MALLOC_ENV),
+    "max_batch_tokens 512": (["train.max_batch_tokens=512"], MALLOC_ENV),
+    "max_batch_tokens 1536": (["train.max_batch_tokens=1536"], MALLOC_ENV),
+    "max_batch_tokens 2048": (["train.max_batch_tokens=2048"], MALLOC_ENV),
+    "frozen base kept fp32": (["train.frozen_in_compute_dtype=false"], MALLOC_ENV),
+    "stock RMSNorm (fused_norm off)": (["train.fused_norm=false"], MALLOC_ENV),
+    "compile on": (["train.compile=true"], MALLOC_ENV),
+    "gradient checkpointing on": (["train.gradient_checkpointing=true"], MALLOC_ENV),
 }
 
 
@@ -244,9 +244,8 @@ def ablation(args: argparse.Namespace, passthrough: list[str]) -> None:
     rows = []
     names = args.variants.split(",") if args.variants else list(ABLATIONS)
     for name in names:
-        sets, malloc = ABLATIONS[name]
+        sets, env = ABLATIONS[name]
         extra = [x for item in sets for x in ("--set", item)]
-        env = (NO_MMAP_ENV if malloc == "no-mmap" else MALLOC_ENV) if malloc else None
         r = run_worker(__file__, "tunesmith", [*passthrough, *extra], env)
         r["name"] = name
         rows.append(r)

@@ -84,7 +84,7 @@ def fuse_rms_norms(model: nn.Module) -> int:
 
 
 def unfuse_rms_norms(model: nn.Module) -> None:
-    """Give every fused norm its class forward back (e.g. before export or compilation)."""
+    """Give every fused norm its class forward back."""
     for module in model.modules():
         fwd = module.__dict__.get("forward")
         if getattr(fwd, "__func__", None) is _forward:
