@@ -82,8 +82,9 @@ def train_job(db: Database, job_id: str, data_dir: Path) -> None:
         _mark_succeeded(db, job_id, data_dir, published, output_name,
                         StepReporter(db, job_id, published, spec))
         return
+    reporter = StepReporter(db, job_id, run_dir, spec)
     if resume_from is not None:
-        _forget_steps_after(db, job_id, int(resume_from.name.split("-")[-1]))
+        _resync_steps(db, job_id, int(resume_from.name.split("-")[-1]), reporter)
     with db.session() as s:
         if resume_from is not None:
             add_event(s, job_id, f"Resuming from the checkpoint at step "
@@ -92,7 +93,6 @@ def train_job(db: Database, job_id: str, data_dir: Path) -> None:
             add_event(s, job_id, "No checkpoint was written before the interruption; "
                       "training restarts from the beginning", level="warn")
         add_event(s, job_id, "Fine-tuning job started")
-    reporter = StepReporter(db, job_id, run_dir, spec)
     try:
         cfg = validate_dict(spec["config"], source="fine-tuning job")
         reporter.total = _total_steps(cfg)
@@ -125,22 +125,27 @@ class StepReporter:
         if self.first_step is None:
             self.first_step = step - 1
         val = self._validation_metrics(step)
-        data = {"step": step, "train_loss": values.get("loss"), "total_steps": self.total,
-                "train_mean_token_accuracy": None, **val}
-        msg = f"Step {step}/{self.total}: training loss={values.get('loss', float('nan')):.4f}"
-        if "valid_loss" in val:
-            msg += f", validation loss={val['valid_loss']:.4f}"
-        ckpt_dir = self.run_dir / "checkpoints" / f"step-{step}"
         with self.db.session() as s:
             job = s.scalar(select(JobRow).where(JobRow.id == self.job_id))
             if job is None or job.status != "running":
                 raise JobCancelled(self.job_id)
-            add_event(s, self.job_id, msg, type="metrics", data=data)
+            self.report(s, job, step, values, val)
             job.heartbeat_at = time.time()
             job.estimated_finish = self._eta(step)
-            if ckpt_dir.is_dir():
-                self.record_checkpoint(s, job, step, data, f"checkpoints/step-{step}")
             self._forget_rotated(s)
+
+    def report(self, s: Any, job: JobRow, step: int, values: dict[str, Any],
+               val: dict[str, Any]) -> None:
+        """The step's metrics event, and its checkpoint's row if it wrote one."""
+        data = {"step": step, "train_loss": values.get("loss"), "total_steps": self.total,
+                "train_mean_token_accuracy": None, **val}
+        msg = (f"Step {step}/{self.total}" if self.total else f"Step {step}") \
+            + f": training loss={values.get('loss', float('nan')):.4f}"
+        if "valid_loss" in val:
+            msg += f", validation loss={val['valid_loss']:.4f}"
+        add_event(s, self.job_id, msg, type="metrics", data=data)
+        if (self.run_dir / "checkpoints" / f"step-{step}").is_dir():
+            self.record_checkpoint(s, job, step, data, f"checkpoints/step-{step}")
 
     def _eta(self, step: int) -> int | None:
         done = step - (self.first_step or 0)
@@ -236,13 +241,23 @@ def _mark_succeeded(db: Database, job_id: str, data_dir: Path, target: Path, out
         add_event(s, job_id, "The job has successfully completed")
 
 
-def _forget_steps_after(db: Database, job_id: str, step: int) -> None:
-    """On resume, drop metrics events of the steps that will run again."""
+def _resync_steps(db: Database, job_id: str, step: int, reporter: StepReporter) -> None:
+    """On resume from ``step``: drop the metrics events of the steps that will run again, and
+    record the steps up to ``step`` that the killed process trained and logged but did not
+    report (it can die between writing a checkpoint and the step's callback)."""
+    rows = _read_metrics(reporter.run_dir / "metrics.jsonl")
     with db.session() as s:
+        seen = set()
         for row in s.scalars(select(EventRow).where(EventRow.job_id == job_id,
                                                     EventRow.type == "metrics")):
+            seen.add((row.data or {}).get("step", 0))
             if (row.data or {}).get("step", 0) > step:
                 s.delete(row)
+        job = s.scalar(select(JobRow).where(JobRow.id == job_id))
+        for r in rows:
+            if "loss" in r and r["step"] <= step and r["step"] not in seen:
+                evals = [e for e in rows if e["step"] == r["step"] and "val_loss" in e]
+                reporter.report(s, job, r["step"], r, _val_of(evals[-1]) if evals else {})
 
 
 def _val_of(row: dict[str, Any]) -> dict[str, Any]:

@@ -280,3 +280,38 @@ def test_job_interrupted_after_publishing_is_marked_succeeded(jobs_env: JobsEnv,
     assert again["status"] == "succeeded"
     assert again["fine_tuned_model"] == done["fine_tuned_model"]
     assert len(_metric_steps(env, job_id)) == before  # nothing trained again
+
+
+class _Killed(BaseException):
+    """The process dying: nothing in the job's body may catch it."""
+
+
+def test_step_checkpointed_but_not_reported_is_recorded_on_resume(
+        jobs_env: JobsEnv, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunesmith.serve import job_run
+
+    env = jobs_env
+    job_id = _create(env, tiny_model_dir, **{"train.max_steps": 6, "train.save_every": 3})
+    assert JobWorker(env.db, env.data_dir).claim() == job_id
+    report = job_run.StepReporter.__call__
+
+    def dies_at_step_3(self: Any, step: int, values: dict[str, Any]) -> None:
+        if step == 3:  # the checkpoint of step 3 is on disk, its report never made it
+            raise _Killed
+        report(self, step, values)
+
+    monkeypatch.setattr(job_run.StepReporter, "__call__", dies_at_step_3)
+    with pytest.raises(_Killed):
+        train_job(env.db, job_id, env.data_dir)
+    monkeypatch.setattr(job_run.StepReporter, "__call__", report)
+    assert _metric_steps(env, job_id) == [1, 2]
+    with env.db.session() as s:
+        s.scalar(select(JobRow).where(JobRow.id == job_id)).resume = True
+    train_job(env.db, job_id, env.data_dir)  # the restarted process
+    job = env.job(job_id)
+    assert job["status"] == "succeeded", job["error"]
+    assert _metric_steps(env, job_id) == list(range(1, 7))
+    with env.db.session() as s:
+        steps = sorted(s.scalars(select(CheckpointRow.step_number)
+                                 .where(CheckpointRow.job_id == job_id)))
+    assert 3 in steps, steps
