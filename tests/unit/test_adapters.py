@@ -190,3 +190,45 @@ def test_dropout_override_takes_effect(tiny_model_dir: Path, alpaca_file: Path, 
     assert torch.equal(a, b) == (dropout is None)
     model.eval()
     assert torch.equal(model(ids).logits, model(ids).logits)
+
+
+def test_lora_under_autocast_skips_input_casts_with_identical_results(
+        tiny_model_dir: Path, alpaca_file: Path, tmp_path: Path) -> None:
+    from tunesmith.train.loss import CausalLMLoss
+
+    cfg = make_cfg(tiny_model_dir, alpaca_file, tmp_path,
+                   method={"type": "lora", "target_modules": ["q_proj", "k_proj", "v_proj",
+                                                              "o_proj"]},
+                   train={"precision": "bf16"})
+    model, _, _ = sft.build_model(cfg)
+    lora = [m for m in model.modules() if hasattr(m, "lora_A")]
+    assert lora and all(m.cast_input_dtype_enabled is False for m in lora)
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():  # B starts at zero: give A a gradient
+        if "lora_B" in name:
+            p.data.normal_(0, 0.1)
+    loss_fn = CausalLMLoss(model, head_dtype=torch.bfloat16)
+    ids = torch.randint(3, 100, (2, 12))
+    labels = ids.clone()
+    labels[:, :5] = -100
+
+    def run(cast: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        for m in lora:
+            m.cast_input_dtype_enabled = cast
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, n, _ = loss_fn(ids, torch.ones_like(ids), labels)
+        loss.backward()
+        return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters()
+                               if p.requires_grad}
+
+    skipped, casted = run(False), run(True)
+    assert torch.equal(skipped[0], casted[0])
+    assert skipped[1].keys() == casted[1].keys() and len(casted[1]) == 2 * len(lora)
+    for k in casted[1]:
+        assert torch.equal(skipped[1][k], casted[1][k]), k
+        assert casted[1][k].abs().sum() > 0, k
+    fp32 = make_cfg(tiny_model_dir, alpaca_file, tmp_path, method={"type": "lora"},
+                    train={"precision": "fp32"})
+    assert all(m.cast_input_dtype_enabled for m in sft.build_model(fp32)[0].modules()
+               if hasattr(m, "lora_A"))

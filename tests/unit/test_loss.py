@@ -116,3 +116,33 @@ def test_causal_lm_loss_matches_transformers_loss(tiny_model_dir: Path) -> None:
     torch.testing.assert_close(loss_sum / n, hf.detach(), rtol=1e-5, atol=1e-5)
     for k, p in model.named_parameters():
         torch.testing.assert_close(ours[k], p.grad, rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_frozen_head_is_cast_once_and_again_after_it_changes(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    head = model.get_output_embeddings().weight
+    head.requires_grad_(False)
+    wrapper = CausalLMLoss(model, chunk=64, head_dtype=torch.bfloat16)
+    ids = torch.randint(3, model.config.vocab_size, (2, 10))
+    labels = ids.clone()
+    labels[:, :3] = IGNORE
+
+    def loss() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return wrapper(input_ids=ids, attention_mask=torch.ones_like(ids),
+                           labels=labels)[0].detach()
+
+    first = loss()
+    cached = wrapper._cast_head[1]
+    assert cached.dtype == torch.bfloat16 and torch.equal(cached, head.to(torch.bfloat16))
+    assert torch.equal(loss(), first) and wrapper._cast_head[1] is cached  # reused
+    with torch.no_grad():
+        head.mul_(2.0)  # changed in place (a loaded checkpoint, an unfrozen step)
+    changed = loss()
+    assert wrapper._cast_head[1] is not cached and not torch.equal(changed, first)
+    assert torch.equal(wrapper._cast_head[1], head.to(torch.bfloat16))
+    head.requires_grad_(True)  # a trained head is never served from the cache
+    assert wrapper._head_weight(head) is head

@@ -78,6 +78,8 @@ def build_model(cfg: RunConfig, tok: Any, source: Path | str, names: list[str],
         chosen["lora_targets"] = targets
         model = adapters.apply_method(model, method, task_type="SEQ_CLS",
                                       modules_to_save=list(chosen["head"]))  # peft extends it
+        if resolve_precision(cfg.train.precision) in ("bf16", "fp16"):
+            adapters.skip_lora_input_casts(model)
     else:
         model = adapters.apply_method(model, method)
         if method.unfreeze is not None:

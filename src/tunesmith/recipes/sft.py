@@ -76,6 +76,8 @@ def build_model(cfg: RunConfig, tok: Any = None, prepare: Callable[[Any], Any] |
         if cfg.method.unfreeze is not None:
             unfreezer = adapters.GradualUnfreezer(model, cfg.method)
             unfreezer.start()
+    if cfg.method.type == "lora" and resolve_precision(cfg.train.precision) in ("bf16", "fp16"):
+        adapters.skip_lora_input_casts(model)
     return model, tok, unfreezer
 
 

@@ -34,10 +34,14 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             h = hidden[s:s + chunk].to(dtype)
             t = targets[s:s + chunk]
             logits = (h @ w.T).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            correct += (logits.argmax(-1) == t).sum()
-            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            target = logits.gather(1, t[:, None]).squeeze(1)
+            top = logits.amax(dim=-1)
+            correct += (target >= top).sum()  # the target is (one of) the top-1
+            # softmax in place in three passes over the logits (logsumexp + argmax took six)
+            probs = logits.sub_(top[:, None]).exp_()
+            total = probs.sum(dim=-1)
+            loss += (top + total.log() - target).sum()
+            probs.mul_(total.reciprocal()[:, None])
             probs[torch.arange(t.shape[0], device=dev), t] -= 1.0
             g = probs.to(dtype)
             grad_h[s:s + chunk] = (g @ w).to(hidden.dtype)
@@ -109,6 +113,7 @@ class CausalLMLoss(nn.Module):
         self.model = model
         self.chunk = chunk
         self.head_dtype = head_dtype
+        self._cast_head: tuple[tuple[int, int], torch.Tensor] | None = None
         cfg = getattr(model, "config", None)
         head = split_causal_lm(model)[1]
         self.fused = (type(head) is nn.Linear and head.bias is None
@@ -130,6 +135,15 @@ class CausalLMLoss(nn.Module):
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
                           use_cache=False).last_hidden_state
         hidden = hidden[:, :-1][keep]
-        loss, correct = linear_cross_entropy(hidden, head.weight, targets, self.chunk,
-                                             self.head_dtype)
+        loss, correct = linear_cross_entropy(hidden, self._head_weight(head.weight), targets,
+                                             self.chunk, self.head_dtype)
         return loss, n, correct
+
+    def _head_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """A frozen head (LoRA) in the compute dtype, cast once instead of on every pass."""
+        if weight.requires_grad or weight.dtype == self.head_dtype:
+            return weight
+        key = (weight.data_ptr(), weight._version)
+        if self._cast_head is None or self._cast_head[0] != key:
+            self._cast_head = (key, weight.detach().to(self.head_dtype))
+        return self._cast_head[1]
