@@ -25,6 +25,7 @@ from tunesmith.data.classification import ClsData, prepare_classification
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.classification_metrics import format_report
 from tunesmith.models import adapters
+from tunesmith.models.attention import attend_short_in_fp32
 from tunesmith.models.classifier import (
     default_lora_targets,
     head_modules,
@@ -63,6 +64,8 @@ def build_model(cfg: RunConfig, tok: Any, source: Path | str, names: list[str],
         adapters.set_dropout(model, cfg.train.dropout)
     if cfg.train.fused_norm:
         fuse_rms_norms(model)
+    if cfg.train.fp32_attention_below and resolve_precision(cfg.train.precision) == "bf16":
+        attend_short_in_fp32(model, cfg.train.fp32_attention_below)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.method.type == "lora":

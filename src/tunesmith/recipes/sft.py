@@ -17,6 +17,7 @@ from tunesmith.config.schema import RunConfig
 from tunesmith.data.mixture import prepare_mixture
 from tunesmith.data.pipeline import padding_stats, prepare_data
 from tunesmith.models import adapters
+from tunesmith.models.attention import attend_short_in_fp32
 from tunesmith.models.fused_norm import fuse_rms_norms
 from tunesmith.models.load import load_causal_lm, load_tokenizer, resolve_artifact
 from tunesmith.recipes import common
@@ -53,6 +54,8 @@ def build_model(cfg: RunConfig, tok: Any = None, prepare: Callable[[Any], Any] |
         adapters.set_dropout(model, cfg.train.dropout)
     if cfg.train.fused_norm:
         fuse_rms_norms(model)
+    if cfg.train.fp32_attention_below and resolve_precision(cfg.train.precision) == "bf16":
+        attend_short_in_fp32(model, cfg.train.fp32_attention_below)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.method.type in ("lora", "qlora"):
