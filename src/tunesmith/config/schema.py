@@ -200,8 +200,11 @@ class TrainConfig(_Section):
         "up) the autocast dtype directly: one cast and one saved copy instead of one per "
         "reader, identical forward values. Their gradients are summed in the compute dtype "
         "under autocast. `false`: the stock modules."))
-    loss_chunk_size: int = Field(1024, ge=64, description=(
-        "Positions per chunk in the fused LM-head + cross-entropy (memory vs speed)."))
+    loss_chunk_size: int = Field(256, ge=64, description=(
+        "Positions per chunk in the fused LM-head + cross-entropy: each chunk holds a "
+        "float32 chunk x vocabulary block of logits at the end of the forward pass, the "
+        "step's memory peak (256 rather than 1024: full fine-tuning of SmolLM2-135M peaks "
+        "about 260 MiB lower at the same speed)."))
     fp32_attention_below: int = Field(192, ge=0, description=(
         "bf16 training on a CPU: sequences shorter than this attend in float32 while "
         "gradients are computed (PyTorch's bf16 CPU attention backward is 2-3.5x slower "
