@@ -235,6 +235,9 @@ ABLATIONS = {
     "max_batch_tokens 2048": (["train.max_batch_tokens=2048"], MALLOC_ENV),
     "frozen base kept fp32": (["train.frozen_in_compute_dtype=false"], MALLOC_ENV),
     "stock RMSNorm (fused_norm off)": (["train.fused_norm=false"], MALLOC_ENV),
+    "bf16 attention everywhere (fp32_attention_below 0)": (["train.fp32_attention_below=0"],
+                                                           MALLOC_ENV),
+    "loss_chunk_size 1024": (["train.loss_chunk_size=1024"], MALLOC_ENV),
     "compile on": (["train.compile=true"], MALLOC_ENV),
     "gradient checkpointing on": (["train.gradient_checkpointing=true"], MALLOC_ENV),
 }
