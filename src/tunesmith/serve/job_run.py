@@ -40,6 +40,7 @@ from tunesmith.serve.jobs_models import (
     new_id,
     now,
 )
+from tunesmith.train.tracking import read_metrics
 
 
 class JobCancelled(Exception):
@@ -199,7 +200,7 @@ class StepReporter:
 def _succeed(db: Database, job_id: str, data_dir: Path, run_dir: Path, output_name: str,
              reporter: StepReporter) -> None:
     """Publish the run directory under ``models/`` (atomically), then mark the job."""
-    rows = _read_metrics(run_dir / "metrics.jsonl")
+    rows = read_metrics(run_dir / "metrics.jsonl")
     with db.session() as s:
         job = s.scalar(select(JobRow).where(JobRow.id == job_id))
         if job is None or job.status != "running":
@@ -217,7 +218,7 @@ def _succeed(db: Database, job_id: str, data_dir: Path, run_dir: Path, output_na
 
 def _mark_succeeded(db: Database, job_id: str, data_dir: Path, target: Path, output_name: str,
                     reporter: StepReporter) -> None:
-    rows = _read_metrics(target / "metrics.jsonl")
+    rows = read_metrics(target / "metrics.jsonl")
     steps = max((r["step"] for r in rows), default=0)
     tokens = int(sum(r.get("step_tokens", 0) for r in rows if "loss" in r))
     results = _results_file(db, data_dir, rows)
@@ -245,7 +246,7 @@ def _resync_steps(db: Database, job_id: str, step: int, reporter: StepReporter) 
     """On resume from ``step``: drop the metrics events of the steps that will run again, and
     record the steps up to ``step`` that the killed process trained and logged but did not
     report (it can die between writing a checkpoint and the step's callback)."""
-    rows = _read_metrics(reporter.run_dir / "metrics.jsonl")
+    rows = read_metrics(reporter.run_dir / "metrics.jsonl")
     with db.session() as s:
         seen = set()
         for row in s.scalars(select(EventRow).where(EventRow.job_id == job_id,
@@ -302,13 +303,6 @@ def _fail(db: Database, job_id: str, code: str, message: str) -> None:
                                         "param": None}))
         if done.rowcount == 1:
             add_event(s, job_id, f"Fine-tuning job failed: {message[:2000]}", level="error")
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()]
 
 
 def _total_steps(cfg: Any) -> int | None:

@@ -39,10 +39,28 @@ class Tracker:
             self.tb.close()
 
 
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl``; a last line torn by a killed process is left out."""
+    return [row for _, row in _rows(path)]
+
+
 def truncate_after(path: Path, step: int) -> None:
-    """On resume, drop metric rows logged after the checkpoint's step (they will recur)."""
+    """On resume, drop metric rows logged after the checkpoint's step (they will recur), and
+    a last line torn by the interruption."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    keep = [line for line, row in _rows(path) if row.get("step", 0) <= step]
     path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+def _rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    out = [(line, json.loads(line)) for line in lines[:-1]]
+    for line in lines[-1:]:
+        try:
+            out.append((line, json.loads(line)))
+        except json.JSONDecodeError:  # the process died while writing it
+            pass
+    return out

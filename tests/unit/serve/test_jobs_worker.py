@@ -305,6 +305,8 @@ def test_step_checkpointed_but_not_reported_is_recorded_on_resume(
         train_job(env.db, job_id, env.data_dir)
     monkeypatch.setattr(job_run.StepReporter, "__call__", report)
     assert _metric_steps(env, job_id) == [1, 2]
+    with (paths.job_run_dir(env.data_dir, job_id) / "metrics.jsonl").open("a") as fh:
+        fh.write('{"step": 4, "lo')  # and it died while writing a line
     with env.db.session() as s:
         s.scalar(select(JobRow).where(JobRow.id == job_id)).resume = True
     train_job(env.db, job_id, env.data_dir)  # the restarted process
