@@ -55,6 +55,7 @@ def build_model(cfg: RunConfig, tok: Any, source: Path | str, names: list[str],
                 ) -> tuple[Any, adapters.GradualUnfreezer | None, dict[str, Any]]:
     """The classifier with ``requires_grad`` set by ``cfg.method``; plus what was chosen.
     ``prepare`` changes the loaded model before the method applies (e.g. drops layers)."""
+    precision = resolve_precision(cfg.train.precision)
     model = load_classifier(source, names, cfg.classification.multi_label, tok.pad_token_id,
                             cfg.model.dtype, cfg.model.trust_remote_code,
                             cfg.model.attn_implementation)
@@ -64,7 +65,7 @@ def build_model(cfg: RunConfig, tok: Any, source: Path | str, names: list[str],
         adapters.set_dropout(model, cfg.train.dropout)
     if cfg.train.fused_norm:
         fuse_rms_norms(model)
-    if cfg.train.fp32_attention_below and resolve_precision(cfg.train.precision) == "bf16":
+    if cfg.train.fp32_attention_below and precision == "bf16":
         attend_short_in_fp32(model, cfg.train.fp32_attention_below)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -81,7 +82,7 @@ def build_model(cfg: RunConfig, tok: Any, source: Path | str, names: list[str],
         chosen["lora_targets"] = targets
         model = adapters.apply_method(model, method, task_type="SEQ_CLS",
                                       modules_to_save=list(chosen["head"]))  # peft extends it
-        if resolve_precision(cfg.train.precision) in ("bf16", "fp16"):
+        if precision in ("bf16", "fp16"):
             adapters.skip_lora_input_casts(model)
     else:
         model = adapters.apply_method(model, method)

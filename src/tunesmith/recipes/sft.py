@@ -43,6 +43,7 @@ def build_model(cfg: RunConfig, tok: Any = None, prepare: Callable[[Any], Any] |
     ``prepare`` changes the loaded model before the method applies (e.g. drops layers)."""
     source = resolve_artifact(cfg.model.name)
     tok = tok if tok is not None else build_tokenizer(cfg)
+    precision = resolve_precision(cfg.train.precision)
     if cfg.method.type == "qlora":  # 4-bit NF4 base (CUDA); a clear error elsewhere
         model = adapters.load_qlora_base(source, cfg.model)
     else:
@@ -54,7 +55,7 @@ def build_model(cfg: RunConfig, tok: Any = None, prepare: Callable[[Any], Any] |
         adapters.set_dropout(model, cfg.train.dropout)
     if cfg.train.fused_norm:
         fuse_rms_norms(model)
-    if cfg.train.fp32_attention_below and resolve_precision(cfg.train.precision) == "bf16":
+    if cfg.train.fp32_attention_below and precision == "bf16":
         attend_short_in_fp32(model, cfg.train.fp32_attention_below)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -72,14 +73,13 @@ def build_model(cfg: RunConfig, tok: Any = None, prepare: Callable[[Any], Any] |
             p.requires_grad_("lora_" in name)
     else:
         model = adapters.apply_method(model, cfg.method)
-        precision = resolve_precision(cfg.train.precision)
         if (cfg.method.type == "lora" and precision in ("bf16", "fp16") and prepare is None
                 and cfg.train.frozen_in_compute_dtype):
             adapters.store_frozen_linears(model, head_dtype_for(precision), source)
         if cfg.method.unfreeze is not None:
             unfreezer = adapters.GradualUnfreezer(model, cfg.method)
             unfreezer.start()
-    if cfg.method.type == "lora" and resolve_precision(cfg.train.precision) in ("bf16", "fp16"):
+    if cfg.method.type == "lora" and precision in ("bf16", "fp16"):
         adapters.skip_lora_input_casts(model)
     return model, tok, unfreezer
 

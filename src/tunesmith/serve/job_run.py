@@ -255,10 +255,10 @@ def _resync_steps(db: Database, job_id: str, step: int, reporter: StepReporter) 
             if (row.data or {}).get("step", 0) > step:
                 s.delete(row)
         job = s.scalar(select(JobRow).where(JobRow.id == job_id))
+        evals = {r["step"]: _val_of(r) for r in rows if "val_loss" in r}
         for r in rows:
             if "loss" in r and r["step"] <= step and r["step"] not in seen:
-                evals = [e for e in rows if e["step"] == r["step"] and "val_loss" in e]
-                reporter.report(s, job, r["step"], r, _val_of(evals[-1]) if evals else {})
+                reporter.report(s, job, r["step"], r, evals.get(r["step"], {}))
 
 
 def _val_of(row: dict[str, Any]) -> dict[str, Any]:
