@@ -31,14 +31,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import (MALLOC_ENV, ROOT, SHARED, peak_rss_mib,  # noqa: E402
-                          print_table, run_worker)
+from bench.common import (
+    MALLOC_ENV,
+    ROOT,
+    SHARED,
+    peak_rss_mib,
+    print_table,
+    run_worker,
+    scratch_dir,
+)
 
 CONFIGS = ROOT / "configs" / "classification"
 QUALITY = {
@@ -60,7 +66,7 @@ def worker_quality(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     config, data_dir, has_val = QUALITY[name]
     data = Path(args.data) / data_dir
-    out = Path(args.out or tempfile.mkdtemp(prefix="bench-cls-"))
+    out = Path(args.out) if args.out else scratch_dir("bench-cls-")
     overrides = [f"data.train={data / 'train.jsonl'}", f"output.dir={out}", f"name={name}",
                  "output.tensorboard=false"]
     if has_val:
@@ -102,7 +108,7 @@ def worker_tunesmith_speed(precision: str, args: argparse.Namespace) -> dict[str
     from tunesmith.recipes.classify import run
 
     sst2 = Path(args.data) / "sst2"
-    tmp = Path(tempfile.mkdtemp(prefix="bench-cls-speed-"))
+    tmp = scratch_dir("bench-cls-speed-")
     train = tmp / "train.jsonl"
     rows = _speed_rows(sst2 / "train.jsonl")[:args.speed_steps * SPEED_BATCH]
     train.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -133,9 +139,14 @@ def worker_trainer_speed(bf16: bool, args: argparse.Namespace) -> dict[str, Any]
     import numpy as np
     import torch
     from datasets import Dataset
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer,
-                              DataCollatorWithPadding, Trainer, TrainerCallback,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from tunesmith.models.registry import pull
 
@@ -152,7 +163,7 @@ def worker_trainer_speed(bf16: bool, args: argparse.Namespace) -> dict[str, Any]
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     conf = TrainingArguments(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=SPEED_BATCH,
+        output_dir=str(scratch_dir("bench-trainer-")), per_device_train_batch_size=SPEED_BATCH,
         per_device_eval_batch_size=64, learning_rate=SPEED_LR, lr_scheduler_type="constant",
         max_steps=args.speed_steps, logging_steps=50, save_strategy="no", eval_strategy="no",
         report_to=[], seed=0, disable_tqdm=True, bf16=bf16, use_cpu=True)
@@ -161,7 +172,7 @@ def worker_trainer_speed(bf16: bool, args: argparse.Namespace) -> dict[str, Any]
     stamps: list[tuple[float, int, int]] = []
 
     class Stamp(TrainerCallback):
-        def on_step_end(self, a, state, control, **kw):  # noqa: ANN001
+        def on_step_end(self, a, state, control, **kw):
             stamps.append((time.perf_counter(), SPEED_BATCH, 0))
 
     def accuracy(pred: Any) -> dict[str, float]:

@@ -6,11 +6,14 @@ the benchmark script; the parent prints both and the ratios.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,14 @@ NO_MMAP_ENV = {"MALLOC_MMAP_MAX_": "0",
                "MALLOC_TRIM_THRESHOLD_": MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"]}
 
 
+def scratch_dir(prefix: str = "bench-") -> Path:
+    """A temporary directory removed when this process exits: the runs a benchmark trains (a
+    saved model each, 0.5-1 GiB) must not pile up on the disk that CI shares."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -37,7 +48,7 @@ def run_worker(script: str, name: str, args: list[str], extra_env: dict[str, str
         if not extra_env or key not in extra_env:
             env.pop(key, None)
     t0 = time.time()
-    proc = subprocess.run([sys.executable, script, "--worker", name, *args], env=env,
+    proc = subprocess.run([sys.executable, script, "--worker", name, *args], env=env, check=False,
                           capture_output=True, text=True)
     wall = time.time() - t0
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]

@@ -20,9 +20,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import scratch_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -71,7 +73,7 @@ def main() -> None:
     _quiet_libraries()
     if args.threads:
         torch.set_num_threads(args.threads)
-    work = args.out or Path(tempfile.mkdtemp(prefix="eval-quality-"))
+    work = args.out or scratch_dir("eval-quality-")
     work.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(x) for x in (DATA / "flores200_devtest" / "test.jsonl")
             .read_text(encoding="utf-8").splitlines() if x.strip()]

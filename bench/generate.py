@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import SHARED, peak_rss_mib, print_table, run_worker  # noqa: E402
+from bench.common import SHARED, peak_rss_mib, print_table, run_worker
 
 
 def prompts(n: int) -> list[list[dict[str, str]]]:

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import sft_lora  # noqa: E402
+from bench import sft_lora
 
 if __name__ == "__main__":
     if "--method" not in sys.argv:

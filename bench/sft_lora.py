@@ -19,15 +19,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import (MALLOC_ENV, NO_MMAP_ENV, SHARED, matmul_peak_gflops,  # noqa: E402
-                          peak_rss_mib, print_table, run_worker)
+from bench.common import (
+    MALLOC_ENV,
+    NO_MMAP_ENV,
+    SHARED,
+    matmul_peak_gflops,
+    peak_rss_mib,
+    print_table,
+    run_worker,
+    scratch_dir,
+)
 
 N_PARAMS = 134.5e6
 # TRL configurations: its defaults on this CPU (bf16 autocast + gradient checkpointing), plain
@@ -76,7 +83,7 @@ def worker_tunesmith(args: argparse.Namespace) -> dict:
     from tunesmith.recipes import sft
 
     rows = load_rows(args.steps * 8)
-    tmp = Path(tempfile.mkdtemp())
+    tmp = scratch_dir("bench-sft-")
     data = tmp / "train.jsonl"
     data.write_text("".join(json.dumps({"instruction": r["instruction"], "input": "",
                                         "output": r["output"]}) + "\n" for r in rows))
@@ -126,7 +133,7 @@ def worker_trl(args: argparse.Namespace) -> dict:
     lora = args.method == "lora"
     model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
     extra = TRL_VARIANTS[args.trl]
-    conf = SFTConfig(output_dir=tempfile.mkdtemp(), max_length=512, per_device_train_batch_size=8,
+    conf = SFTConfig(output_dir=str(scratch_dir("bench-trl-")), max_length=512, per_device_train_batch_size=8,
                      learning_rate=2e-4 if lora else 2e-5, lr_scheduler_type="constant",
                      max_steps=args.steps, logging_steps=1, save_strategy="no", report_to=[],
                      seed=0, train_sampling_strategy="sequential", disable_tqdm=True,
@@ -135,11 +142,11 @@ def worker_trl(args: argparse.Namespace) -> dict:
     losses: list[float] = []
 
     class Stamp(TrainerCallback):
-        def on_step_end(self, a, state, control, **kw):  # noqa: ANN001
+        def on_step_end(self, a, state, control, **kw):
             k = state.global_step - 1
             stamps.append((time.perf_counter(), sum(lens[8 * k:8 * k + 8]), 0.0))
 
-        def on_log(self, a, state, control, logs=None, **kw):  # noqa: ANN001
+        def on_log(self, a, state, control, logs=None, **kw):
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
 
