@@ -44,6 +44,7 @@ def _register_subcommands() -> None:
     __import__("tunesmith.serve.cli", fromlist=["register"]).register(app)  # serve, monitor
     __import__("tunesmith.export.cli", fromlist=["register"]).register(app)  # export
     __import__("tunesmith.serve.jobs_cli", fromlist=["register"]).register(app)  # jobs list/worker
+    __import__("tunesmith.sweep.cli", fromlist=["register"]).register(app)  # sweep
 
 
 def _quiet_libraries() -> None:

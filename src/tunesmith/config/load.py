@@ -22,14 +22,18 @@ from tunesmith.errors import ConfigError
 def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None
                 ) -> RunConfig:
     """Read ``path`` (or start from defaults when None), apply overrides, validate."""
-    raw: dict[str, Any] = {}
-    source = "command line"
-    if path is not None:
-        source = str(path)
-        raw = _read_yaml(Path(path))
+    raw = load_raw(path, overrides)
+    return validate_dict(raw, source="command line" if path is None else str(path))
+
+
+def load_raw(path: str | os.PathLike[str] | None, overrides: list[str] | None = None
+             ) -> dict[str, Any]:
+    """The config as written (``path``, or nothing) with ``overrides`` applied, unvalidated:
+    what a derived config file (a sweep's best.yaml) is written from."""
+    raw = _read_yaml(Path(path)) if path is not None else {}
     for item in overrides or []:
         _apply_override(raw, item)
-    return validate_dict(raw, source=source)
+    return raw
 
 
 def validate_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
