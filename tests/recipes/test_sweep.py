@@ -155,3 +155,23 @@ def test_no_completed_trial_is_a_runtime_failure(
     assert code == 1 and "no trial completed" in stdout
     assert [r["state"] for r in _trials(out)] == ["pruned", "pruned"]
     assert not (out / "best.yaml").exists()
+
+
+def test_a_trial_interrupted_by_a_dying_process_is_failed_on_resume(
+        config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunesmith import recipes
+
+    real = recipes.run_task
+
+    def killed(cfg: Any, **kw: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipes, "run_task", killed)
+    spec = SweepSpec(config, [], parse_space(["train.lr=log:1e-4:1e-2"]), 2,
+                     out=tmp_path / "sweep", prune=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec)
+    monkeypatch.setattr(recipes, "run_task", real)
+    records = run_sweep(spec, resume=True).trials
+    assert [(r["state"], r["reason"]) for r in records] == [("fail", "interrupted"),
+                                                            ("complete", None)]
