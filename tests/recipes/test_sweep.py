@@ -150,9 +150,10 @@ def test_no_completed_trial_is_a_runtime_failure(
 
     monkeypatch.setattr(recipes, "run_task", pruned)
     out = tmp_path / "sweep"
-    code, stdout, _ = cli(["sweep", str(config), "--param", "train.lr=1e-4,1e-3", "--trials",
-                           "2", "--out", str(out)], capsys)
-    assert code == 1 and "no trial completed" in stdout
+    code, _, err = cli(["sweep", str(config), "--param", "train.lr=1e-4,1e-3", "--trials",
+                        "2", "--out", str(out)], capsys)
+    assert code == 1 and err.count("Error:") == 1 and has(err, "no trial of the sweep completed")
+    assert "Traceback" not in err and has(err, "trials.jsonl")
     assert [r["state"] for r in _trials(out)] == ["pruned", "pruned"]
     assert not (out / "best.yaml").exists()
 

@@ -34,6 +34,7 @@ def sweep_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing sweep.")] = False,
 ) -> None:
     """Search hyper-parameters: train one run per trial, keep the best (Optuna TPE)."""
+    from tunesmith.errors import TrainingError
     from tunesmith.sweep.space import parse_space
     from tunesmith.sweep.study import SweepSpec, run_sweep
 
@@ -43,13 +44,11 @@ def sweep_command(
     def show(record: dict[str, Any]) -> None:
         value = record["value"]
         shown = f"{value:.4f}" if value is not None else record["state"]
-        values = "  ".join(f"{k}={v}" for k, v in record["values"].items())
-        out.print(f"{escape(record['name'])}: {escape(shown)}  {escape(values)}"
+        out.print(f"{escape(record['name'])}: {escape(shown)}  {_values(record['values'])}"
                   + (f"  ({escape(record['reason'])})" if record["reason"] else ""))
 
     def start(name: str, values: dict[str, str]) -> None:
-        shown = "  ".join(f"{k}={v}" for k, v in values.items())
-        out.print(f"{escape(name)}: training with {escape(shown)}")
+        out.print(f"{escape(name)}: training with {_values(values)}")
 
     result = run_sweep(spec, resume=resume, overwrite=overwrite, on_trial=show, on_start=start)
     table = Table(title=f"sweep on {result.metric}")
@@ -62,11 +61,16 @@ def sweep_command(
                       str(r["steps"] or ""), str(r["seconds"] or ""))
     out.print(table)
     if result.best is None:
-        out.print("[red]no trial completed[/]")
-        raise typer.Exit(1)
+        raise TrainingError("no trial of the sweep completed", where=str(result.sweep_dir),
+                            fix="read the reasons in trials.jsonl; widen the ranges, add "
+                            "trials or use --no-prune")
     out.print(f"[green]best[/] {result.best['name']}: {result.metric} "
               f"{result.best['value']:.4f} → {result.sweep_dir / 'best.yaml'}; "
               f"model: {result.best['model']}")
+
+
+def _values(values: dict[str, str]) -> str:
+    return escape("  ".join(f"{k}={v}" for k, v in values.items()))
 
 
 def register(app: typer.Typer) -> None:
