@@ -118,6 +118,13 @@ class DataConfig(_Section):
         "Multitask mixture (task `sft`): several datasets with their own format, instruction "
         "and weight, used instead of `train`/`validation`."))
 
+    @property
+    def has_validation(self) -> bool:
+        """Whether a run of this config is evaluated: a validation file, a held-out split or a
+        mixture task with validation data."""
+        return bool(self.validation or self.val_split or (
+            self.mixture is not None and any(d.validation for d in self.mixture.datasets)))
+
 
 SFT_METRICS = ("val_loss", "val_perplexity", "val_token_accuracy")
 CLASSIFICATION_METRICS = ("val_loss", "val_accuracy", "val_macro_f1", "val_micro_f1",
@@ -330,10 +337,7 @@ class RunConfig(_Section):
         if self.method.unfreeze is not None and not (
                 self.method.unfreeze.every_steps or self.method.unfreeze.per_epoch):
             problems.append("method.unfreeze needs every_steps: N or per_epoch: true")
-        mixture_val = self.data.mixture is not None and any(
-            d.validation for d in self.data.mixture.datasets)
-        if self.train.early_stopping.patience and not (self.data.validation or
-                                                       self.data.val_split or mixture_val):
+        if self.train.early_stopping.patience and not self.data.has_validation:
             problems.append("train.early_stopping.patience needs data.validation or "
                             "data.val_split")
         metric = self.train.early_stopping.metric

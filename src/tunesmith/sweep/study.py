@@ -72,12 +72,12 @@ def plan(spec: SweepSpec) -> tuple[RunConfig, str, Path]:
                          fix="--keep best (the default) or --keep all")
     base = load_config(spec.config, spec.overrides)
     metric = spec.metric or base.train.early_stopping.metric
-    fixed = [*spec.overrides, f"train.early_stopping.metric={metric}"]
-    load_config(spec.config, fixed)  # the metric must be one the task computes
+    if spec.metric:  # it must be one the task computes
+        load_config(spec.config, _trial_overrides(spec, metric, {}))
     for param in spec.params:
         for value in param.candidates():
-            load_config(spec.config, [*fixed, f"{param.key}={value}"])
-    if not _has_validation(base):
+            load_config(spec.config, _trial_overrides(spec, metric, {param.key: value}))
+    if not base.data.has_validation:
         raise ConfigError("a sweep compares trials on validation data and this config has "
                           "none", where=str(spec.config), got="data.validation: null, "
                           "data.val_split: 0", fix="set data.validation=FILE or "
@@ -86,10 +86,15 @@ def plan(spec: SweepSpec) -> tuple[RunConfig, str, Path]:
     return base, metric, out
 
 
-def _has_validation(cfg: RunConfig) -> bool:
-    mix = cfg.data.mixture
-    return bool(cfg.data.validation or cfg.data.val_split or
-                (mix is not None and any(d.validation for d in mix.datasets)))
+def _trial_name(number: int) -> str:
+    return f"trial-{number:03d}"
+
+
+def _trial_overrides(spec: SweepSpec, metric: str, values: dict[str, str]) -> list[str]:
+    """The user's overrides, the sweep's metric for best/ and early stopping, then the
+    trial's values: what every trial, every check and best.yaml are built from."""
+    return [*spec.overrides, f"train.early_stopping.metric={metric}",
+            *(f"{k}={v}" for k, v in values.items())]
 
 
 def run_sweep(spec: SweepSpec, resume: bool = False, overwrite: bool = False,
@@ -119,14 +124,14 @@ def run_sweep(spec: SweepSpec, resume: bool = False, overwrite: bool = False,
     _check_same_sweep(study, space, metric, out)
     _fail_interrupted(study, optuna)
     done = sum(t.state.is_finished() for t in study.trials)
+    result = None
     for _ in range(spec.trials - done):
         trial = study.ask()
         values = {p.key: p.sample(trial) for p in spec.params}
-        name = f"trial-{trial.number:03d}"
+        name = _trial_name(trial.number)
         trial.set_user_attr("values", values)
-        cfg = load_config(spec.config, [
-            *spec.overrides, f"train.early_stopping.metric={metric}",
-            *(f"{k}={v}" for k, v in values.items()), f"output.dir={out}", f"name={name}"])
+        cfg = load_config(spec.config, [*_trial_overrides(spec, metric, values),
+                                        f"output.dir={out}", f"name={name}"])
         if on_start is not None:
             on_start(name, values)
         t0 = time.perf_counter()
@@ -157,10 +162,10 @@ def run_sweep(spec: SweepSpec, resume: bool = False, overwrite: bool = False,
             else:
                 study.tell(trial, value)
         gc.collect()
-        result = _write_outputs(study, spec, metric, out, base)
+        result = _write_outputs(study, spec, metric, out)
         if on_trial is not None:
             on_trial(result.trials[trial.number])
-    return _write_outputs(study, spec, metric, out, base)
+    return result if result is not None else _write_outputs(study, spec, metric, out)
 
 
 class _Reporter:
@@ -199,7 +204,7 @@ def _fail_interrupted(study: Any, optuna: Any) -> None:
 
 
 def _record(t: Any, metric: str, out: Path) -> dict[str, Any]:
-    name = f"trial-{t.number:03d}"
+    name = _trial_name(t.number)
     run = out / name
     model = next((run / d for d in ("best", "final") if (run / d).is_dir()), None)
     return {"trial": t.number, "name": name, "state": t.state.name.lower(),
@@ -210,8 +215,7 @@ def _record(t: Any, metric: str, out: Path) -> dict[str, Any]:
             "run_dir": str(run), "model": str(model) if model else None}
 
 
-def _write_outputs(study: Any, spec: SweepSpec, metric: str, out: Path, base: RunConfig
-                   ) -> SweepResult:
+def _write_outputs(study: Any, spec: SweepSpec, metric: str, out: Path) -> SweepResult:
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     best = None
     if complete:
@@ -220,13 +224,12 @@ def _write_outputs(study: Any, spec: SweepSpec, metric: str, out: Path, base: Ru
             for t in study.trials:
                 if t.number != best.number:
                     for d in MODEL_DIRS:
-                        shutil.rmtree(out / f"trial-{t.number:03d}" / d, ignore_errors=True)
+                        shutil.rmtree(out / _trial_name(t.number) / d, ignore_errors=True)
     records = [_record(t, metric, out) for t in study.trials]
     atomic_write_text(out / "trials.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     result = SweepResult(out, metric, records, records[best.number] if best else None)
     if best is not None:
-        raw = load_raw(spec.config, [*spec.overrides, f"train.early_stopping.metric={metric}",
-                                     *(f"{k}={v}" for k, v in best.user_attrs["values"].items())])
+        raw = load_raw(spec.config, _trial_overrides(spec, metric, best.user_attrs["values"]))
         head = (f"# best of {len(complete)} completed trials of the sweep in {out}: "
                 f"{metric} {best.value:.6g} ({records[best.number]['name']})\n"
                 f"# train it again: tunesmith train {out / 'best.yaml'}\n")

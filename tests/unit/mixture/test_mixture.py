@@ -137,3 +137,18 @@ def test_bad_mixture_configs(tiny_model_dir: Path, tmp_path: Path, files: dict[s
     with pytest.raises(ConfigError) as err:
         validate_dict(cfg)
     assert needle in str(err.value)
+
+
+def test_validation_of_a_mixture_counts_for_early_stopping(tiny_model_dir: Path, tmp_path: Path,
+                                                           files: dict[str, Path]) -> None:
+    cfg = _mixture_cfg(tmp_path, tiny_model_dir, files)
+    assert cfg.data.has_validation
+    raw = cfg.model_dump()
+    raw["train"]["early_stopping"]["patience"] = 2
+    assert validate_dict(raw).train.early_stopping.patience == 2
+    for d in raw["data"]["mixture"]["datasets"]:
+        d["validation"] = None
+    with pytest.raises(ConfigError, match="patience needs data.validation"):
+        validate_dict(raw)
+    raw["data"]["val_split"] = 0.2
+    assert validate_dict(raw).data.has_validation
