@@ -39,9 +39,10 @@ def main() -> None:
     args = ap.parse_args()
     from tunesmith.config import validate_dict
     from tunesmith.data.mixture import prepare_mixture
-    from tunesmith.recipes import sft
-    from tunesmith.train.loop import Loop, SFTObjective
-    from tunesmith.train.precision import resolve_precision
+    from tunesmith.device import resolve_precision
+    from tunesmith.recipes import common, sft
+    from tunesmith.train.engine import TrainLoop, make_accelerator
+    from tunesmith.train.objectives.sft import SFTObjective
 
     raw = yaml.safe_load((ROOT / "configs/multitask/sst2-trec-smollm2.yaml").read_text())
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,16 +60,15 @@ def main() -> None:
         cfg = validate_dict(raw)
 
         precision = resolve_precision(cfg.train.precision)
-        tok = sft.build_tokenizer(cfg)
+        tok = common.build_tokenizer(cfg)
         data = prepare_mixture(cfg.data, cfg.data.mixture, tok, cfg.train.seed)
-        model, tok, _ = sft.build_model(cfg, tok)
+        model, tok, _ = common.build_causal_lm(cfg, tok)
         (t / "base").mkdir()
         obj = SFTObjective(model, tok, data.train, data.validation, cfg, precision,
                            data.tasks, data.val_tasks, data.batch_plan)
         t0 = time.time()
-        before = Loop(model, tok, data.train, data.validation, cfg, t / "base",
-                      sft.make_accelerator(precision), precision, show_progress=False,
-                      objective=obj).evaluate()  # LoRA B = 0: the base model
+        before = TrainLoop(obj, tok, cfg, t / "base", make_accelerator(precision),
+                           show_progress=False).evaluate()  # LoRA B = 0: the base model
         eval_wall = time.time() - t0
         del model, obj
         t0 = time.time()

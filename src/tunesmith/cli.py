@@ -15,8 +15,17 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.exceptions import TyperException
 
+from tunesmith.data.prepare.cli import register as register_data
 from tunesmith.errors import TunesmithError, UsageError
+from tunesmith.evaluate.cli import register as register_eval
+from tunesmith.export.cli import register as register_export
+from tunesmith.inference.predict_cli import register as register_predict
+from tunesmith.io import looks_like_hub_id
+from tunesmith.serve.cli import register as register_serve
+from tunesmith.serve.jobs.cli import register as register_jobs
+from tunesmith.sweep.cli import register as register_sweep
 
 app = typer.Typer(help="Fine-tune language models end to end.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -32,19 +41,21 @@ Overrides = Annotated[Optional[list[str]], typer.Argument(
     help="section.key=value overrides, e.g. train.lr=1e-4.")]
 
 
+def _resolve_model(name: str) -> object:
+    from tunesmith.models.registry import resolve_model_dir  # deferred: torch at start-up
+
+    return resolve_model_dir(name)
+
+
 def _register_subcommands() -> None:
     """Commands that live next to the code they drive (data prepare, predict, eval...)."""
-    from tunesmith.data.prepare.cli import register as register_data
-    from tunesmith.evaluate.cli import register as register_eval
-    from tunesmith.inference.predict_cli import register as register_predict
-
-    register_data(data_app)
+    register_data(data_app, resolve_model=_resolve_model)
     register_predict(app)
     register_eval(app)
-    __import__("tunesmith.serve.cli", fromlist=["register"]).register(app)  # serve, monitor
-    __import__("tunesmith.export.cli", fromlist=["register"]).register(app)  # export
-    __import__("tunesmith.serve.jobs_cli", fromlist=["register"]).register(app)  # jobs list/worker
-    __import__("tunesmith.sweep.cli", fromlist=["register"]).register(app)  # sweep
+    register_serve(app)  # serve, monitor, promote, feedback
+    register_export(app)
+    register_jobs(app)  # jobs list / worker
+    register_sweep(app)
 
 
 def _quiet_libraries() -> None:
@@ -90,8 +101,6 @@ def validate(config: ConfigArg, overrides: Overrides = None) -> None:
     """Check a config (schema, combinations, data and model paths) without training."""
     from tunesmith.config import load_config
     from tunesmith.config.load import config_to_yaml
-
-    from tunesmith.data.readers import _looks_like_hub_id
     from tunesmith.models.registry import EMBEDDED
 
     cfg = load_config(config, overrides)
@@ -101,11 +110,11 @@ def validate(config: ConfigArg, overrides: Overrides = None) -> None:
         paths += [(f"data.mixture {d.name}.{f}", getattr(d, f))
                   for d in cfg.data.mixture.datasets for f in ("train", "validation")]
     for field, value in paths:
-        if value and not Path(value).exists() and not _looks_like_hub_id(value):
+        if value and not Path(value).exists() and not looks_like_hub_id(value):
             problems.append(f"{field}: file not found: {value} (relative to {Path.cwd()})")
     name = cfg.model.name
     if name not in EMBEDDED and not Path(name).expanduser().exists() and (
-            name.startswith((".", "/", "~")) or len(name.split("/")) != 2):
+            not looks_like_hub_id(name)):
         problems.append(f"model.name: not an embedded model, directory or hub id: {name}")
     if problems:
         raise UsageError("config is valid but refers to missing files", where=str(config),
@@ -146,7 +155,8 @@ def data_preview(config: ConfigArg, overrides: Overrides = None,
     """Rendered samples with trained tokens highlighted, counts and the mask checks."""
     from tunesmith.config import load_config
     from tunesmith.data.preview import preview
-    from tunesmith.models.load import load_tokenizer, resolve_artifact
+    from tunesmith.models.artifacts import resolve_artifact
+    from tunesmith.models.load import load_tokenizer
 
     cfg = load_config(config, overrides)
     tok = load_tokenizer(resolve_artifact(cfg.model.name), cfg.model.chat_template)
@@ -164,7 +174,8 @@ def generate(model: Annotated[str, typer.Argument(help="Model name, checkpoint o
              batch_size: int = 8, system: Optional[str] = None, seed: Optional[int] = None,
              ) -> None:
     """Generate completions for one prompt or a JSONL file (batched)."""
-    from tunesmith.inference.generate import GenerationSettings, generate as gen
+    from tunesmith.inference.generate import GenerationSettings
+    from tunesmith.inference.generate import generate as gen
     from tunesmith.inference.prompts import prompts_from_file
     from tunesmith.models.load import load_for_inference
 
@@ -183,7 +194,7 @@ def generate(model: Annotated[str, typer.Argument(help="Model name, checkpoint o
         for t in texts:
             out.print(t, highlight=False, markup=False)
         return
-    from tunesmith.train.checkpoint import atomic_write_text
+    from tunesmith.io import atomic_write_text
 
     atomic_write_text(output, "".join(json.dumps({**r, "generated": t}, ensure_ascii=False)
                                       + "\n" for r, t in zip(rows, texts)))
@@ -249,16 +260,16 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
-    except Exception as exc:  # click (or typer's vendored click) usage errors
-        if type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):
-            sys.exit(exc.exit_code)
-        if type(exc).__name__ == "Abort":
-            err.print("aborted")
-            sys.exit(130)
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except TyperException as exc:  # usage errors: unknown option, bad value, ...
+        if not hasattr(exc, "show"):
+            raise
+        exc.show()
+        sys.exit(exc.exit_code)
     if isinstance(rv, int) and rv:  # typer turns Ctrl-C into a returned 130
         if rv == 130:
             err.print("interrupted")

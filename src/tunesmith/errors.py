@@ -84,3 +84,10 @@ def _short(value: object, limit: int = 200) -> str:
     text = value if isinstance(value, str) else repr(value)
     text = text.replace("\n", "\\n")
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a library exception's message (at most 300 characters), for the
+    ``what`` of an error that wraps it."""
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

@@ -253,12 +253,12 @@ def test_subprocess_bad_config_exit_code(case: dict[str, Any]) -> None:
 def test_interrupted_training_exits_130(case: dict[str, Any], capsys: pytest.CaptureFixture[str],
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C during training must not look like success (exit 0) to a shell or scheduler."""
-    from tunesmith.train.loop import Loop
+    from tunesmith.train.engine import TrainLoop
 
     def interrupted(self: Any, group: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Loop, "_step", interrupted)
+    monkeypatch.setattr(TrainLoop, "_step", interrupted)
     code, _, err = cli(["train", str(case["cfg"])], capsys)
     assert code == 130, err
     assert "Traceback" not in err

@@ -89,7 +89,7 @@ def test_concurrent_clients_bounded_load(server: str, tmp_path: Path) -> None:
     import httpx
     import numpy as np
 
-    from tunesmith.serve.monitor_report import load_records
+    from tunesmith.serve.ops.report import load_records
 
     headers = {"Authorization": f"Bearer {KEY}"}
     deadline = time.time() + 5  # then each client finishes its request
@@ -140,7 +140,7 @@ def test_concurrent_clients_bounded_load(server: str, tmp_path: Path) -> None:
     assert len(latencies) >= 32
 
     from tunesmith.serve.db import Database
-    from tunesmith.serve.feedback import FeedbackRecord
+    from tunesmith.serve.feedback.routes import FeedbackRecord
 
     data_dir = Path(server_data_dir(server))
     db = Database(f"sqlite:///{data_dir / 'tunesmith.db'}")

@@ -30,9 +30,10 @@ def test_lora_steps_lower_validation_loss(smollm2: Path, shared_data: Path,
                                           tmp_path: Path) -> None:
     from tunesmith.config import validate_dict
     from tunesmith.data.pipeline import prepare_data
-    from tunesmith.recipes import sft
-    from tunesmith.train.loop import Loop
-    from tunesmith.train.precision import resolve_precision
+    from tunesmith.device import resolve_precision
+    from tunesmith.recipes import common, sft
+    from tunesmith.train.engine import TrainLoop, make_accelerator
+    from tunesmith.train.objectives.sft import SFTObjective
 
     dolly = shared_data / "dolly_open_qa"
     val = tmp_path / "validation.jsonl"
@@ -51,13 +52,14 @@ def test_lora_steps_lower_validation_loss(smollm2: Path, shared_data: Path,
 
     # step-0 evaluation: the fresh LoRA model (B = 0) is the base model
     precision = resolve_precision("auto")
-    tok = sft.build_tokenizer(cfg)
+    tok = common.build_tokenizer(cfg)
     data = prepare_data(cfg.data, tok, cfg.train.seed)
     assert len(data.validation) == N_VAL and len(data.train) == 32
-    model, tok, _ = sft.build_model(cfg, tok)
+    model, tok, _ = common.build_causal_lm(cfg, tok)
     (tmp_path / "base").mkdir()
-    before = Loop(model, tok, data.train, data.validation, cfg, tmp_path / "base",
-                  sft.make_accelerator(precision), precision, show_progress=False).evaluate()
+    objective = SFTObjective(model, tok, data.train, data.validation, cfg, precision)
+    before = TrainLoop(objective, tok, cfg, tmp_path / "base", make_accelerator(precision),
+                       show_progress=False).evaluate()
     del model
 
     res = sft.run(cfg, progress=False)

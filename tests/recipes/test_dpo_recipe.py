@@ -76,13 +76,14 @@ def test_adapter_reference_is_the_base_model(tiny_model_dir: Path, pairs_file: P
     from transformers import AutoModelForCausalLM
 
     from tunesmith.data.preference import prepare_preference
-    from tunesmith.recipes.sft import build_model, build_tokenizer, make_accelerator
-    from tunesmith.train.dpo_objective import DPOObjective
+    from tunesmith.recipes.common import build_causal_lm, build_tokenizer
+    from tunesmith.train.engine import make_accelerator
+    from tunesmith.train.objectives.dpo import DPOObjective
 
     cfg = _cfg(tiny_model_dir, pairs_file, tmp_path)
     tok = build_tokenizer(cfg)
     data = prepare_preference(cfg.data, cfg.dpo, tok)
-    model, tok, _ = build_model(cfg, tok)
+    model, tok, _ = build_causal_lm(cfg, tok)
     with torch.no_grad():  # a trained-looking adapter: the policy differs from the base
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -92,7 +93,7 @@ def test_adapter_reference_is_the_base_model(tiny_model_dir: Path, pairs_file: P
     ref = obj._reference(batch, "train", [0, 1, 2])
     policy = obj.module(**batch)[0]
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
-    from tunesmith.train.dpo_loss import sequence_logps
+    from tunesmith.train.objectives.dpo import sequence_logps
     want = sequence_logps(base, **batch)[0]
     assert torch.allclose(ref, want, atol=1e-5)
     assert not torch.allclose(policy, want, atol=1e-3)

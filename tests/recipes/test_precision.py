@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.unit.sft_support import isolated_home, make_cfg  # noqa: F401 (fixture)
-from tunesmith.recipes import sft
+from tunesmith.recipes import common, sft
 
 pytestmark = pytest.mark.usefixtures("isolated_home")
 
@@ -56,7 +56,7 @@ def test_lora_frozen_base_in_bf16_is_exact(tiny_model_dir: Path, alpaca_file: Pa
         if stored:
             cfg = make_cfg(tiny_model_dir, alpaca_file, tmp_path, method={"type": "lora"},
                            train=train)
-            model, _, _ = sft.build_model(cfg)
+            model, _, _ = common.build_causal_lm(cfg)
             dtypes = {n: p.dtype for n, p in model.named_parameters()}
             assert dtypes["base_model.model.model.layers.0.mlp.down_proj.weight"] == torch.bfloat16
             assert all(d == torch.float32 for n, d in dtypes.items()
@@ -92,7 +92,7 @@ def test_frozen_linears_restored_from_the_checkpoint(tiny_model_dir: Path, alpac
         assert (source / "model.safetensors.index.json").exists()
     cfg = make_cfg(source, alpaca_file, tmp_path, method={"type": "lora", "r": 4},
                    train={"precision": "bf16"})
-    model, _, _ = sft.build_model(cfg)
+    model, _, _ = common.build_causal_lm(cfg)
     assert not restore_frozen_linears(model, tmp_path / "nowhere")
     assert model.base_model.model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
     assert restore_frozen_linears(model, source)
@@ -118,6 +118,6 @@ def test_compiled_blocks_train_like_eager(tiny_model_dir: Path, alpaca_file: Pat
     AutoModelForCausalLM.from_pretrained(res.final_dir)  # no _orig_mod names, loads as is
     cfg = make_cfg(tiny_model_dir, alpaca_file, tmp_path, method={"type": "lora"},
                    train={"compile": True})
-    model, _, _ = sft.build_model(cfg)
+    model, _, _ = common.build_causal_lm(cfg)
     blocks = model.base_model.model.model.layers
     assert all(getattr(b, "_compiled_call_impl", None) is not None for b in blocks)

@@ -12,8 +12,9 @@ import torch
 from tests.unit.sft_support import isolated_home, make_cfg  # noqa: F401 (fixture)
 from tunesmith.data.pipeline import prepare_data
 from tunesmith.models.adapters import layer_index
-from tunesmith.recipes import sft
-from tunesmith.train.loop import Loop
+from tunesmith.recipes import common
+from tunesmith.train.engine import TrainLoop, make_accelerator
+from tunesmith.train.objectives.sft import SFTObjective
 
 pytestmark = pytest.mark.usefixtures("isolated_home")
 
@@ -21,14 +22,15 @@ pytestmark = pytest.mark.usefixtures("isolated_home")
 def _train(cfg: Any, run_dir: Path, on_step: Any = None) -> tuple[Any, dict[str, torch.Tensor],
                                                                    set[str]]:
     """Build the model as the recipe does, remember the weights, run the real loop."""
-    model, tok, unfreezer = sft.build_model(cfg)
+    model, tok, unfreezer = common.build_causal_lm(cfg)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     data = prepare_data(cfg.data, tok, cfg.train.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     callbacks = [lambda step, values: on_step(model, step)] if on_step else None
-    loop = Loop(model, tok, data.train, data.validation, cfg, run_dir, sft.make_accelerator("fp32"),
-                "fp32", unfreezer, show_progress=False, callbacks=callbacks)
+    objective = SFTObjective(model, tok, data.train, data.validation, cfg, "fp32")
+    loop = TrainLoop(objective, tok, cfg, run_dir, make_accelerator("fp32"), unfreezer,
+                     show_progress=False, callbacks=callbacks)
     loop.run()
     return model, before, trainable
 
@@ -100,7 +102,7 @@ def test_freeze_pattern_matching_nothing_is_a_config_error(tiny_model_dir: Path,
     cfg = make_cfg(tiny_model_dir, alpaca_file, tmp_path,
                    method={"type": "freeze", "freeze_patterns": ["no_such_module"]})
     with pytest.raises(ConfigError, match="matches no parameter"):
-        sft.build_model(cfg)
+        common.build_causal_lm(cfg)
 
 
 # -- gradual unfreezing ---------------------------------------------------------------------
@@ -181,7 +183,7 @@ def test_dropout_override_takes_effect(tiny_model_dir: Path, alpaca_file: Path, 
     """train.dropout reaches the attention kernel of a Llama model (which has no nn.Dropout)."""
     cfg = make_cfg(tiny_model_dir, alpaca_file, tmp_path, method={"type": "full"},
                    train={"dropout": dropout})
-    model, _, _ = sft.build_model(cfg)
+    model, _, _ = common.build_causal_lm(cfg)
     model.train()
     ids = torch.tensor([[5, 17, 42, 8, 9, 60, 61, 62]])
     torch.manual_seed(0)
@@ -200,7 +202,7 @@ def test_lora_under_autocast_skips_input_casts_with_identical_results(
                    method={"type": "lora", "target_modules": ["q_proj", "k_proj", "v_proj",
                                                               "o_proj"]},
                    train={"precision": "bf16"})
-    model, _, _ = sft.build_model(cfg)
+    model, _, _ = common.build_causal_lm(cfg)
     lora = [m for m in model.modules() if hasattr(m, "lora_A")]
     assert lora and all(m.cast_input_dtype_enabled is False for m in lora)
     torch.manual_seed(0)
@@ -230,5 +232,5 @@ def test_lora_under_autocast_skips_input_casts_with_identical_results(
         assert casted[1][k].abs().sum() > 0, k
     fp32 = make_cfg(tiny_model_dir, alpaca_file, tmp_path, method={"type": "lora"},
                     train={"precision": "fp32"})
-    assert all(m.cast_input_dtype_enabled for m in sft.build_model(fp32)[0].modules()
+    assert all(m.cast_input_dtype_enabled for m in common.build_causal_lm(fp32)[0].modules()
                if hasattr(m, "lora_A"))

@@ -126,6 +126,10 @@ class DataConfig(_Section):
             self.mixture is not None and any(d.validation for d in self.mixture.datasets)))
 
 
+# Base learning rates by task and method, in one place: the LoRA SFT rate is `train.lr`'s
+# default, and the fine-tuning jobs API's "auto" multiplies the rate for its task and method.
+BASE_LR = {"sft": {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5, "freeze": 2e-5},
+           "dpo": {"lora": 5e-5, "qlora": 5e-5, "full": 1e-6, "freeze": 1e-6}}
 SFT_METRICS = ("val_loss", "val_perplexity", "val_token_accuracy")
 CLASSIFICATION_METRICS = ("val_loss", "val_accuracy", "val_macro_f1", "val_micro_f1",
                           "val_weighted_f1", "val_macro_precision", "val_macro_recall")
@@ -158,7 +162,7 @@ class TrainConfig(_Section):
         "Total optimizer steps; when set it replaces `epochs` (data repeats as needed)."))
     batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr: float = Field(BASE_LR["sft"]["lora"], gt=0, description="Peak learning rate.")
     scheduler: Literal["constant", "linear", "cosine"] = Field(
         "cosine", description="Learning-rate schedule after warmup.")
     warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")

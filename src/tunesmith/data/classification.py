@@ -117,7 +117,7 @@ def read_records(path: str, ccfg: ClassificationConfig, limit: int | None = None
     rows = read_rows(path, limit=limit)
     stats = ClsSplitStats(source=str(path), rows=len(rows))
     if Path(path).is_file():
-        from tunesmith.data.pipeline import file_sha256
+        from tunesmith.io import file_sha256
 
         stats.sha256 = file_sha256(path)
     records, problems = [], []
@@ -161,7 +161,7 @@ def _to_record(row: Row, ccfg: ClassificationConfig, problems: list[_Problem]) -
         problems.append(_Problem("missing label", f"{row.where} field `{ccfg.label_field}`",
                                  raw if ccfg.label_field in d else "(no such field)"))
         ok = False
-    elif _label_values(raw, ccfg) is None:
+    elif label_values(raw, ccfg) is None:
         problems.append(_Problem("bad label", f"{row.where} field `{ccfg.label_field}`", raw))
         ok = False
     if not ok:
@@ -190,7 +190,7 @@ def _scalar(value: Any) -> int | str | None:
     return None
 
 
-def _label_values(raw: Any, ccfg: ClassificationConfig) -> list[int | str] | None:
+def label_values(raw: Any, ccfg: ClassificationConfig) -> list[int | str] | None:
     """The label(s) of one row as scalars, or None if malformed."""
     if ccfg.multi_label:
         if isinstance(raw, str) and ccfg.label_separator:
@@ -233,7 +233,7 @@ def build_label_space(train: Sequence[Record], ccfg: ClassificationConfig) -> La
                               where="classification.labels", got=ccfg.labels,
                               fix="list each class once, in id order")
         return LabelSpace(names, ccfg.multi_label)
-    values = {v for r in train for v in _label_values(r.raw_label, ccfg) or []}
+    values = {v for r in train for v in label_values(r.raw_label, ccfg) or []}
     ints = sorted(v for v in values if isinstance(v, int))
     strs = sorted(v for v in values if isinstance(v, str))
     if ints and strs:
@@ -263,7 +263,7 @@ def assign_labels(records: Sequence[Record], space: LabelSpace, ccfg: Classifica
     n_rows = 0
     for rec in records:
         ids, bad = [], False
-        for v in _label_values(rec.raw_label, ccfg) or []:
+        for v in label_values(rec.raw_label, ccfg) or []:
             i = _to_id(v, by_name, space, from_config)
             if i is None:
                 unknown[str(v)] += 1

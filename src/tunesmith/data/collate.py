@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from tunesmith.data.classification import ClsEncoded
 from tunesmith.data.templates import IGNORE, Encoded
 
 
@@ -58,3 +59,28 @@ def check_batch(batch: dict[str, torch.Tensor], examples: Sequence[Encoded]) -> 
     expected = sum(sum(1 for t in e.labels if t != IGNORE) for e in examples)
     assert kept == expected, f"collate changed trained tokens: {kept} != {expected}"
     assert not bool(((batch["attention_mask"] == 0) & (batch["labels"] != IGNORE)).any())
+
+
+def collate_cls(examples: Sequence[ClsEncoded], pad_id: int, multi_label: bool,
+                multiple_of: int = 8) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example (rounded up to ``multiple_of``); labels per example."""
+    longest = max(len(e.input_ids) for e in examples)
+    width = -(-longest // multiple_of) * multiple_of
+    n = len(examples)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    types = torch.zeros((n, width), dtype=torch.long) if examples[0].token_type_ids else None
+    for i, e in enumerate(examples):
+        k = len(e.input_ids)
+        ids[i, :k] = torch.tensor(e.input_ids)
+        mask[i, :k] = 1
+        if types is not None and e.token_type_ids:
+            types[i, :k] = torch.tensor(e.token_type_ids)
+    if multi_label:
+        labels = torch.tensor([e.label for e in examples], dtype=torch.float32)
+    else:
+        labels = torch.tensor([e.label for e in examples], dtype=torch.long)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if types is not None:
+        batch["token_type_ids"] = types
+    return batch

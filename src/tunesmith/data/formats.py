@@ -1,8 +1,21 @@
-"""Recognise record formats and turn each row into an ``Example`` (chat, prompt+completion or text).
+"""Record formats, in one vocabulary, and rows turned into ``Example`` (chat, prompt+completion
+or text).
 
-Formats: ``alpaca`` (instruction/input/output), ``messages`` (OpenAI chat fine-tuning format,
-with optional per-assistant-message ``weight`` 0/1), ``prompt_completion`` (strings, or message
-lists for conversational prompts) and ``text`` (continued pre-training).
+=================  ===================================  ============================
+format             required fields                      text fields
+=================  ===================================  ============================
+preference         chosen, rejected (prompt optional)   prompt, chosen, rejected
+messages           messages: [{role, content}, ...]     every message's content
+alpaca             instruction, output                  instruction, input, output
+prompt_completion  prompt, completion                   prompt, completion
+classification     text, <label field>                  text
+text               text                                 text
+=================  ===================================  ============================
+
+SFT trains on ``messages`` (OpenAI's chat fine-tuning format, with optional
+per-assistant-message ``weight`` 0/1), ``alpaca``, ``prompt_completion`` (strings, or message
+lists for conversational prompts) and ``text`` (continued pre-training). Preference fields may
+also be message lists (the conversational preference format).
 """
 
 from __future__ import annotations
@@ -14,13 +27,60 @@ from typing import Any
 from tunesmith.data.readers import Row
 from tunesmith.errors import DataError
 
-FORMAT_FIELDS = {
+# The one vocabulary of record formats, used by training, `data inspect/prepare`, eval and
+# the jobs API. Training (SFT) reads the first four; preference and classification rows have
+# recipes of their own.
+FORMATS = ("preference", "messages", "alpaca", "prompt_completion", "classification", "text")
+TEXT_FIELDS = {
+    "preference": ("prompt", "chosen", "rejected"),
+    "messages": ("messages",),
+    "alpaca": ("instruction", "input", "output"),
+    "prompt_completion": ("prompt", "completion"),
+    "classification": ("text",),
+    "text": ("text",),
+}
+REQUIRED_FIELDS = {
+    "preference": ("chosen", "rejected"),
     "messages": ("messages",),
     "alpaca": ("instruction", "output"),
     "prompt_completion": ("prompt", "completion"),
+    "classification": ("text",),
     "text": ("text",),
 }
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a row does not fit the dataset's format: a reason code, the field and its value."""
+
+    reason: str
+    field: str
+    message: str
+    value: Any = None
+
+
+def detect_format(data: dict[str, Any], label_field: str = "label") -> str | None:
+    """Guess the format of one record from its keys; ``None`` if it fits none."""
+    if "chosen" in data and "rejected" in data:
+        return "preference"
+    if "messages" in data:
+        return "messages"
+    if "instruction" in data and "output" in data:
+        return "alpaca"
+    if "prompt" in data and "completion" in data:
+        return "prompt_completion"
+    if "text" in data and label_field in data:
+        return "classification"
+    if "text" in data:
+        return "text"
+    return None
+# the formats a causal-LM SFT run trains on, with the fields each requires
+FORMAT_FIELDS = {f: REQUIRED_FIELDS[f]
+                 for f in ("messages", "alpaca", "prompt_completion", "text")}
+# Message roles: OpenAI's newer `developer` is the system role under another name; the
+# deprecated `function` role (superseded by `tool`) has no slot in chat templates.
 ROLES = ("system", "user", "assistant", "tool")
+ROLE_ALIASES = {"developer": "system"}
 
 
 @dataclass
@@ -40,13 +100,15 @@ class Example:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def detect_format(rows: Iterable[Row]) -> str:
-    """Detect the format from the first row's fields (later rows are checked on conversion)."""
+def detect_training_format(rows: Iterable[Row]) -> str:
+    """The SFT format of a file from its first row's fields (later rows are checked on
+    conversion); a text+label row trains as text."""
     first = next(iter(rows))
     keys = set(first.data)
-    for fmt, needed in FORMAT_FIELDS.items():
-        if all(k in keys for k in needed):
-            return fmt
+    fmt = detect_format(first.data)
+    fmt = "text" if fmt == "classification" else fmt
+    if fmt in FORMAT_FIELDS:
+        return fmt
     raise DataError(
         "cannot tell the data format from the fields", where=first.where, got=sorted(keys),
         fix="records need `messages`, or `instruction`+`output` (alpaca), or `prompt`+"
@@ -62,7 +124,7 @@ def to_example(row: Row, fmt: str, system_prompt: str | None = None) -> Example:
                             where=row.where, got=sorted(d),
                             fix=f"add `{key}` to every record, or set data.format to match")
     if fmt == "messages":
-        msgs = _check_messages(d["messages"], row.where, "messages")
+        msgs = check_messages(d["messages"], row.where, "messages")
         return Example("chat", row.where, messages=_with_system(msgs, system_prompt))
     if fmt == "alpaca":
         instruction = _text(d, "instruction", row.where)
@@ -75,7 +137,7 @@ def to_example(row: Row, fmt: str, system_prompt: str | None = None) -> Example:
     if fmt == "prompt_completion":
         prompt, completion = d["prompt"], d["completion"]
         if isinstance(prompt, list) and isinstance(completion, list):
-            msgs = _check_messages(prompt + completion, row.where, "prompt+completion")
+            msgs = check_messages(prompt + completion, row.where, "prompt+completion")
             return Example("chat", row.where, messages=_with_system(msgs, system_prompt))
         return Example("completion", row.where, prompt=_text(d, "prompt", row.where,
                                                              allow_empty=True),
@@ -101,7 +163,7 @@ def _text(d: dict[str, Any], key: str, where: str, required: bool = True,
     return value
 
 
-def _check_messages(msgs: Any, where: str, fieldname: str) -> list[dict[str, Any]]:
+def check_messages(msgs: Any, where: str, fieldname: str) -> list[dict[str, Any]]:
     if not isinstance(msgs, list) or not msgs:
         raise DataError(f"`{fieldname}` must be a non-empty list of messages",
                         where=f"{where} field {fieldname}", got=msgs,
@@ -113,10 +175,10 @@ def _check_messages(msgs: Any, where: str, fieldname: str) -> list[dict[str, Any
         if not isinstance(m, dict):
             raise DataError("message must be an object with role and content", where=loc,
                             got=m, fix='write {"role": ..., "content": ...}')
-        role = m.get("role")
+        role = ROLE_ALIASES.get(m.get("role"), m.get("role"))
         if role not in ROLES:
-            raise DataError("message has an unknown role", where=f"{loc}.role", got=role,
-                            fix=f"use one of {', '.join(ROLES)}")
+            raise DataError("message has an unknown role", where=f"{loc}.role", got=m.get("role"),
+                            fix=f"use one of {', '.join(ROLES)}{role_fix(m.get('role'))}")
         content = m.get("content")
         if not isinstance(content, str):
             raise DataError("message content must be a string", where=f"{loc}.content",
@@ -143,3 +205,36 @@ def _with_system(msgs: list[dict[str, Any]], system_prompt: str | None) -> list[
     if system_prompt and msgs[0]["role"] != "system":
         return [{"role": "system", "content": system_prompt}] + msgs
     return msgs
+
+
+def role_fix(role: Any) -> str:
+    """A hint for the roles users most often bring from older formats."""
+    if role == "function":
+        return ("; `function` is OpenAI's deprecated name for a tool result: write it as "
+                "role `tool`")
+    if isinstance(role, str) and role.lower() in (*ROLES, *ROLE_ALIASES) and role not in ROLES:
+        return f"; roles are lower case: `{role.lower()}`"
+    return ""
+
+
+def message_problem(value: Any, name: str, need_assistant: bool) -> Problem | None:
+    if not isinstance(value, list) or not value:
+        return Problem("wrong_type", name, f"'{name}' must be a non-empty list of "
+                       "{role, content} messages", value)
+    for i, msg in enumerate(value):
+        where = f"{name}[{i}]"
+        if not isinstance(msg, dict):
+            return Problem("wrong_type", where, "message must be an object with role and "
+                           "content", msg)
+        role = msg.get("role")
+        if role not in ROLES and role not in ROLE_ALIASES:
+            return Problem("bad_role", f"{where}.role", f"unknown message role (expected one "
+                           f"of {', '.join(ROLES)}){role_fix(role)}", role)
+        content = msg.get("content")
+        if not isinstance(content, (str, list)) and not (content is None and msg.get("tool_calls")):
+            return Problem("wrong_type", f"{where}.content", "message content must be a string",
+                           content)
+    if need_assistant and not any(m.get("role") == "assistant" for m in value):
+        return Problem("no_assistant", name, "conversation has no assistant message to learn",
+                       [m.get("role") for m in value])
+    return None

@@ -27,13 +27,12 @@ from typing import Any
 
 from tunesmith.config.schema import DataConfig, MixtureConfig, MixtureDataset, RunConfig
 from tunesmith.data.collate import epoch_batches
-from tunesmith.data.formats import detect_format, to_example
-from tunesmith.data.pipeline import SplitStats, encode_file, file_sha256, split_off
+from tunesmith.data.formats import detect_training_format, to_example
+from tunesmith.data.pipeline import SplitStats, encode_file, split_off
 from tunesmith.data.readers import read_rows
 from tunesmith.data.templates import Encoded, Encoder, resolve_chat_template
 from tunesmith.errors import DataError
-from tunesmith.models.registry import cache_root
-from tunesmith.train.checkpoint import atomic_write_text
+from tunesmith.io import atomic_write_text, cache_root, file_sha256
 
 
 @dataclass
@@ -111,7 +110,7 @@ def rewrite_rows(ds: MixtureDataset, path: str, fmt: str, system_prompt: str | N
     if out.exists():
         return str(out), "messages"
     rows = read_rows(path, limit=limit)
-    real_fmt = detect_format(rows) if fmt == "auto" and ds.prompt is None else fmt
+    real_fmt = detect_training_format(rows) if fmt == "auto" and ds.prompt is None else fmt
     lines = []
     for row in rows:
         if ds.prompt is not None:

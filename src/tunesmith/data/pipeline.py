@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from tunesmith.config.schema import DataConfig
-from tunesmith.data.formats import detect_format, to_example
+from tunesmith.data.formats import detect_training_format, to_example
 from tunesmith.data.readers import read_rows
 from tunesmith.data.templates import Encoded, Encoder, check_encoded, raise_on_failures
 from tunesmith.errors import DataError
-from tunesmith.models.registry import cache_root
+from tunesmith.io import cache_root, file_sha256
 
 ENCODING_VERSION = "2"  # bump when encoding logic changes, to invalidate caches
 
@@ -139,7 +139,7 @@ def encode_file(path: str, cfg: DataConfig, encoder: Encoder, limit: int | None 
         return encs, stats
     rows = read_rows(path, limit=limit)
     stats.rows = len(rows)
-    fmt = detect_format(rows) if cfg.format == "auto" else cfg.format
+    fmt = detect_training_format(rows) if cfg.format == "auto" else cfg.format
     stats.format = fmt
     examples, bad = [], []
     for row in rows:
@@ -177,14 +177,6 @@ def encode_file(path: str, cfg: DataConfig, encoder: Encoder, limit: int | None 
     if cfg.cache:
         _save_cache(cache_file, kept, stats)
     return kept, stats
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tokenizer_fingerprint(tok: Any) -> str:

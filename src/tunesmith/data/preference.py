@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config.schema import DataConfig, DPOConfig
-from tunesmith.data.formats import Example, _check_messages
-from tunesmith.data.pipeline import SplitStats, file_sha256, split_off
+from tunesmith.data.formats import Example, check_messages
+from tunesmith.data.pipeline import SplitStats, split_off
 from tunesmith.data.readers import Row, read_rows
 from tunesmith.data.templates import IGNORE, Encoded, Encoder, check_encoded, raise_on_failures
 from tunesmith.errors import DataError
+from tunesmith.io import file_sha256
 
 OPENAI_FIELDS = ("input", "preferred_output", "non_preferred_output")
 
@@ -146,7 +147,7 @@ def _chat(context: list[dict[str, Any]], response: Any, where: str, name: str) -
         raise DataError("a response must be text, an assistant message or a list of them",
                         where=f"{where} field {name}", got=response,
                         fix='e.g. "Sure." or [{"role": "assistant", "content": "Sure."}]')
-    msgs = _check_messages(context + [{"role": "assistant", "content": m.get("content"),
+    msgs = check_messages(context + [{"role": "assistant", "content": m.get("content"),
                                        "weight": 1} for m in reply], where, name)
     return Example("chat", where, messages=msgs)
 

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tunesmith.config.schema import RunConfig
-from tunesmith.data.formats import detect_format, to_example
+from tunesmith.data.formats import detect_training_format, to_example
 from tunesmith.data.readers import read_rows
 from tunesmith.data.templates import IGNORE, Encoder, check_encoded
 
@@ -25,7 +25,7 @@ def preview(cfg: RunConfig, tokenizer: Any, n: int = 3, console: Console | None 
         raise DataError("no training data given", where="data.train",
                         fix="set data.train in the config or as data.train=PATH")
     rows = read_rows(cfg.data.train, limit=200)
-    fmt = detect_format(rows) if cfg.data.format == "auto" else cfg.data.format
+    fmt = detect_training_format(rows) if cfg.data.format == "auto" else cfg.data.format
     enc = Encoder(tokenizer, cfg.data.max_length, cfg.data.train_on_inputs, cfg.data.truncation)
     encoded = [enc.encode(to_example(r, fmt, cfg.data.system_prompt)) for r in rows]
     report = check_encoded(encoded, enc)

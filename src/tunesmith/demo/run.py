@@ -14,8 +14,8 @@ from rich.text import Text
 from tunesmith.config import load_config
 from tunesmith.demo.task import SYSTEM, make_dataset, score
 from tunesmith.inference.generate import GenerationSettings, generate
+from tunesmith.io import atomic_write_text
 from tunesmith.models.load import load_for_inference
-from tunesmith.train.checkpoint import atomic_write_text
 
 SEED = 1234
 N_TRAIN, N_VAL, N_TEST = 1200, 48, 64

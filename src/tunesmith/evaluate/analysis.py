@@ -21,7 +21,6 @@ From an eval directory's predictions, per model:
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,57 +29,28 @@ from typing import Any
 import numpy as np
 
 from tunesmith.errors import ConfigError
-from tunesmith.evaluate.metrics import (INFO, _resample_sums, aggregator, normalize_answer,
-                                        stats_matrix)
-from tunesmith.train.checkpoint import atomic_dir, commit_dir
+from tunesmith.evaluate.examples import (
+    LABEL_TASKS,
+    MULTI,
+    example_card,
+    is_error,
+    primary,
+    primary_metric,
+    value_of,
+    worst_examples,
+)
+from tunesmith.evaluate.metrics import (
+    INFO,
+    aggregator,
+    normalize_answer,
+    resample_sums,
+    stats_matrix,
+)
+from tunesmith.io import atomic_directory
 
-PRIMARY_ORDER = ("chrf", "token_f1", "rougeL", "bleu", "rouge1", "exact_match")
-LABEL_TASKS = ("classification", "zero-shot", "labels", "multi-label")
-MULTI = "multi-label"
 SKIP_FIELDS = {"index", "id", "idx", "row", "url", "messages", "prompt", "completion",
                "instruction", "input", "output", "text", "source", "target", "chosen",
                "rejected"}
-
-
-# -- ranking ------------------------------------------------------------------------------------
-def primary(records: Sequence[dict[str, Any]], task: str) -> tuple[str, bool]:
-    """(per-example value used to rank, higher is better)."""
-    if task == MULTI:
-        return "example_f1", True
-    if task in LABEL_TASKS or task == "lm" or not records:
-        return "loss", False
-    scores = records[0].get("scores", {})
-    return next((m for m in PRIMARY_ORDER if m in scores), next(iter(scores), "loss")), True
-
-
-def primary_metric(task: str, metrics: Sequence[str]) -> str | None:
-    """The corpus metric to chart: chrF, token F1, ... for generation; accuracy; loss."""
-    order = {"lm": ("perplexity", "loss")}.get(task, ("accuracy",) if task in LABEL_TASKS
-                                               else PRIMARY_ORDER)
-    return next((m for m in order if m in metrics), metrics[0] if metrics else None)
-
-
-def value_of(rec: dict[str, Any], name: str) -> float:
-    return float(rec["loss"]) if name == "loss" else float(rec["scores"][name])
-
-
-def worst_examples(records: Sequence[dict[str, Any]], task: str, metrics: Sequence[str] = (),
-                   k: int = 20) -> dict[str, Any]:
-    name, higher = primary(records, task)
-    if task == MULTI:  # ties in F1: the higher loss first
-        records = sorted(records, key=lambda r: -r["loss"])
-    ranked = sorted(records, key=lambda r: value_of(r, name), reverse=not higher)
-    by = "per-example F1 of the label set" if task == MULTI else \
-        name if name == "loss" else f"sentence {name}"
-    return {"by": by, "items": ranked[:k]}
-
-
-def is_error(rec: dict[str, Any], task: str) -> bool:
-    if task in LABEL_TASKS:
-        return rec["label"] != rec["prediction"]
-    if task == "generation" and "exact_match" in rec.get("scores", {}):
-        return rec["scores"]["exact_match"] < 1
-    return True  # loss / similarity tasks: every row can be queued, worst first
 
 
 def confusion_pairs(records: Sequence[dict[str, Any]], task: str, k: int = 15
@@ -216,8 +186,8 @@ def slice_metrics(records: Sequence[dict[str, Any]], task: str, metrics: Sequenc
                        "rest": agg(rest.sum(0)) if rest.size else float("nan"),
                        "p_value": 1.0, "flagged": False}
                 if row["n"] >= min_size and rest.shape[0] >= min_size:
-                    (si,) = _resample_sums([inside], n_boot, seed)
-                    (sr,) = _resample_sums([rest], n_boot, seed + 1)
+                    (si,) = resample_sums([inside], n_boot, seed)
+                    (sr,) = resample_sums([rest], n_boot, seed + 1)
                     diff = np.array([agg(a) - agg(b) for a, b in zip(si, sr)])
                     diff = diff[np.isfinite(diff)]
                     row["low"], row["high"] = (float(q) for q in
@@ -239,7 +209,7 @@ def slice_metrics(records: Sequence[dict[str, Any]], task: str, metrics: Sequenc
 def queue_row(rec: dict[str, Any], task: str, settings: dict[str, Any], rank: int
               ) -> dict[str, Any]:
     """A training-format row for a reviewer: the original row plus a ``review`` object."""
-    from tunesmith.data.prepare.fields import detect_format
+    from tunesmith.data.formats import detect_format
 
     row = dict(rec.get("row", {}))
     review: dict[str, Any] = {"rank": rank, "where": rec["where"]}
@@ -261,7 +231,7 @@ def queue_row(rec: dict[str, Any], task: str, settings: dict[str, Any], rank: in
                           gold=rec["label"], predicted=rec["prediction"],
                           confidence=round(rec["confidence"], 4))
     elif task == "generation":
-        if detect_format(row) not in ("chat", "alpaca", "prompt_completion"):
+        if detect_format(row) not in ("messages", "alpaca", "prompt_completion"):
             row = {"prompt": rec["input"], "completion": rec["reference"][0], **row}
         review.update(reason="output differs from the reference", model_output=rec["prediction"],
                       scores={k: round(v, 4) for k, v in rec["scores"].items()})
@@ -283,33 +253,6 @@ def relabel_queue(records: Sequence[dict[str, Any]], task: str, settings: dict[s
     return [queue_row(r, task, settings, i + 1) for i, r in enumerate(errors[:size])]
 
 
-# -- the command ----------------------------------------------------------------------------
-def example_card(rec: dict[str, Any], task: str, flag: bool = True) -> dict[str, Any]:
-    fields: list[tuple[str, Any]] = [("input", _clip(rec.get("input", "")))]
-    if task == MULTI:
-        fields += [("gold", ", ".join(rec["label"]) or "(none)"),
-                   ("predicted", ", ".join(rec["prediction"]) or "(none)"),
-                   ("missed", ", ".join(rec["missed"])), ("extra", ", ".join(rec["extra"])),
-                   ("example F1", rec["scores"]["example_f1"]),
-                   ("probabilities", ", ".join(f"{n} {p:.3f}" for n, p in rec["probs"].items()
-                                               if n in rec["label"] or n in rec["prediction"]
-                                               or p >= 0.2))]
-    elif task in LABEL_TASKS:
-        fields += [("gold", rec["label"]), ("predicted", rec["prediction"]),
-                   ("confidence", rec["confidence"]), ("loss", rec["loss"])]
-    elif task == "generation":
-        fields += [("reference", _clip(" ‖ ".join(rec["reference"]))),
-                   ("prediction", _clip(rec["prediction"])),
-                   ("scores", ", ".join(f"{k} {v:.3f}" for k, v in rec["scores"].items()))]
-    else:
-        fields += [("loss / token", rec["loss"]), ("tokens", rec["tokens"])]
-    return {"title": rec["where"], "fields": fields, "flag": flag}
-
-
-def _clip(text: str, n: int = 600) -> str:
-    return text if len(text) <= n else text[:n] + " …"
-
-
 def analyze_model(records: list[dict[str, Any]], task: str, metrics: list[str],
                   settings: dict[str, Any], n_labels: int, fields: Sequence[str] | None,
                   top: int, queue_size: int, alpha: float, n_boot: int) -> dict[str, Any]:
@@ -328,7 +271,7 @@ def run_analyze(eval_dir: Path, out: Path | None = None, fields: Sequence[str] |
                 ) -> dict[str, Any]:
     """Analyse every model of ``eval_dir``; writes analysis.json, errors*.jsonl and reports."""
     from tunesmith.evaluate.report import write_report
-    from tunesmith.evaluate.runner import load_eval_dir
+    from tunesmith.evaluate.results import load_eval_dir
 
     summary, records = load_eval_dir(eval_dir)
     out = out or eval_dir / "analysis"
@@ -348,8 +291,7 @@ def run_analyze(eval_dir: Path, out: Path | None = None, fields: Sequence[str] |
                                        "metrics": m["metrics"], **analyze_model(
             records[m["name"]], task, metrics, settings, n_labels, fields, top, queue_size,
             alpha, n_boot)}
-    tmp = atomic_dir(out)
-    try:
+    with atomic_directory(out) as tmp:
         single = len(result["models"]) == 1
         for name, a in result["models"].items():
             fname = "errors.jsonl" if single else f"errors-{a['dir']}.jsonl"
@@ -364,18 +306,20 @@ def run_analyze(eval_dir: Path, out: Path | None = None, fields: Sequence[str] |
         (tmp / "analysis.json").write_text(json.dumps(slim, indent=1, default=str),
                                            encoding="utf-8")
         write_report(tmp, analysis_report(result, summary))
-        commit_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     result["out_dir"] = str(out)
     return result
 
 
 def analysis_report(result: dict[str, Any], summary: dict[str, Any]) -> Any:
     """Report sections: summary, curves, confusion, worst examples, pairs, slices, queue."""
-    from tunesmith.evaluate.report import (Report, Section, bars_png, confusion_png, fmt,
-                                           training_section)
+    from tunesmith.evaluate.report import (
+        Report,
+        Section,
+        bars_png,
+        confusion_png,
+        fmt,
+        training_section,
+    )
 
     models = result["models"]
     rep = Report(f"Error analysis: {', '.join(models)}", f"{summary.get('task', '')} on "

@@ -20,7 +20,6 @@ max absolute change). Verdicts compare the flip rate with ``threshold`` (default
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -29,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data.readers import read_rows
+from tunesmith.device import inference_dtype
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.evaluate.metrics import wilson_interval
-from tunesmith.train.checkpoint import atomic_dir, commit_dir
+from tunesmith.io import atomic_directory
+from tunesmith.models.artifacts import read_classifier_info
 
 CROWS_FIELDS = ("sent_more", "sent_less", "bias_type")
 DEFAULT_THRESHOLD = {"crows-pairs": 0.6, "counterfactual": 0.05}
@@ -190,9 +191,8 @@ def run_audit(model_name: str, data: str, out: Path | None = None, kind: str = "
               examples: int = 3, dtype: str = "auto", progress: Progress | None = None
               ) -> dict[str, Any]:
     from tunesmith.evaluate.audit_terms import swappers
-    from tunesmith.evaluate.runner import (_dtype, class_names, classifier_info, load_model,
-                                           model_kind, run_dir_of, slug)
-    from tunesmith.models.load import resolve_artifact
+    from tunesmith.evaluate.runner import class_names, load_model, slug
+    from tunesmith.models.artifacts import model_kind, resolve_artifact, run_dir_of
 
     src = resolve_artifact(model_name)
     mkind = model_kind(src)
@@ -219,7 +219,7 @@ def run_audit(model_name: str, data: str, out: Path | None = None, kind: str = "
     if kind == "crows-pairs":
         pairs = read_pairs(data, limit)
     else:
-        info = classifier_info(src)
+        info = read_classifier_info(src)
         text_field = text_field or info.get("text_field") or "text"
         max_length = max_length or info.get("max_length") or 512
         swap = swappers(terms, groups)
@@ -231,7 +231,7 @@ def run_audit(model_name: str, data: str, out: Path | None = None, kind: str = "
                                 where=f"{row.where} field {text_field}", got=sorted(row.data),
                                 fix="name the text field with --text-field")
             texts.append((row.where, value))
-    model, tok, path = load_model(model_name, mkind, _dtype(dtype))
+    model, tok, path = load_model(model_name, mkind, inference_dtype(dtype))
     if kind == "crows-pairs":
         result = crows_pairs(model, tok, pairs, threshold, batch_size, examples, progress)
     else:
@@ -248,8 +248,7 @@ def run_audit(model_name: str, data: str, out: Path | None = None, kind: str = "
 def _write(out: Path, result: dict[str, Any]) -> None:
     from tunesmith.evaluate.report import write_report
 
-    tmp = atomic_dir(out)
-    try:
+    with atomic_directory(out) as tmp:
         name = "pairs.jsonl" if result["kind"] == "crows-pairs" else "counterfactuals.jsonl"
         (tmp / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
                                         for r in result["results"]), encoding="utf-8")
@@ -257,10 +256,6 @@ def _write(out: Path, result: dict[str, Any]) -> None:
             {k: v for k, v in result.items() if k != "results"}, indent=1, default=str),
             encoding="utf-8")
         write_report(tmp, audit_report(result))
-        commit_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def verdict_line(row: dict[str, Any], kind: str, threshold: float) -> str:

@@ -312,7 +312,7 @@ def stats_matrix(metric: str, records: Sequence[dict[str, Any]], n_labels: int =
 
 
 # -- bootstrap ----------------------------------------------------------------------------------
-def _resample_sums(stats: Sequence[np.ndarray], n_boot: int, seed: int, chunk: int = 64
+def resample_sums(stats: Sequence[np.ndarray], n_boot: int, seed: int, chunk: int = 64
                    ) -> list[np.ndarray]:
     """Sums of each stats matrix over ``n_boot`` shared resamples of the row indices.
 
@@ -339,7 +339,7 @@ def bootstrap_ci(stats: np.ndarray, agg: Callable[[np.ndarray], float], n_boot: 
     value = agg(stats.sum(0))
     if stats.shape[0] < 2:
         return value, float("nan"), float("nan")
-    (sums,) = _resample_sums([stats], n_boot, seed)
+    (sums,) = resample_sums([stats], n_boot, seed)
     vals = np.array([agg(s) for s in sums])
     vals = vals[np.isfinite(vals)]
     lo, hi = np.quantile(vals, [alpha / 2, 1 - alpha / 2]) if vals.size else (np.nan, np.nan)
@@ -361,7 +361,7 @@ def paired_bootstrap(stats_a: np.ndarray, stats_b: np.ndarray,
     if stats_a.shape[0] < 2:
         return {"a": a, "b": b, "delta": delta, "low": float("nan"), "high": float("nan"),
                 "p_value": float("nan")}
-    sa, sb = _resample_sums([stats_a, stats_b], n_boot, seed)
+    sa, sb = resample_sums([stats_a, stats_b], n_boot, seed)
     diffs = np.array([agg(y) - agg(x) for x, y in zip(sa, sb)])
     diffs = diffs[np.isfinite(diffs)]
     lo, hi = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])

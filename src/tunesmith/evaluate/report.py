@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.train.checkpoint import atomic_write_text
+from tunesmith.io import atomic_write_text
 
 
 @dataclass
@@ -152,7 +152,7 @@ def write_report(out_dir: Path, report: Report) -> tuple[Path, Path]:
 
 
 # -- plots ----------------------------------------------------------------------------------
-def _plt() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -164,7 +164,7 @@ def _plt() -> Any:
 def png_of(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -190,7 +190,7 @@ def training_curves_png(run_dir: Path) -> bytes | None:
     panels = [(t, ks) for t, ks in panels if ks]
     if not panels:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.4), squeeze=False)
     for ax, (title, keys) in zip(axes[0], panels):
         for k in keys:
@@ -207,7 +207,7 @@ def training_curves_png(run_dir: Path) -> bytes | None:
 def confusion_png(matrix: list[list[int]], labels: list[str]) -> bytes:
     import numpy as np
 
-    plt = _plt()
+    plt = pyplot()
     m = np.asarray(matrix, dtype=float)
     k = len(labels)
     size = min(12, 2.5 + 0.55 * k)
@@ -235,7 +235,7 @@ def bars_png(labels: list[str], values: list[float], low: list[float] | None = N
     """Horizontal bars with optional CI whiskers, red bars where flagged and a reference line."""
     import numpy as np
 
-    plt = _plt()
+    plt = pyplot()
     n = len(labels)
     fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.32 * n))
     y = np.arange(n)[::-1]
@@ -287,7 +287,7 @@ _SETTINGS = {"generation": ("prompt_template", "reference_field", "system", "max
 
 def eval_report(summary: dict[str, Any], records: dict[str, list[dict[str, Any]]]) -> Report:
     """The eval report: summary, training curves, metrics, comparison, confusion, examples."""
-    from tunesmith.evaluate.analysis import worst_examples, example_card
+    from tunesmith.evaluate.examples import example_card, worst_examples
 
     models = summary["models"]
     info = summary.get("metric_info", {})

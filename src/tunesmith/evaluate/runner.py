@@ -16,7 +16,6 @@ from __future__ import annotations
 import gc
 import json
 import re
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
@@ -24,14 +23,28 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data.readers import read_rows
+from tunesmith.device import DTYPES, inference_dtype
 from tunesmith.errors import ConfigError, ModelError
 from tunesmith.evaluate import tasks as T
-from tunesmith.evaluate.metrics import (INFO, GenerationScorer, StreamingMetrics, aggregator,
-                                        bootstrap_ci, paired_bootstrap, resolve_metrics,
-                                        stats_matrix)
-from tunesmith.models.load import (DTYPES, load_causal_lm, load_quantized, load_tokenizer,
-                                   resolve_artifact)
-from tunesmith.train.checkpoint import atomic_dir, atomic_write_text, commit_dir
+from tunesmith.evaluate.metrics import (
+    INFO,
+    GenerationScorer,
+    StreamingMetrics,
+    aggregator,
+    bootstrap_ci,
+    paired_bootstrap,
+    resolve_metrics,
+    stats_matrix,
+)
+from tunesmith.io import atomic_directory, atomic_write_text
+from tunesmith.models.artifacts import (
+    adapter_base,
+    model_kind,
+    read_classifier_info,
+    resolve_artifact,
+    run_dir_of,
+)
+from tunesmith.models.load import load_causal_lm, load_quantized, load_tokenizer
 
 FAMILY = {"generation": "generation", "lm": "lm", "classification": "labels",
           "zero-shot": "labels", "multi-label": "multilabel"}
@@ -47,32 +60,6 @@ MULTILABEL_ACCURACY = "share of examples whose predicted label set is exactly th
 OnProgress = Callable[[str, int, int], None]
 
 
-# -- models -------------------------------------------------------------------------------------
-def run_dir_of(name: str) -> Path | None:
-    """The training run directory behind ``name`` (for its ``metrics.jsonl`` curves), if any."""
-    path = Path(name).expanduser()
-    for cand in (path, path.parent):
-        if (cand / "manifest.json").exists() and (cand / "metrics.jsonl").exists():
-            return cand
-    return None
-
-
-def model_kind(source: Path | str) -> str:
-    """``classifier`` for sequence-classification checkpoints, else ``causal-lm``."""
-    path = Path(str(source))
-    if (path / "adapter_config.json").exists():
-        cfg = json.loads((path / "adapter_config.json").read_text())
-        return "classifier" if cfg.get("task_type") == "SEQ_CLS" else "causal-lm"
-    if (path / "config.json").exists():
-        archs = json.loads((path / "config.json").read_text()).get("architectures") or []
-    else:  # a hub id
-        from transformers import AutoConfig
-
-        archs = AutoConfig.from_pretrained(str(source)).architectures or []
-    return "classifier" if any(a.endswith("ForSequenceClassification") for a in archs) \
-        else "causal-lm"
-
-
 def load_classifier(source: Path | str, dtype: str) -> Any:
     from transformers import AutoModelForSequenceClassification
 
@@ -81,8 +68,7 @@ def load_classifier(source: Path | str, dtype: str) -> Any:
         if (src / "adapter_config.json").exists():
             from peft import PeftModel
 
-            base_name = json.loads((src / "adapter_config.json").read_text())[
-                "base_model_name_or_path"]
+            base_name = adapter_base(src)
             cfg = json.loads((src / "config.json").read_text()) if (
                 src / "config.json").exists() else {}
             base = AutoModelForSequenceClassification.from_pretrained(
@@ -107,7 +93,7 @@ def config_class_names(source: Path | str) -> list[str] | None:
     """Class names from a local checkpoint's config.json, without loading weights."""
     cfg = Path(str(source)) / "config.json"
     if not cfg.exists():
-        return classifier_info(source).get("labels")  # an adapter directory
+        return read_classifier_info(source).get("labels")  # an adapter directory
     id2label = json.loads(cfg.read_text()).get("id2label") or {}
     return [str(id2label[k]) for k in sorted(id2label, key=int)] or None
 
@@ -115,7 +101,7 @@ def config_class_names(source: Path | str) -> list[str] | None:
 def is_multi_label(source: Path | str) -> bool:
     """Whether a classifier was trained multi-label (tunesmith_classifier.json, else the
     config's problem_type, as ``tunesmith predict`` decides)."""
-    info = classifier_info(source)
+    info = read_classifier_info(source)
     if "multi_label" in info:
         return bool(info["multi_label"])
     cfg = Path(str(source)) / "config.json"
@@ -131,7 +117,7 @@ def is_multi_label(source: Path | str) -> bool:
 
 def multilabel_settings(s: T.EvalSettings, source: Path | str) -> T.EvalSettings:
     """Threshold and label separator: the command line's, else those the model trained with."""
-    info = classifier_info(source)
+    info = read_classifier_info(source)
     threshold = s.threshold if s.threshold is not None else float(info.get("threshold", 0.5))
     if not 0 < threshold < 1:
         raise ConfigError("the threshold must be between 0 and 1", where="--threshold",
@@ -140,32 +126,14 @@ def multilabel_settings(s: T.EvalSettings, source: Path | str) -> T.EvalSettings
                    label_separator=s.label_separator or info.get("label_separator"))
 
 
-def classifier_info(source: Path | str) -> dict[str, Any]:
-    """``tunesmith_classifier.json`` written by the classify recipe (fields, max length)."""
-    from tunesmith.models.classifier import read_classifier_info
-
-    return read_classifier_info(Path(str(source))) if Path(str(source)).is_dir() else {}
-
-
 def resolve_fields(s: T.EvalSettings, sources: Sequence[Path | str], kinds: Sequence[str]
                    ) -> T.EvalSettings:
     """Unset text/label fields come from the first classifier's training config, else defaults."""
-    info = next((classifier_info(src) for src, k in zip(sources, kinds) if k == "classifier"),
+    info = next((read_classifier_info(src) for src, k in zip(sources, kinds) if k == "classifier"),
                 {})
     return replace(s, text_field=s.text_field or info.get("text_field") or "text",
                    label_field=s.label_field or info.get("label_field") or "label",
                    text_pair_field=s.text_pair_field or info.get("text_pair_field"))
-
-
-def _dtype(requested: str) -> str:
-    if requested != "auto":
-        if requested not in DTYPES:
-            raise ConfigError("unknown dtype", where="--dtype", got=requested,
-                              fix=f"use auto or one of {', '.join(DTYPES)}")
-        return requested
-    from tunesmith.train.precision import resolve_precision
-
-    return "bfloat16" if resolve_precision("auto") == "bf16" else "float32"
 
 
 def load_model(name: str, kind: str, dtype: str) -> tuple[Any, Any, Path | str]:
@@ -242,7 +210,7 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
                           fix="tunesmith eval MODEL_OR_RUN [MORE...] --data FILE")
     out = out or default_out_dir(models, data)
     _check_out_dir(out)
-    dtype = _dtype(s.dtype)
+    dtype = inference_dtype(s.dtype)
     rows = read_rows(data, limit=s.limit)
     sources = [resolve_artifact(m) for m in models]
     kinds = [model_kind(src) for src in sources]
@@ -284,14 +252,14 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
         names: list[str] | None = None
         counts = None
         if task == "multi-label":
-            from tunesmith.evaluate.classification_metrics import MultiLabelCounts
+            from tunesmith.metrics.classification import MultiLabelCounts
 
             names = class_names(model)
             ms = ml[src]
             counts = MultiLabelCounts(names)
             records = T.run_multilabel(
                 model, tok, T.build_labelled(rows, ms, names, True), ms, names,
-                ms.threshold, progress, classifier_info(src).get("max_length") or 512,
+                ms.threshold, progress, read_classifier_info(src).get("max_length") or 512,
                 counts)
         elif task == "generation":
             scorer = GenerationScorer(metrics)
@@ -304,7 +272,7 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
             # a classifier reads the raw text; --prompt-template is for zero-shot LMs
             raw = replace(s, prompt_template=None)
             records = T.run_classifier(model, tok, T.build_labelled(rows, raw, names), s, names,
-                                       progress, classifier_info(src).get("max_length") or 512)
+                                       progress, read_classifier_info(src).get("max_length") or 512)
         else:
             names = T.zero_shot_labels(rows, s)
             records = T.run_zero_shot(model, tok, items["zero-shot"], s, names, progress)
@@ -354,7 +322,7 @@ def _summarise(label: str, name: str, dirname: str, path: str, task: str, metric
     if counts is not None:  # multi-label: streamed batch by batch while predicting
         out["classification"] = counts.compute()
     elif names is not None:
-        from tunesmith.evaluate.classification_metrics import ConfusionMatrix
+        from tunesmith.metrics.classification import ConfusionMatrix
 
         cm = ConfusionMatrix(names)
         cm.update([r["pred_id"] for r in records], [r["label_id"] for r in records])
@@ -403,8 +371,7 @@ def _jsonl(records: Sequence[dict[str, Any]]) -> str:
 def _write(out: Path, summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
     from tunesmith.evaluate.report import eval_report, write_report
 
-    tmp = atomic_dir(out)
-    try:
+    with atomic_directory(out) as tmp:
         for r in results:
             d = tmp / r["dir"]
             d.mkdir()
@@ -414,36 +381,5 @@ def _write(out: Path, summary: dict[str, Any], results: list[dict[str, Any]]) ->
                  "settings": summary["settings"]}, indent=1, default=str), encoding="utf-8")
         atomic_write_text(tmp / "metrics.json", json.dumps(summary, indent=1, default=str))
         write_report(tmp, eval_report(summary, {r["name"]: r["records"] for r in results}))
-        commit_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
-def load_eval_dir(path: Path) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
-    """The summary and every model's records of an eval directory (or one model's subdir)."""
-    from tunesmith.errors import DataError
-
-    summary_path = path / "metrics.json"
-    if not summary_path.exists():
-        raise DataError("not an evaluation directory (no metrics.json)", where=str(path),
-                        fix="run `tunesmith eval MODEL --data FILE -o DIR` first and pass DIR")
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    if "models" not in summary:  # a model's own subdirectory
-        parent = json.loads((path.parent / "metrics.json").read_text(encoding="utf-8")) \
-            if (path.parent / "metrics.json").exists() else {}
-        models = [{k: v for k, v in summary.items() if k not in ("data", "settings")}]
-        summary = {**parent, "data": summary.get("data"), "settings": summary.get("settings"),
-                   "models": models, "comparison": []}
-        dirs = {models[0]["name"]: path}
-    else:
-        dirs = {m["name"]: path / m["dir"] for m in summary["models"]}
-    records = {}
-    for name, d in dirs.items():
-        pred = d / "predictions.jsonl"
-        if not pred.exists():
-            raise DataError("evaluation directory has no predictions", where=str(pred),
-                            fix="re-run `tunesmith eval`; the directory is incomplete")
-        records[name] = [json.loads(line) for line in pred.read_text(encoding="utf-8")
-                         .splitlines() if line.strip()]
-    return summary, records

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from tunesmith.data.formats import Example, detect_format, to_example
+from tunesmith.data.formats import Example, detect_training_format, to_example
 from tunesmith.data.readers import Row
 from tunesmith.data.templates import Encoder
 from tunesmith.errors import ConfigError, DataError, TunesmithError
@@ -147,7 +147,7 @@ def build_generation(rows: Sequence[Row], s: EvalSettings) -> list[Item]:
 
 
 def build_lm(rows: Sequence[Row]) -> list[Item]:
-    fmt = detect_format(rows)
+    fmt = detect_training_format(rows)
     items = []
     for i, row in enumerate(rows):
         ex = to_example(row, fmt)
@@ -191,9 +191,9 @@ def label_set(raw: Any, names: Sequence[str], where: str, fieldname: str,
     """A multi-label gold value as class names in model order: a list of names or ids, or a
     string split on ``separator`` as training split it (``data.classification``)."""
     from tunesmith.config.schema import ClassificationConfig
-    from tunesmith.data.classification import _label_values
+    from tunesmith.data.classification import label_values
 
-    values = None if raw is None else _label_values(raw, ClassificationConfig(
+    values = None if raw is None else label_values(raw, ClassificationConfig(
         multi_label=True, label_separator=separator))
     if values is None:
         raise DataError("multi-label gold labels must be a list of class names or ids"

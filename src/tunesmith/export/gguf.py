@@ -246,11 +246,11 @@ def export_gguf(source: ExportSource, quant: str, tmp: Path, info: dict[str, Any
 
 def _eval_gguf(source: ExportSource, path: Path, eval_file: Path, out: Path) -> dict[str, Any]:
     """The metric change of the GGUF's weights: dequantized into a temporary checkpoint."""
-    from tunesmith.models.registry import _convert_gguf
+    from tunesmith.models.registry import convert_gguf
 
     work = Path(tempfile.mkdtemp(prefix="gguf-eval-"))
     try:
-        _convert_gguf(path, work / "model")
+        convert_gguf(path, work / "model")
         return measure.eval_change(str(source.path), str(work / "model"), eval_file, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 from tunesmith.export.source import ExportSource, resolve_source
+from tunesmith.io import atomic_directory
+from tunesmith.models.artifacts import SIDECARS, fix_generation_config
 from tunesmith.models.load import load_causal_lm, load_tokenizer
-from tunesmith.train.checkpoint import atomic_dir, commit_dir
+from tunesmith.models.merge import merge_in_place
 
-# files tunesmith writes beside weights that prediction/eval read back
-SIDECARS = ("tunesmith_classifier.json", "tunesmith_eval.json", "tunesmith_source.json")
 # Stated tolerance of the merge: fp32 logits of the merged model vs base + adapter.
 MERGE_ATOL = 1e-4
 
@@ -35,29 +35,9 @@ def load_full(source: ExportSource) -> tuple[Any, Any]:
         model = load_predictor(str(source.path), precision="fp32").model  # merges adapters
     else:
         model = load_causal_lm(source.path, dtype="float32")
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload(safe_merge=True)
+        model = merge_in_place(model)
     model.eval()
     return model, tok
-
-
-def fix_generation_config(model: Any, tok: Any) -> None:
-    """EOS (every id that ends a turn), BOS and pad ids in the model's generation config."""
-    gen = getattr(model, "generation_config", None)
-    if gen is None:
-        return
-    eos: list[int] = []
-    for value in (gen.eos_token_id, tok.eos_token_id):
-        for i in (value if isinstance(value, list) else [value]):
-            if i is not None and i not in eos:
-                eos.append(int(i))
-    if eos:
-        gen.eos_token_id = eos[0] if len(eos) == 1 else eos
-    if tok.bos_token_id is not None:
-        gen.bos_token_id = tok.bos_token_id
-    if tok.pad_token_id is not None:
-        gen.pad_token_id = tok.pad_token_id
-        model.config.pad_token_id = tok.pad_token_id
 
 
 def save_hf(model: Any, tok: Any, out: Path, dtype: torch.dtype | None = None,
@@ -95,16 +75,11 @@ def merge_to_dir(artifact_dir: str | Path, out_dir: str | Path) -> Path:
     source = resolve_source(str(artifact_dir))
     out = Path(out_dir)
     model, tok = load_full(source)
-    tmp = atomic_dir(out)
-    try:
+    with atomic_directory(out) as tmp:
         save_hf(model, tok, tmp, sidecars_from=source.path)
         if source.is_adapter:
             copy_adapter(source, tmp)
             (tmp / "tunesmith_merge.json").write_text(json.dumps(
                 {"merged_from": str(source.path), "base": source.base, "dtype": "float32",
                  "tolerance_logits_atol": MERGE_ATOL}, indent=1))
-        commit_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

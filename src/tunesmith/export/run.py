@@ -24,14 +24,14 @@ from tunesmith.export import measure
 from tunesmith.export.card import render_card, run_facts
 from tunesmith.export.merge import copy_adapter, load_full, save_hf
 from tunesmith.export.source import ExportSource, resolve_source
-from tunesmith.train.checkpoint import atomic_dir, commit_dir
+from tunesmith.io import atomic_directory
+from tunesmith.models.artifacts import SIDECARS
 
 HF_QUANT = {"none": None, "f32": None, "int8": None, "f16": torch.float16,
             "bf16": torch.bfloat16}
 GGUF_QUANT = ("f16", "f32", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
 FORMATS = {"hf": tuple(HF_QUANT), "gguf": GGUF_QUANT}
 DEFAULT_QUANT = {"hf": "none", "gguf": "f16"}
-SIDECARS = ("tunesmith_classifier.json", "tunesmith_eval.json")
 
 
 @dataclass
@@ -94,8 +94,7 @@ def export(name: str, fmt: str = "hf", merge: bool = False, quantize: str | None
             source.run_dir), "command": command or _command(name, fmt, merge, q, out, eval_path)
         + ("" if keep_float is None or command else
            f" --keep-float {','.join(keep_float) or 'none'}")}
-    tmp = atomic_dir(out)
-    try:
+    with atomic_directory(out) as tmp:
         if source.is_adapter and not info["merged"]:
             _export_adapter(source, tmp)
         elif fmt == "hf":
@@ -109,10 +108,6 @@ def export(name: str, fmt: str = "hf", merge: bool = False, quantize: str | None
             info["usage"] = info["usage"].replace("DIR", str(out))
         (tmp / "README.md").write_text(render_card(info), encoding="utf-8")
         _readable(tmp)
-        commit_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     info["files"] = sorted(p.name for p in out.iterdir())
     return ExportResult(out, info["files"], info)
 
@@ -149,7 +144,8 @@ def _export_hf(source: ExportSource, q: str, tmp: Path, info: dict[str, Any],
     if q != "int8":
         save_hf(model, tok, tmp, HF_QUANT[q], sidecars_from=source.path)
     else:
-        from tunesmith.export.quantize import WEIGHTS, quantize_int8, save_int8
+        from tunesmith.export.quantize import quantize_int8, save_int8
+        from tunesmith.models.int8 import WEIGHTS
 
         fig: dict[str, Any] = {"method": "int8 (weights int8 per output channel, activations "
                                "int8 dynamic; torch.ao)",

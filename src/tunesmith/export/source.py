@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ModelError
-from tunesmith.models.load import resolve_artifact
+from tunesmith.models.artifacts import adapter_base, is_adapter_dir, resolve_artifact
 
 
 @dataclass
@@ -47,7 +47,7 @@ class ExportSource:
 
 def resolve_source(name: str) -> ExportSource:
     """Resolve ``name`` to a local model directory and describe it; one ModelError if not."""
-    from tunesmith.evaluate.runner import model_kind, run_dir_of
+    from tunesmith.models.artifacts import model_kind, run_dir_of
 
     src = resolve_artifact(name)
     path = Path(str(src))
@@ -55,11 +55,8 @@ def resolve_source(name: str) -> ExportSource:
         raise ModelError("export needs a model on disk", where="RUN_OR_MODEL", got=name,
                          fix="pass a run directory, a checkpoint directory or an embedded "
                          "model name (hub ids: download the model first)")
-    adapter_cfg = path / "adapter_config.json"
-    is_adapter = adapter_cfg.exists() and not (path / "model.safetensors").exists() and not any(
-        path.glob("model-*.safetensors"))
-    base = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path") if is_adapter \
-        else None
+    is_adapter = is_adapter_dir(path)
+    base = adapter_base(path) if is_adapter else None
     if not is_adapter and not (path / "config.json").exists():
         raise ModelError("not a model directory (no config.json or adapter_config.json)",
                          where=str(path), fix="pass a run directory or a saved checkpoint")

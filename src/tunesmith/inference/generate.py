@@ -43,7 +43,7 @@ def generate(model: Any, tok: Any, prompts: list[Prompt], settings: GenerationSe
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     device = next(model.parameters()).device
-    eos = _eos_ids(model, tok)
+    eos = eos_ids(model, tok)
     try:
         for start in range(0, len(order), settings.batch_size):
             idx = order[start:start + settings.batch_size]
@@ -67,7 +67,7 @@ def generate(model: Any, tok: Any, prompts: list[Prompt], settings: GenerationSe
     return out
 
 
-def _eos_ids(model: Any, tok: Any) -> list[int]:
+def eos_ids(model: Any, tok: Any) -> list[int]:
     ids = set()
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(gen_eos, int):

@@ -11,7 +11,6 @@ class and predict every class at or above the threshold.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +19,16 @@ from typing import Any
 import torch
 
 from tunesmith.data.readers import read_rows
-from tunesmith.errors import DataError, ModelError
-from tunesmith.models.classifier import load_classifier, read_classifier_info
-from tunesmith.models.load import _first_line, load_quantized, load_tokenizer, resolve_artifact
+from tunesmith.errors import DataError, ModelError, first_line
+from tunesmith.models.artifacts import (
+    adapter_base,
+    is_classifier_architecture,
+    read_classifier_info,
+    resolve_artifact,
+)
+from tunesmith.models.classifier import load_classifier
+from tunesmith.models.load import load_quantized, load_tokenizer
+from tunesmith.models.merge import merge_in_place
 from tunesmith.models.registry import resolve_model_dir
 
 
@@ -112,7 +118,7 @@ def load_predictor(name: str, precision: str = "auto") -> Predictor:
     """A classifier ready for prediction from a run dir, model dir or adapter dir."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from tunesmith.train.precision import resolve_precision
+    from tunesmith.device import resolve_precision
 
     src = resolve_artifact(name)
     if not isinstance(src, Path):
@@ -127,18 +133,16 @@ def load_predictor(name: str, precision: str = "auto") -> Predictor:
         if not info.get("labels"):
             raise ModelError("adapter directory has no label list (tunesmith_classifier.json)",
                              where=str(src), fix="predict with the run directory or its final/")
-        base = json.loads((src / "adapter_config.json").read_text())["base_model_name_or_path"]
-        model = load_classifier(resolve_model_dir(base), info["labels"], info.get(
+        model = load_classifier(resolve_model_dir(adapter_base(src)), info["labels"], info.get(
             "multi_label", False), tok.pad_token_id)
-        model = PeftModel.from_pretrained(model, str(src)).merge_and_unload()
+        model = merge_in_place(PeftModel.from_pretrained(model, str(src)))
     else:
         try:
             config = AutoConfig.from_pretrained(str(src))
         except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load model config ({_first_line(exc)})", where=str(src),
+            raise ModelError(f"cannot load model config ({first_line(exc)})", where=str(src),
                              fix="pass a run directory of a classification run") from None
-        if not any(a.endswith("ForSequenceClassification")
-                   for a in (getattr(config, "architectures", None) or [])):
+        if not is_classifier_architecture(getattr(config, "architectures", None)):
             raise ModelError("this model has no classification head", where=str(src),
                              got=getattr(config, "architectures", None),
                              fix="train one with `task: classification` and pass its run "
@@ -222,7 +226,7 @@ def predict_file(predictor: Predictor, path: Path, batch_size: int = 32,
                  threshold: float | None = None, text_field: str | None = None
                  ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Output rows (input fields + prediction) and, when the rows carry gold labels, metrics."""
-    from tunesmith.evaluate.classification_metrics import ConfusionMatrix, MultiLabelCounts
+    from tunesmith.metrics.classification import ConfusionMatrix, MultiLabelCounts
 
     rows, texts, pairs = read_texts(path, text_field or predictor.text_field,
                                     predictor.text_pair_field)

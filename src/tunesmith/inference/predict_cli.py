@@ -69,7 +69,7 @@ def predict(
         sys.stdout.write(body)
         sys.stdout.flush()
     else:
-        from tunesmith.train.checkpoint import atomic_write_text
+        from tunesmith.io import atomic_write_text
 
         atomic_write_text(output, body)
         err.print(f"wrote {len(rows)} predictions to {output}", highlight=False)

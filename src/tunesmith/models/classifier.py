@@ -11,18 +11,15 @@ besides the weights (text fields, threshold, maximum length).
 
 from __future__ import annotations
 
-import copy
-import json
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from tunesmith.errors import ModelError
+from tunesmith.device import DTYPES
+from tunesmith.errors import ModelError, first_line
 from tunesmith.models.adapters import layer_index
-from tunesmith.models.load import DTYPES, _first_line
-
-CLASSIFIER_FILE = "tunesmith_classifier.json"
+from tunesmith.models.artifacts import is_classifier_architecture
 
 
 def load_classifier(source: Path | str, names: list[str], multi_label: bool, pad_token_id: int,
@@ -34,11 +31,11 @@ def load_classifier(source: Path | str, names: list[str], multi_label: bool, pad
     try:
         config = AutoConfig.from_pretrained(str(source), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load model config ({_first_line(exc)})", where=str(source),
+        raise ModelError(f"cannot load model config ({first_line(exc)})", where=str(source),
                          fix="use an embedded model (`tunesmith models list`), a local "
                          "checkpoint directory, or a hub id while online") from None
     same_head = (list(getattr(config, "id2label", {}).values()) == list(names)
-                 and _is_classifier(config))
+                 and is_classifier_architecture(getattr(config, "architectures", None)))
     config.num_labels = len(names)
     config.id2label = dict(enumerate(names))
     config.label2id = {n: i for i, n in enumerate(names)}
@@ -56,16 +53,11 @@ def load_classifier(source: Path | str, names: list[str], multi_label: bool, pad
             str(source), config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
             attn_implementation=attn_implementation, ignore_mismatched_sizes=not same_head)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load a sequence-classification model ({_first_line(exc)})",
+        raise ModelError(f"cannot load a sequence-classification model ({first_line(exc)})",
                          where=str(source), fix="use an encoder (BERT family) or a decoder "
                          "(Llama, GPT-2 ...) checkpoint that transformers supports for "
                          "AutoModelForSequenceClassification") from None
     return model
-
-
-def _is_classifier(config: Any) -> bool:
-    return any(a.endswith("ForSequenceClassification") for a in
-               (getattr(config, "architectures", None) or []))
 
 
 def head_modules(model: nn.Module) -> list[str]:
@@ -106,30 +98,3 @@ def default_lora_targets(model: nn.Module, requested: list[str] | str) -> list[s
     return sorted(inside)
 
 
-def write_classifier_info(out: Path, info: dict[str, Any]) -> None:
-    (out / CLASSIFIER_FILE).write_text(json.dumps(info, indent=1))
-
-
-def read_classifier_info(path: Path) -> dict[str, Any]:
-    f = path / CLASSIFIER_FILE
-    return json.loads(f.read_text()) if f.exists() else {}
-
-
-def save_classifier(model: nn.Module, tokenizer: Any, out: Path, info: dict[str, Any]) -> None:
-    """A plain transformers classifier in ``out`` (LoRA merged; its adapter in ``adapter/``).
-
-    The merged weights load with ``AutoModelForSequenceClassification`` alone; the adapter
-    (with the tokenizer and label list, so ``tunesmith predict`` accepts it too) is kept for
-    users who want the small artifact.
-    """
-    if hasattr(model, "peft_config"):
-        model.save_pretrained(out / "adapter", safe_serialization=True)
-        tokenizer.save_pretrained(out / "adapter")
-        write_classifier_info(out / "adapter", info)
-        merged = copy.deepcopy(model).merge_and_unload()
-        merged.save_pretrained(out, safe_serialization=True)
-        del merged
-    else:
-        model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    write_classifier_info(out, info)

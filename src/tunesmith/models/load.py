@@ -9,27 +9,10 @@ from typing import Any
 
 import torch
 
-from tunesmith.errors import ModelError
+from tunesmith.device import DTYPES, inference_dtype
+from tunesmith.errors import ModelError, first_line
+from tunesmith.models.artifacts import adapter_base, resolve_artifact
 from tunesmith.models.registry import resolve_model_dir
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_artifact(name: str) -> Path | str:
-    """A run directory resolves to its ``final/`` (else ``best/``, else latest checkpoint)."""
-    path = Path(name).expanduser()
-    if path.is_dir() and (path / "manifest.json").exists() and not (path / "config.json").exists():
-        for sub in ("final", "best"):
-            if (path / sub).is_dir():
-                return path / sub
-        steps = sorted((path / "checkpoints").glob("step-*"),
-                       key=lambda p: int(p.name.split("-")[1]))
-        if steps:
-            return steps[-1]
-        raise ModelError("run directory has no saved model yet", where=str(path),
-                         fix="wait for the run to save a checkpoint, or resume it with "
-                         "`tunesmith train CONFIG --resume`")
-    return resolve_model_dir(name)
 
 
 def load_tokenizer(source: Path | str, chat_template: str | None = None,
@@ -39,7 +22,7 @@ def load_tokenizer(source: Path | str, chat_template: str | None = None,
     try:
         tok = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load tokenizer ({_first_line(exc)})", where=str(source),
+        raise ModelError(f"cannot load tokenizer ({first_line(exc)})", where=str(source),
                          fix="check the model directory holds tokenizer files") from None
     if chat_template:
         from tunesmith.data.templates import resolve_chat_template
@@ -67,13 +50,12 @@ def load_causal_lm(source: Path | str, dtype: str = "float32", trust_remote_code
         if src.is_dir() and (src / "adapter_config.json").exists():
             from peft import PeftModel
 
-            base_name = json.loads((src / "adapter_config.json").read_text())[
-                "base_model_name_or_path"]
-            base = AutoModelForCausalLM.from_pretrained(str(resolve_model_dir(base_name)), **kwargs)
+            base = AutoModelForCausalLM.from_pretrained(str(resolve_model_dir(adapter_base(src))),
+                                                        **kwargs)
             return PeftModel.from_pretrained(base, str(src))
         return AutoModelForCausalLM.from_pretrained(str(source), **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load model ({_first_line(exc)})", where=str(source),
+        raise ModelError(f"cannot load model ({first_line(exc)})", where=str(source),
                          fix="use an embedded model (`tunesmith models list`), a local "
                          "checkpoint directory, or a hub id while online") from None
 
@@ -84,7 +66,7 @@ def load_quantized(source: Path | str, kind: str = "causal-lm") -> Any | None:
     Such a directory's config names ``quant_method: tunesmith-int8``, which plain
     transformers refuses; every tunesmith loader calls this first.
     """
-    from tunesmith.export.quantize import is_int8_dir, load_int8
+    from tunesmith.models.int8 import is_int8_dir, load_int8
 
     return load_int8(source, kind) if is_int8_dir(source) else None
 
@@ -95,20 +77,12 @@ def load_for_inference(name: str, dtype: str = "auto") -> tuple[Any, Any]:
     ``auto`` loads bf16 weights where the hardware runs bf16 fast (1.75-2.4x faster
     generation on AVX512-BF16 CPUs), else fp32.
     """
-    if dtype == "auto":
-        from tunesmith.train.precision import resolve_precision
-
-        dtype = "bfloat16" if resolve_precision("auto") == "bf16" else "float32"
+    dtype = inference_dtype(dtype)
     src = resolve_artifact(name)
     tok = load_tokenizer(src)
     model = load_causal_lm(src, dtype=dtype)
     model.eval()
     return model, tok
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
 
 
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.errors import ModelError
+from tunesmith.io import cache_root
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,6 @@ EMBEDDED: dict[str, Embedded] = {
                  "all-MiniLM-L6-v2 (BERT encoder, 6 layers, 22.7M)"),
     ]
 }
-
-
-def cache_root() -> Path:
-    """Where converted models and tokenized data are cached (``$TUNESMITH_HOME``)."""
-    base = os.environ.get("TUNESMITH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tunesmith")
-    return Path(base)
 
 
 def package_path(entry: Embedded) -> Path | None:
@@ -82,7 +76,7 @@ def pull(name: str) -> Path:
     out = converted_dir(entry)
     if (out / "config.json").exists():
         return out
-    _convert_gguf(src, out)
+    convert_gguf(src, out)
     return out
 
 
@@ -123,7 +117,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _convert_gguf(gguf_file: Path, out: Path) -> None:
+def convert_gguf(gguf_file: Path, out: Path) -> None:
     """Dequantise the GGUF into a fresh fp32 model and save safetensors + tokenizer, atomically."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,5 +1,8 @@
-"""The part every engine-based recipe ends with: open the run directory, write the manifest,
-train, write ``final/`` and the status (``running`` → ``completed`` or ``failed``)."""
+"""What every recipe shares, written once: seeding and the accelerator, loading and
+preparing the model (causal LM or classifier), and the run lifecycle — open the run
+directory, write the manifest, train, write ``final/`` and the status (``running`` →
+``completed`` or ``failed``). Recipes import only this module of their package.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +10,135 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tunesmith.config.schema import RunConfig
+from tunesmith.device import head_dtype_for, resolve_precision
 from tunesmith.errors import TunesmithError
 from tunesmith.models import adapters
+from tunesmith.models.artifacts import resolve_artifact
+from tunesmith.models.attention import attend_short_in_fp32
+from tunesmith.models.classifier import default_lora_targets, head_modules, load_classifier
+from tunesmith.models.fused_norm import fuse_rms_norms
+from tunesmith.models.load import load_causal_lm, load_tokenizer
+from tunesmith.models.student import find_layer_list
 from tunesmith.recipes import run_dir as rd
 from tunesmith.train import checkpoint as ckpt
-from tunesmith.train.engine import LoopResult, TrainLoop
+from tunesmith.train.engine import LoopResult, TrainLoop, make_accelerator
+
+Prepare = Callable[[Any], Any]
 
 
 def setup(cfg: RunConfig) -> tuple[str, Any]:
     """Seed, resolve the precision and make the accelerator: (precision, accelerator)."""
-    import torch
-
-    from tunesmith.recipes.sft import make_accelerator
-    from tunesmith.train.precision import resolve_precision
-
     torch.manual_seed(cfg.train.seed)
     precision = resolve_precision(cfg.train.precision)
     return precision, make_accelerator(precision)
 
 
+# -- models -------------------------------------------------------------------------------------
+def build_tokenizer(cfg: RunConfig, chat_template: bool = True) -> Any:
+    source = resolve_artifact(cfg.model.name)
+    return load_tokenizer(source, cfg.model.chat_template if chat_template else None,
+                          cfg.model.trust_remote_code)
+
+
+def prepare_model(model: Any, cfg: RunConfig, precision: str, lora: bool,
+                  prepare: Prepare | None = None) -> None:
+    """What training changes on any loaded model before the method applies: ``prepare``
+    (e.g. dropping layers), dropout, the fused norm, float32 attention for short sequences
+    under bf16, and gradient checkpointing."""
+    if prepare is not None:
+        prepare(model)
+    if cfg.train.dropout is not None:
+        adapters.set_dropout(model, cfg.train.dropout)
+    if cfg.train.fused_norm:
+        fuse_rms_norms(model)
+    if cfg.train.fp32_attention_below and precision == "bf16":
+        attend_short_in_fp32(model, cfg.train.fp32_attention_below)
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if lora:
+            model.enable_input_require_grads()
+
+
+def build_causal_lm(cfg: RunConfig, tok: Any = None, prepare: Prepare | None = None
+                    ) -> tuple[Any, Any, adapters.GradualUnfreezer | None]:
+    """Load the model (and tokenizer unless given); set what trains per ``cfg.method``.
+    ``prepare`` changes the loaded model before the method applies (e.g. drops layers)."""
+    source = resolve_artifact(cfg.model.name)
+    tok = tok if tok is not None else build_tokenizer(cfg)
+    precision = resolve_precision(cfg.train.precision)
+    lora = cfg.method.type in ("lora", "qlora")
+    if cfg.method.type == "qlora":  # 4-bit NF4 base (CUDA); a clear error elsewhere
+        model = adapters.load_qlora_base(source, cfg.model)
+    else:
+        model = load_causal_lm(source, cfg.model.dtype, cfg.model.trust_remote_code,
+                               cfg.model.attn_implementation)
+    prepare_model(model, cfg, precision, lora, prepare)
+    model.config.use_cache = False
+    if cfg.train.compile:
+        for block in find_layer_list(model)[2]:
+            block.compile(dynamic=True)  # in place: parameter names stay as they are
+    unfreezer = None
+    if cfg.method.type == "lora" and hasattr(model, "peft_config"):
+        for name, p in model.named_parameters():  # continue training a loaded adapter
+            p.requires_grad_("lora_" in name)
+    else:
+        model = adapters.apply_method(model, cfg.method)
+        if (cfg.method.type == "lora" and precision in ("bf16", "fp16") and prepare is None
+                and cfg.train.frozen_in_compute_dtype):
+            adapters.store_frozen_linears(model, head_dtype_for(precision), source)
+        if cfg.method.unfreeze is not None:
+            unfreezer = adapters.GradualUnfreezer(model, cfg.method)
+            unfreezer.start()
+    if cfg.method.type == "lora" and precision in ("bf16", "fp16"):
+        adapters.skip_lora_input_casts(model)
+    return model, tok, unfreezer
+
+
+def build_classifier(cfg: RunConfig, tok: Any, source: Path | str, names: list[str],
+                     prepare: Prepare | None = None
+                     ) -> tuple[Any, adapters.GradualUnfreezer | None, dict[str, Any]]:
+    """The classifier with ``requires_grad`` set by ``cfg.method``; plus what was chosen.
+    ``prepare`` changes the loaded model before the method applies (e.g. drops layers)."""
+    precision = resolve_precision(cfg.train.precision)
+    model = load_classifier(source, names, cfg.classification.multi_label, tok.pad_token_id,
+                            cfg.model.dtype, cfg.model.trust_remote_code,
+                            cfg.model.attn_implementation)
+    prepare_model(model, cfg, precision, cfg.method.type == "lora", prepare)
+    chosen: dict[str, Any] = {"head": head_modules(model)}
+    unfreezer = None
+    method = cfg.method
+    if method.type == "lora":
+        targets = method.target_modules
+        if "target_modules" not in method.model_fields_set:
+            targets = default_lora_targets(model, targets)
+        method = method.model_copy(update={"target_modules": targets})
+        chosen["lora_targets"] = targets
+        model = adapters.apply_method(model, method, task_type="SEQ_CLS",
+                                      modules_to_save=list(chosen["head"]))  # peft extends it
+        if precision in ("bf16", "fp16"):
+            adapters.skip_lora_input_casts(model)
+    else:
+        model = adapters.apply_method(model, method)
+        if method.unfreeze is not None:
+            unfreezer = adapters.GradualUnfreezer(model, method)
+            unfreezer.start()
+    return model, unfreezer, chosen
+
+
+def classifier_info(cfg: RunConfig, names: list[str]) -> dict[str, Any]:
+    """What prediction needs besides the weights (saved as tunesmith_classifier.json)."""
+    c = cfg.classification
+    return {"labels": names, "multi_label": c.multi_label, "threshold": c.threshold,
+            "label_separator": c.label_separator, "text_field": c.text_field,
+            "text_pair_field": c.text_pair_field, "label_field": c.label_field,
+            "max_length": c.max_length, "base_model": cfg.model.name,
+            "method": cfg.method.type, "run": cfg.name}
+
+
+# -- the run lifecycle ----------------------------------------------------------------------
 def open_run(cfg: RunConfig, resume: bool, overwrite: bool, tok: Any, model: Any,
              data_stats: dict[str, Any], extra: dict[str, Any]) -> tuple[Path, Path | None]:
     """(run directory, checkpoint to resume from). The checkpoint is looked up before the
@@ -49,6 +161,9 @@ def train_and_finish(run_dir: Path, make_loop: Callable[[], TrainLoop],
     except (TunesmithError, KeyboardInterrupt, Exception) as exc:
         rd.write_status(run_dir, "failed", reason=f"{type(exc).__name__}: {exc}"[:2000])
         raise
+    rate = loop.obj.rate_name
+    if rate:
+        status[f"{rate}_per_s"] = round(result.units_per_s, 2)
     rd.write_status(run_dir, "completed", steps=result.steps, stopped_early=result.stopped_early,
                     best_step=result.best_step, best_metric=result.best_metric,
                     last_eval=result.last_eval, tokens_per_s=round(result.tokens_per_s, 2),

@@ -8,7 +8,7 @@ layers) learns from a teacher (``distill.teacher``: any model or run directory).
 
 Causal LMs are distilled token by token on the labelled positions; classifiers learn from
 the teacher's soft labels. Both mix the distillation loss with the usual loss by
-``distill.alpha``. See :mod:`tunesmith.train.distill_objective`.
+``distill.alpha``. See :mod:`tunesmith.train.objectives.distill`.
 """
 
 from __future__ import annotations
@@ -20,24 +20,19 @@ from typing import Any
 from tunesmith.config.schema import RunConfig
 from tunesmith.data.classification import prepare_classification
 from tunesmith.data.pipeline import prepare_data
-from tunesmith.errors import ConfigError, ModelError
-from tunesmith.models.load import (
-    DTYPES,
-    _first_line,
-    load_causal_lm,
-    load_tokenizer,
-    resolve_artifact,
-)
+from tunesmith.device import DTYPES
+from tunesmith.errors import ConfigError, ModelError, first_line
+from tunesmith.models.artifacts import resolve_artifact
+from tunesmith.models.load import load_causal_lm, load_tokenizer
 from tunesmith.models.student import keep_layers
-from tunesmith.recipes import classify, common
-from tunesmith.recipes.sft import build_model, build_tokenizer
-from tunesmith.train.distill_objective import (
+from tunesmith.recipes import common
+from tunesmith.train.engine import LoopResult, StepCallback, TrainLoop
+from tunesmith.train.objectives.distill import (
     CausalDistillObjective,
     ClassifierDistillObjective,
     cache_key,
 )
-from tunesmith.train.dpo_objective import model_fingerprint
-from tunesmith.train.engine import LoopResult, StepCallback, TrainLoop
+from tunesmith.train.objectives.dpo import model_fingerprint
 
 
 @dataclass
@@ -81,7 +76,7 @@ def load_teacher_classifier(source: Path | str, names: list[str], cfg: RunConfig
             str(source), dtype=DTYPES[cfg.model.dtype],
             trust_remote_code=cfg.model.trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the teacher classifier ({_first_line(exc)})",
+        raise ModelError(f"cannot load the teacher classifier ({first_line(exc)})",
                          where=f"distill.teacher {source}", fix="point distill.teacher at a "
                          "trained classification run or checkpoint") from None
     labels = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
@@ -117,16 +112,16 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
                               "model with task: classification")
         names = data.labels.names
         teacher = load_teacher_classifier(teacher_src, names, cfg)
-        model, unfreezer, _ = classify.build_model(cfg, tok, source, names, cut)
+        model, unfreezer, _ = common.build_classifier(cfg, tok, source, names, cut)
         objective: Any = ClassifierDistillObjective(
             model, teacher, tok, data.train, data.validation, data.labels, cfg,
-            classify.classifier_info(cfg, names))
+            common.classifier_info(cfg, names))
         examples = {"train": len(data.train), "validation": len(data.validation)}
     else:
-        tok = build_tokenizer(cfg)
+        tok = common.build_tokenizer(cfg)
         check_same_vocabulary(tok, load_tokenizer(teacher_src), cfg.model.name, d.teacher)
         data = prepare_data(cfg.data, tok, cfg.train.seed)  # before any model loads
-        model, tok, unfreezer = build_model(cfg, tok, cut)
+        model, tok, unfreezer = common.build_causal_lm(cfg, tok, cut)
         teacher = load_causal_lm(teacher_src, cfg.model.dtype, cfg.model.trust_remote_code,
                                  cfg.model.attn_implementation)
         _check_output_sizes(model, teacher)

@@ -4,7 +4,7 @@
            → reference log-probs (adapter disabled, or computed once and cached on disk)
            → run dir → training loop (loss, rewards, reward accuracy, margin) → final/
 
-No second model is loaded: see :mod:`tunesmith.train.dpo_objective`.
+No second model is loaded: see :mod:`tunesmith.train.objectives.dpo`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from pathlib import Path
 
 from tunesmith.config.schema import RunConfig
 from tunesmith.data.preference import prepare_preference
-from tunesmith.models.load import resolve_artifact
+from tunesmith.models.artifacts import resolve_artifact
 from tunesmith.recipes import common
-from tunesmith.recipes.sft import build_model, build_tokenizer
-from tunesmith.train.dpo_objective import DPOObjective, model_fingerprint, reference_mode
 from tunesmith.train.engine import LoopResult, StepCallback, TrainLoop
+from tunesmith.train.objectives.dpo import DPOObjective, model_fingerprint, reference_mode
 
 
 @dataclass
@@ -33,9 +32,9 @@ class DPOResult:
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
         callbacks: list[StepCallback] | None = None) -> DPOResult:
     precision, accelerator = common.setup(cfg)
-    tok = build_tokenizer(cfg)
+    tok = common.build_tokenizer(cfg)
     data = prepare_preference(cfg.data, cfg.dpo, tok, cfg.train.seed)  # before the model loads
-    model, tok, unfreezer = build_model(cfg, tok)
+    model, tok, unfreezer = common.build_causal_lm(cfg, tok)
     reference = reference_mode(cfg, model)
     objective = DPOObjective(model, tok, data, cfg, precision, reference)
     cached = None

@@ -19,7 +19,7 @@ from typing import Any
 from tunesmith.config.load import config_to_yaml
 from tunesmith.config.schema import RunConfig
 from tunesmith.errors import ConfigError
-from tunesmith.train.checkpoint import atomic_write_text
+from tunesmith.io import atomic_write_text
 
 LIBRARIES = ("tunesmith", "torch", "transformers", "peft", "accelerate", "datasets", "tokenizers")
 

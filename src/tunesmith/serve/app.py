@@ -1,11 +1,11 @@
 """The FastAPI application: ``create_app(settings)``.
 
-Contract with the fine-tuning jobs API (serve/jobs.py, serve/files.py, serve/worker.py):
+Contract with the fine-tuning jobs API (serve/jobs/routes.py, serve/jobs/files.py, serve/jobs/worker.py):
 
 - ``app.state.settings`` is the :class:`ServeSettings` (``data_dir``, ``models_dir``,
   ``api_key``, limits), ``app.state.db`` the :class:`Database` (tables of every module
   import ``Base`` from serve/db.py), ``app.state.pool`` the :class:`ModelPool`.
-- If ``tunesmith.serve.jobs`` imports, ``build_jobs_router(app)`` (or ``build_jobs_router()``
+- If ``tunesmith.serve.jobs.routes`` imports, ``build_jobs_router(app)`` (or ``build_jobs_router()``
   when it takes no parameter) is called after ``app.state`` is set and its router included.
   Work at startup/shutdown (the worker) goes into the lists ``app.state.startup`` /
   ``app.state.shutdown`` (callables, sync or async, no arguments), run by the app's lifespan.
@@ -15,7 +15,7 @@ Contract with the fine-tuning jobs API (serve/jobs.py, serve/files.py, serve/wor
 - The API key check (every route but ``/health``), the body-size limit (``/v1/files`` has
   ``max_upload_bytes``, everything else ``max_body_bytes``) and request recording are
   middleware, so they cover the jobs routes too. Errors use OpenAI's error object
-  (serve/errors.py: raise ``APIError(status, message, param, code)``).
+  (serve/api/errors.py: raise ``APIError(status, message, param, code)``).
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from tunesmith.serve.api.engines import ModelPool
+from tunesmith.serve.api.errors import install_error_handlers
+from tunesmith.serve.api.routes import build_openai_router
 from tunesmith.serve.db import Database
-from tunesmith.serve.engines import ModelPool
-from tunesmith.serve.errors import install_error_handlers
-from tunesmith.serve.feedback import build_feedback_router
-from tunesmith.serve.monitoring import GuardAndRecord, Metrics
-from tunesmith.serve.openai_api import build_openai_router
+from tunesmith.serve.feedback.routes import build_feedback_router
+from tunesmith.serve.ops.monitoring import GuardAndRecord, Metrics
 from tunesmith.serve.settings import ServeSettings
 
 log = logging.getLogger("tunesmith.serve")
@@ -48,9 +48,9 @@ async def _run_hooks(hooks: list) -> None:
 
 def _include_jobs(app: FastAPI) -> None:
     try:
-        from tunesmith.serve.jobs import build_jobs_router
+        from tunesmith.serve.jobs.routes import build_jobs_router
     except ImportError as exc:
-        if getattr(exc, "name", None) not in ("tunesmith.serve.jobs", None):
+        if getattr(exc, "name", None) not in ("tunesmith.serve.jobs.routes", None):
             raise  # the module exists but is broken: show it rather than hide the jobs API
         log.info("fine-tuning jobs API not available")
         return

@@ -79,7 +79,7 @@ def monitor(data_dir: DataDir = Path(DEFAULT_DATA_DIR), db: DbUrl = None,
                 "--since-hours", help="Only the last N hours.")] = None,
             ) -> None:
     """Latency percentiles, error rate, throughput and input-length drift of a server."""
-    from tunesmith.serve.monitor_report import build_monitor_report
+    from tunesmith.serve.ops.report import build_monitor_report
 
     summary, html = build_monitor_report(_db_url(data_dir, db), output, run=run, data=data,
                                          model=model, since_hours=since_hours)
@@ -107,7 +107,7 @@ def feedback_export(output: Annotated[Path, typer.Option("-o", "--output",
                                     ] = "chat",
                     ) -> None:
     """Turn feedback into the next training set (SFT corrections/upvotes, or DPO pairs)."""
-    from tunesmith.serve.feedback_export import export_feedback
+    from tunesmith.serve.feedback.export import export_feedback
 
     if format not in ("sft", "dpo"):
         raise UsageError("unknown --format", where="--format", got=format, fix="use sft or dpo")
@@ -154,7 +154,7 @@ def promote(candidate: Annotated[str, typer.Argument(
     from rich.markup import escape
 
     from tunesmith.evaluate.tasks import EvalSettings
-    from tunesmith.serve.promote import PromoteRequest, run_promote
+    from tunesmith.serve.feedback.promote import PromoteRequest, run_promote
 
     settings = EvalSettings(task=task, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             limit=limit, bootstrap=bootstrap, seed=seed, dtype=dtype)

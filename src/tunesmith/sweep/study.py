@@ -24,8 +24,8 @@ import yaml
 from tunesmith.config import load_config, load_raw
 from tunesmith.config.schema import RunConfig
 from tunesmith.errors import ConfigError, TunesmithError, UsageError
+from tunesmith.io import atomic_write_text
 from tunesmith.sweep.space import Param
-from tunesmith.train.checkpoint import atomic_write_text
 from tunesmith.train.early_stopping import higher_is_better
 
 MODEL_DIRS = ("final", "best", "checkpoints")

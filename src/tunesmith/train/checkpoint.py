@@ -2,18 +2,15 @@
 
 ``checkpoints/step-N/`` holds the weights (adapter or full, safetensors), the tokenizer,
 optimizer + scheduler state, RNG states and ``trainer_state.json`` (step, epoch, data
-position, best metric, early-stopping and unfreezing state). Each is written to a temporary
-sibling and renamed into place, so a killed run never leaves a half-written checkpoint.
+position, best metric, early-stopping and unfreezing state). The directory is written through
+``io.atomic_directory``, so a killed run never leaves a half-written checkpoint.
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,45 +18,9 @@ import torch
 from torch import nn
 
 from tunesmith.errors import CheckpointError
+from tunesmith.io import atomic_directory
 
 STATE_FILE = "trainer_state.json"
-
-
-def atomic_dir(final: Path) -> Path:
-    """A fresh temporary directory next to ``final``; commit it with :func:`commit_dir`."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-
-
-def commit_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary sibling, renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_weights(model: nn.Module, tokenizer: Any, out: Path) -> None:
@@ -68,50 +29,14 @@ def save_weights(model: nn.Module, tokenizer: Any, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def save_final(model: nn.Module, tokenizer: Any, out: Path) -> None:
-    """The run's deliverable: a plain Hugging Face checkpoint in ``out``.
-
-    A LoRA model is merged into its base in full precision (so ``final/`` loads in
-    lm-evaluation-harness, vLLM or ``from_pretrained`` with no peft), and the adapter itself is
-    kept in ``out/adapter/`` (small; servable over a shared base). The generation config
-    carries the tokenizer's EOS and pad ids so generation stops where training taught it to.
-    """
-    from tunesmith.export.merge import fix_generation_config  # export imports this module
-
-    if hasattr(model, "peft_config"):
-        save_weights(model, tokenizer, out / "adapter")
-        merged = copy.deepcopy(model)
-        source = getattr(model, "tunesmith_frozen_source", None)
-        if source is not None:  # base stored in bf16/fp16: merge into its float32 originals
-            from tunesmith.models.adapters import restore_frozen_linears
-            from tunesmith.models.load import load_causal_lm
-
-            if not restore_frozen_linears(merged, source):
-                del merged  # the base from disk in float32, the adapter applied again
-                merged = load_causal_lm(out / "adapter", dtype="float32")
-        merged = merged.merge_and_unload()
-        fix_generation_config(merged, tokenizer)
-        merged.save_pretrained(out, safe_serialization=True)
-        del merged
-    else:
-        fix_generation_config(model, tokenizer)
-        model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-
-
 def save_checkpoint(path: Path, model: nn.Module, tokenizer: Any, optimizer: Any,
                     scheduler: Any, state: dict[str, Any]) -> None:
-    tmp = atomic_dir(path)
-    try:
+    with atomic_directory(path) as tmp:
         save_weights(model, tokenizer, tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-        commit_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def rotate(checkpoints: Path, keep: int) -> None:

@@ -24,8 +24,12 @@ from torch import nn
 
 from tunesmith.config.schema import RunConfig
 from tunesmith.data.collate import epoch_batches
+from tunesmith.device import accelerate_mixed_precision
 from tunesmith.errors import TrainingError
+from tunesmith.io import atomic_directory
 from tunesmith.models.adapters import GradualUnfreezer
+from tunesmith.models.artifacts import EVAL_FILE
+from tunesmith.models.merge import save_trained
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.early_stopping import check_metric_available, is_improvement
 from tunesmith.train.optim import build_optimizer, build_scheduler
@@ -43,6 +47,7 @@ class LoopResult:
     best_metric: float | None = None
     last_eval: dict[str, float] = field(default_factory=dict)
     tokens_per_s: float = 0.0
+    units_per_s: float = 0.0  # the objective's units (examples, pairs, ...) per second
     losses: list[float] = field(default_factory=list)
 
 
@@ -137,7 +142,7 @@ class Objective:
     def save_final_model(self, module: nn.Module, tokenizer: Any, out: Path) -> None:
         """Write ``final/``: a plain checkpoint (a LoRA model merged into its base, the
         adapter kept in ``out/adapter/``), which lm-evaluation-harness and vLLM load as is."""
-        ckpt.save_final(module.model, tokenizer, out)
+        save_trained(module.model, tokenizer, out)
 
     def eval_extra(self, step: int, metrics: dict[str, float]) -> dict[str, Any]:
         """More to record with an evaluation in ``best/`` and ``final/tunesmith_eval.json``."""
@@ -255,7 +260,7 @@ class TrainLoop:
         result.steps = state["step"]
         result.best_step, result.best_metric = state["best_step"], state["best"]
         result.tokens_per_s = tokens_seen / max(train_time, 1e-9)
-        self.units_per_s = units_seen / max(train_time, 1e-9)
+        result.units_per_s = units_seen / max(train_time, 1e-9)
         return result
 
     # -- one optimizer step ---------------------------------------------------------------
@@ -346,24 +351,22 @@ class TrainLoop:
         """Write ``final/`` (weights + the last evaluation) atomically; returns its path."""
         final = self.run_dir / "final"
         if self.acc.is_main_process:
-            tmp = ckpt.atomic_dir(final)
-            self.obj.save_final_model(self.acc.unwrap_model(self.wrapped), self.tok, tmp)
-            (tmp / "tunesmith_eval.json").write_text(json.dumps(
-                {"step": result.steps, **result.last_eval,
-                 **(self.obj.eval_extra(result.steps, result.last_eval)
-                    if result.last_eval else {})}, indent=1))
-            ckpt.commit_dir(tmp, final)
+            with atomic_directory(final) as tmp:
+                self.obj.save_final_model(self.acc.unwrap_model(self.wrapped), self.tok, tmp)
+                (tmp / EVAL_FILE).write_text(json.dumps(
+                    {"step": result.steps, **result.last_eval,
+                     **(self.obj.eval_extra(result.steps, result.last_eval)
+                        if result.last_eval else {})}, indent=1))
         return final
 
     def _save_best(self, step: int, metrics: dict[str, float]) -> None:
         if not self.acc.is_main_process:
             return
         out = self.run_dir / "best"
-        tmp = ckpt.atomic_dir(out)
-        self.obj.save_model(self.acc.unwrap_model(self.wrapped), self.tok, tmp)
-        (tmp / "tunesmith_eval.json").write_text(json.dumps(
-            {"step": step, **metrics, **self.obj.eval_extra(step, metrics)}, indent=1))
-        ckpt.commit_dir(tmp, out)
+        with atomic_directory(out) as tmp:
+            self.obj.save_model(self.acc.unwrap_model(self.wrapped), self.tok, tmp)
+            (tmp / EVAL_FILE).write_text(json.dumps(
+                {"step": step, **metrics, **self.obj.eval_extra(step, metrics)}, indent=1))
 
     def _save(self, step: int, state: dict[str, Any]) -> None:
         self.acc.wait_for_everyone()
@@ -373,3 +376,20 @@ class TrainLoop:
                                  self.optimizer, self.scheduler, dict(state))
             self.obj.on_checkpoint(path)
             ckpt.rotate(self.run_dir / "checkpoints", self.tc.keep_last)
+
+
+def make_accelerator(precision: str) -> Any:
+    """An Accelerator for ``precision`` ("fp32" | "bf16" | "fp16").
+
+    accelerate keeps one process-wide state and refuses a second Accelerator with another
+    mixed precision, so a second run in the same process (a job worker, the demo, tests)
+    resets that state first; the process group (PartialState) is left alone.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    mixed = accelerate_mixed_precision(precision)
+    previous = AcceleratorState._shared_state.get("_mixed_precision")
+    if previous is not None and previous != mixed:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())

@@ -147,3 +147,17 @@ class CausalLMLoss(nn.Module):
         if self._cast_head is None or self._cast_head[0] != key:
             self._cast_head = (key, weight.detach().to(self.head_dtype))
         return self._cast_head[1]
+
+
+def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool,
+                     label_smoothing: float = 0.0, weights: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+    """Cross-entropy per example (softmax) or mean binary cross-entropy per example (sigmoid)."""
+    if multi_label:
+        target = labels.float()
+        if label_smoothing:
+            target = target * (1 - label_smoothing) + label_smoothing / 2
+        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=weights,
+                                                  reduction="none").mean(-1)
+    return F.cross_entropy(logits, labels, weight=weights, label_smoothing=label_smoothing,
+                           reduction="none")

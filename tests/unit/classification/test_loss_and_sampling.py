@@ -11,13 +11,10 @@ import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 
 from tunesmith.data.classification import ClsEncoded
+from tunesmith.data.collate import collate_cls
 from tunesmith.errors import ConfigError
-from tunesmith.train.classify_loop import (
-    balanced_order,
-    class_weight_tensor,
-    collate_cls,
-    per_example_loss,
-)
+from tunesmith.train.loss import per_example_loss
+from tunesmith.train.objectives.classify import balanced_order, class_weight_tensor
 
 
 def test_balanced_weights_equal_sklearn() -> None:

@@ -14,7 +14,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from tunesmith.evaluate.classification_metrics import (
+from tunesmith.metrics.classification import (
     ConfusionMatrix,
     MultiLabelCounts,
     format_report,

@@ -61,7 +61,7 @@ def test_filters_empty_short_long() -> None:
 
 
 def test_chat_message_contents_are_cleaned_and_empty_turns_dropped() -> None:
-    cleaner = Cleaner(CleanConfig(), "chat")
+    cleaner = Cleaner(CleanConfig(), "messages")
     row = {"messages": [{"role": "system", "content": ""},
                         {"role": "user", "content": "  Hi\u00a0there "},
                         {"role": "assistant", "content": "Hello!\r\n", "weight": 1}]}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tunesmith.data.formats import detect_format
 from tunesmith.data.prepare.fields import (
     check_row,
-    detect_format,
     get_path,
     iter_texts,
     majority_format,
@@ -18,7 +18,7 @@ CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "c
 
 @pytest.mark.parametrize("row, fmt", [
     ({"prompt": "p", "chosen": "a", "rejected": "b"}, "preference"),
-    (CHAT, "chat"),
+    (CHAT, "messages"),
     ({"instruction": "i", "input": "", "output": "o"}, "alpaca"),
     ({"prompt": "p", "completion": "c"}, "prompt_completion"),
     ({"text": "t", "label": 1}, "classification"),
@@ -44,9 +44,9 @@ def test_majority_counts_unlabelled_rows_as_classification() -> None:
     ({"text": "t", "label": 1}, "alpaca", "schema_mismatch", "instruction"),
     ({"instruction": "i"}, "alpaca", "missing_field", "output"),
     ({"messages": CHAT["messages"]}, "alpaca", "schema_mismatch", "instruction"),
-    ({"messages": [{"role": "user", "content": "Hi"}]}, "chat", "no_assistant", "messages"),
-    ({"messages": [{"role": "bot", "content": "Hi"}]}, "chat", "bad_role", "messages[0].role"),
-    ({"messages": "hello"}, "chat", "wrong_type", "messages"),
+    ({"messages": [{"role": "user", "content": "Hi"}]}, "messages", "no_assistant", "messages"),
+    ({"messages": [{"role": "bot", "content": "Hi"}]}, "messages", "bad_role", "messages[0].role"),
+    ({"messages": "hello"}, "messages", "wrong_type", "messages"),
     ({"prompt": "p", "chosen": "a"}, "preference", "missing_field", "rejected"),
 ])
 def test_check_row_names_reason_and_field(row: dict, fmt: str, reason: str, field: str) -> None:
@@ -55,7 +55,7 @@ def test_check_row_names_reason_and_field(row: dict, fmt: str, reason: str, fiel
 
 
 def test_valid_rows_pass() -> None:
-    assert check_row(CHAT, "chat") is None
+    assert check_row(CHAT, "messages") is None
     assert check_row({"instruction": "i", "input": None, "output": "o"}, "alpaca") is None
     assert check_row({"prompt": CHAT["messages"][:1], "chosen": CHAT["messages"][1:],
                       "rejected": [{"role": "assistant", "content": "no"}]}, "preference") is None
@@ -66,11 +66,11 @@ def test_iter_and_map_texts_reach_every_text_field_without_mutating() -> None:
     row = {"messages": [{"role": "user", "content": "a"},
                         {"role": "assistant", "content": [{"type": "text", "text": "b"}]}],
            "id": "keep"}
-    assert [t for _, t in iter_texts(row, "chat")] == ["a", "b"]
-    assert [n for n, _ in iter_texts(row, "chat")] == ["messages[0]<user>",
+    assert [t for _, t in iter_texts(row, "messages")] == ["a", "b"]
+    assert [n for n, _ in iter_texts(row, "messages")] == ["messages[0]<user>",
                                                       "messages[1]<assistant>[0]"]
-    upper = map_texts(row, "chat", str.upper)
-    assert [t for _, t in iter_texts(upper, "chat")] == ["A", "B"]
+    upper = map_texts(row, "messages", str.upper)
+    assert [t for _, t in iter_texts(upper, "messages")] == ["A", "B"]
     assert row["messages"][0]["content"] == "a" and upper["id"] == "keep"
     pref = {"prompt": "p", "chosen": "c", "rejected": "r", "meta": "m"}
     assert [t for _, t in iter_texts(pref, "preference")] == ["p", "c", "r"]

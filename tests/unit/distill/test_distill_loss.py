@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tunesmith.train.distill_loss import divergence, mixed_loss, soft_label_loss
+from tunesmith.train.objectives.distill import divergence, mixed_loss, soft_label_loss
 
 P_T = [0.7, 0.2, 0.1]   # teacher
 P_S = [0.4, 0.4, 0.2]   # student

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from tunesmith.train.distill_objective import CausalDistillObjective
+from tunesmith.train.objectives.distill import CausalDistillObjective
 
 
 def test_cached_rows_concatenate_under_autocast() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from tunesmith.train.dpo_loss import dpo_loss, sequence_logps
+from tunesmith.train.objectives.dpo import dpo_loss, sequence_logps
 
 # a fixed batch of 4 pairs: summed response log-probs, reference log-probs, token counts
 PC = torch.tensor([-12.0, -30.5, -7.25, -20.0], dtype=torch.float64)

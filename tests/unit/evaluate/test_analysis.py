@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 
 from tunesmith.data.readers import Row
-from tunesmith.evaluate.analysis import (confusion_pairs, relabel_queue, run_analyze,
-                                         slice_groups, slice_metrics, worst_examples)
+from tunesmith.evaluate.analysis import (
+    confusion_pairs,
+    relabel_queue,
+    run_analyze,
+    slice_groups,
+    slice_metrics,
+)
+from tunesmith.evaluate.examples import worst_examples
 
 
 def _label_records() -> list[dict]:
@@ -76,9 +82,9 @@ def test_worst_examples_and_confusion_pairs() -> None:
 
 
 def test_relabel_queue_rows_are_accepted_by_prepare_and_train() -> None:
-    from tunesmith.data.formats import detect_format, to_example
+    from tunesmith.data.formats import detect_format as prepare_format
+    from tunesmith.data.formats import detect_training_format, to_example
     from tunesmith.data.prepare.fields import check_row
-    from tunesmith.data.prepare.fields import detect_format as prepare_format
 
     queue = relabel_queue(_label_records(), "classification", {}, size=10)
     assert len(queue) == 10
@@ -95,7 +101,7 @@ def test_relabel_queue_rows_are_accepted_by_prepare_and_train() -> None:
     for q in queue:
         assert prepare_format(q) == "prompt_completion"
         assert check_row(q, "prompt_completion") is None
-        ex = to_example(Row(q, "q"), detect_format([Row(q, "q")]))
+        ex = to_example(Row(q, "q"), detect_training_format([Row(q, "q")]))
         assert ex.kind == "completion" and ex.completion == q["target"]
     alpaca = [{**gen[0], "row": {"instruction": "Say hi", "output": "hi"}}]
     assert set(relabel_queue(alpaca, "generation", {})[0]) == {"instruction", "output", "review"}

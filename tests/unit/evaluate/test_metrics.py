@@ -10,10 +10,18 @@ import sacrebleu
 from rouge_score.rouge_scorer import RougeScorer
 
 from tunesmith.errors import ConfigError
-from tunesmith.evaluate.metrics import (GenerationScorer, StreamingMetrics, aggregator,
-                                        bootstrap_ci, exact_match, paired_bootstrap,
-                                        resolve_metrics, stats_matrix, token_f1,
-                                        wilson_interval)
+from tunesmith.evaluate.metrics import (
+    GenerationScorer,
+    StreamingMetrics,
+    aggregator,
+    bootstrap_ci,
+    exact_match,
+    paired_bootstrap,
+    resolve_metrics,
+    stats_matrix,
+    token_f1,
+    wilson_interval,
+)
 
 HYPS = ["The cat sat on the mat.", "hello world", "A quick brown fox jumps", "",
         "Il fait beau aujourd'hui.", "multi\nline output here", "the the the the",

@@ -71,7 +71,7 @@ def test_paired_bootstrap_on_exact_match_and_example_f1() -> None:
 
 
 def _ml_classifier(out: Path, threshold: float, separator: str | None = None) -> Path:
-    from tunesmith.models.classifier import write_classifier_info
+    from tunesmith.models.artifacts import write_classifier_info
 
     build_tiny_classifier_dir(out, TOPICS)
     cfg = json.loads((out / "config.json").read_text())

@@ -11,7 +11,8 @@ import torch
 
 from tests.helpers.tiny import write_jsonl
 from tunesmith.errors import ConfigError, DataError, TunesmithError
-from tunesmith.evaluate.runner import load_eval_dir, run_eval
+from tunesmith.evaluate.results import load_eval_dir
+from tunesmith.evaluate.runner import run_eval
 from tunesmith.evaluate.tasks import EvalSettings
 
 
@@ -50,7 +51,7 @@ def test_generation_eval_writes_predictions_metrics_and_comparison(
 def test_lm_eval_loss_equals_training_loss(tmp_path: Path, tiny_model_dir: Path,
                                            messages_file: Path) -> None:
     from tunesmith.data.collate import collate
-    from tunesmith.data.formats import detect_format, to_example
+    from tunesmith.data.formats import detect_training_format, to_example
     from tunesmith.data.readers import read_rows
     from tunesmith.data.templates import Encoder
     from tunesmith.models.load import load_for_inference
@@ -62,7 +63,7 @@ def test_lm_eval_loss_equals_training_loss(tmp_path: Path, tiny_model_dir: Path,
     model, tok = load_for_inference(str(tiny_model_dir), dtype="float32")
     rows = read_rows(messages_file)
     enc = Encoder(tok, 2048)
-    encs = [enc.fit(enc.encode(to_example(r, detect_format(rows)))) for r in rows]
+    encs = [enc.fit(enc.encode(to_example(r, detect_training_format(rows)))) for r in rows]
     with torch.no_grad():
         loss, n, correct = CausalLMLoss(model)(**collate(encs, tok.pad_token_id))
     assert got["loss"] == pytest.approx(float(loss / n), rel=1e-5)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from tunesmith.export.merge import load_full
-from tunesmith.export.quantize import is_int8_dir, load_int8, quantize_int8, save_int8
+from tunesmith.export.quantize import quantize_int8, save_int8
 from tunesmith.export.source import resolve_source
+from tunesmith.models.int8 import is_int8_dir, load_int8
 from tunesmith.models.load import load_causal_lm
 
 

@@ -112,7 +112,7 @@ def test_mixture_run_logs_per_task_and_overall_metrics(tiny_model_dir: Path, tmp
 def test_rewritten_records_are_instructions(tiny_model_dir: Path, tmp_path: Path,
                                             files: dict[str, Path]) -> None:
     from tunesmith.data.mixture import prepare_mixture
-    from tunesmith.recipes.sft import build_tokenizer
+    from tunesmith.recipes.common import build_tokenizer
 
     cfg = _mixture_cfg(tmp_path / "runs", tiny_model_dir, files)
     tok = build_tokenizer(cfg)

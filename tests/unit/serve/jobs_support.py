@@ -67,9 +67,9 @@ def chat_rows(n: int = 12) -> list[dict[str, Any]]:
 def build_app(data_dir: Path, db_url: str | None = None) -> tuple[Any, Any]:
     from fastapi import FastAPI
 
+    from tunesmith.serve.api.errors import install_error_handlers
     from tunesmith.serve.db import Database, default_url
-    from tunesmith.serve.errors import install_error_handlers
-    from tunesmith.serve.jobs import build_jobs_router
+    from tunesmith.serve.jobs.routes import build_jobs_router
     from tunesmith.serve.settings import ServeSettings
 
     settings = ServeSettings(data_dir=data_dir, jobs_worker=False)

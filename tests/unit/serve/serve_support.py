@@ -40,7 +40,7 @@ def make_classifier_run(run_dir: Path, base_dir: Path) -> Path:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from tunesmith.models.classifier import write_classifier_info
+    from tunesmith.models.artifacts import write_classifier_info
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -70,7 +70,7 @@ def serve_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def shared_pool(serve_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
     """One model pool for the session (loading is the slow part); each app has its own DB."""
-    from tunesmith.serve.engines import ModelPool
+    from tunesmith.serve.api.engines import ModelPool
     from tunesmith.serve.settings import ServeSettings
 
     settings = ServeSettings(

@@ -5,8 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.unit.serve.serve_support import (assert_openai_error, client, make_client,  # noqa
-                                            serve_models, shared_pool)
+from tests.unit.serve.serve_support import (  # noqa
+    assert_openai_error,
+    client,
+    make_client,
+    serve_models,
+    shared_pool,
+)
 
 MSGS = [{"role": "user", "content": "hi"}]
 

@@ -6,8 +6,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tests.unit.serve.serve_support import (assert_openai_error, client, make_client,  # noqa
-                                            serve_models, shared_pool, sse_events)
+from tests.unit.serve.serve_support import (  # noqa
+    assert_openai_error,
+    client,
+    make_client,
+    serve_models,
+    shared_pool,
+    sse_events,
+)
 
 CHAT = {"messages": [{"role": "user", "content": "Say hello"}], "temperature": 0}
 

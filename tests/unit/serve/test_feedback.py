@@ -8,8 +8,12 @@ from typing import Any
 
 import pytest
 
-from tests.unit.serve.serve_support import (assert_openai_error, make_client,  # noqa: F401
-                                            serve_models, shared_pool)
+from tests.unit.serve.serve_support import (  # noqa: F401
+    assert_openai_error,
+    make_client,
+    serve_models,
+    shared_pool,
+)
 from tests.unit.sft_support import cli
 
 Q1 = [{"role": "user", "content": "Say hello"}]
@@ -76,8 +80,8 @@ def test_feedback_errors(shared_pool: Any, tmp_path: Path) -> None:
 
 
 def test_completions_stored_with_prompt_and_output(feedback_db: dict[str, Any]) -> None:
+    from tunesmith.serve.api.completions import CompletionRecord
     from tunesmith.serve.db import Database
-    from tunesmith.serve.feedback import CompletionRecord
 
     db = Database(feedback_db["url"])
     with db.session() as s:
@@ -91,7 +95,7 @@ def test_completions_stored_with_prompt_and_output(feedback_db: dict[str, Any]) 
 
 def test_export_sft(feedback_db: dict[str, Any], tmp_path: Path,
                     capsys: pytest.CaptureFixture[str]) -> None:
-    from tunesmith.data.formats import detect_format, to_example
+    from tunesmith.data.formats import detect_training_format, to_example
     from tunesmith.data.readers import read_rows
 
     out = tmp_path / "sft.jsonl"
@@ -111,7 +115,7 @@ def test_export_sft(feedback_db: dict[str, Any], tmp_path: Path,
     assert prov["feedback_ids"] == [feedback_db["fb"][2]]
     # the file is training data as `tunesmith train` reads it
     read = read_rows(out)
-    assert detect_format(read) == "messages"
+    assert detect_training_format(read) == "messages"
     ex = to_example(read[0], "messages")
     assert ex.kind == "chat" and ex.messages[-1]["role"] == "assistant"
 
@@ -121,11 +125,11 @@ def test_export_sft(feedback_db: dict[str, Any], tmp_path: Path,
     (row,) = [json.loads(line) for line in text_out.read_text().splitlines()]
     assert row["prompt"] == "The quick"
     assert row["completion"] == feedback_db["t"]["choices"][0]["text"]
-    assert detect_format(read_rows(text_out)) == "prompt_completion"
+    assert detect_training_format(read_rows(text_out)) == "prompt_completion"
 
 
 def test_export_dpo(feedback_db: dict[str, Any], tmp_path: Path) -> None:
-    from tunesmith.serve.feedback_export import export_feedback
+    from tunesmith.serve.feedback.export import export_feedback
 
     out = tmp_path / "dpo.jsonl"
     n = export_feedback(feedback_db["url"], out, "dpo")

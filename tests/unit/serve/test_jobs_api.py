@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.serve.jobs_support import JobsEnv, chat_rows, jobs_env  # noqa: F401
-from tunesmith.serve.job_spec import dpo_available
+from tunesmith.serve.jobs.spec import dpo_available
 
 
 def _err(resp: object, status: int = 400) -> dict[str, object]:
@@ -37,7 +37,7 @@ def test_created_job_is_an_openai_job_with_resolved_hyperparameters(
     from sqlalchemy import select
 
     from tunesmith.config.load import validate_dict
-    from tunesmith.serve.jobs_models import JobRow
+    from tunesmith.serve.jobs.models import JobRow
 
     with jobs_env.db.session() as s:
         row = s.scalar(select(JobRow).where(JobRow.id == job.id))
@@ -64,7 +64,7 @@ def test_legacy_hyperparameters_and_tunesmith_overrides(jobs_env: JobsEnv,
                                               "learning_rate_multiplier": 1.0}
     from sqlalchemy import select
 
-    from tunesmith.serve.jobs_models import JobRow
+    from tunesmith.serve.jobs.models import JobRow
 
     with jobs_env.db.session() as s:
         spec = s.scalar(select(JobRow.spec).where(JobRow.id == resp.json()["id"]))

@@ -10,8 +10,8 @@ import pytest
 
 from tests.unit.serve.jobs_support import JobsEnv, build_app, chat_rows
 from tests.unit.serve.postgres_support import postgres_url  # noqa: F401
-from tunesmith.serve.job_run import train_job
-from tunesmith.serve.worker import JobWorker
+from tunesmith.serve.jobs.run import train_job
+from tunesmith.serve.jobs.worker import JobWorker
 
 
 @pytest.fixture()

@@ -20,10 +20,10 @@ from sqlalchemy import select
 from tests.unit.serve.jobs_support import JobsEnv, chat_rows, jobs_env  # noqa: F401
 from tunesmith.config.load import validate_dict
 from tunesmith.serve import paths
-from tunesmith.serve.job_run import train_job
-from tunesmith.serve.job_spec import dpo_available
-from tunesmith.serve.jobs_models import CheckpointRow, JobRow
-from tunesmith.serve.worker import HOST, JobWorker
+from tunesmith.serve.jobs.models import CheckpointRow, JobRow
+from tunesmith.serve.jobs.run import train_job
+from tunesmith.serve.jobs.spec import dpo_available
+from tunesmith.serve.jobs.worker import HOST, JobWorker
 
 
 def _create(env: JobsEnv, model: Path, **tunesmith: Any) -> str:
@@ -288,7 +288,7 @@ class _Killed(BaseException):
 
 def test_step_checkpointed_but_not_reported_is_recorded_on_resume(
         jobs_env: JobsEnv, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tunesmith.serve import job_run
+    from tunesmith.serve.jobs import run as job_run
 
     env = jobs_env
     job_id = _create(env, tiny_model_dir, **{"train.max_steps": 6, "train.save_every": 3})

@@ -27,7 +27,7 @@ def _metric(text: str, name: str, **labels: str) -> float:
 
 
 def test_every_request_recorded_and_counted(shared_pool: Any, tmp_path: Path) -> None:
-    from tunesmith.serve.monitor_report import load_records
+    from tunesmith.serve.ops.report import load_records
 
     with make_client(shared_pool, tmp_path / "d") as c:
         for _ in range(3):
@@ -72,7 +72,7 @@ def test_every_request_recorded_and_counted(shared_pool: Any, tmp_path: Path) ->
 def _fill(url: str, latencies: list[float], statuses: list[int], prompt_tokens: list[int],
           t0: float = 1000.0) -> None:
     from tunesmith.serve.db import Database
-    from tunesmith.serve.monitoring import save_record
+    from tunesmith.serve.ops.monitoring import save_record
 
     db = Database(url)
     for i, (lat, st, pt) in enumerate(zip(latencies, statuses, prompt_tokens)):
@@ -83,7 +83,7 @@ def _fill(url: str, latencies: list[float], statuses: list[int], prompt_tokens: 
 
 
 def test_monitor_numbers_and_report(tmp_path: Path, serve_models: dict[str, Path]) -> None:
-    from tunesmith.serve.monitor_report import build_monitor_report
+    from tunesmith.serve.ops.report import build_monitor_report
 
     url = f"sqlite:///{tmp_path / 'm.db'}"
     lat = [float(v) for v in range(1, 101)]  # 1..100 ms
@@ -128,7 +128,7 @@ def _sft_run(tmp_path: Path, base: Path, prompts: list[str]) -> Path:
 
 def test_drift_against_training_lengths(tmp_path: Path, serve_models: dict[str, Path]) -> None:
     from tunesmith.models.load import load_tokenizer
-    from tunesmith.serve.monitor_report import build_monitor_report, psi, training_lengths
+    from tunesmith.serve.ops.report import build_monitor_report, psi, training_lengths
 
     words = "red blue green yes no maybe".split()
     prompts = [" ".join(words[j % 6] for j in range(i % 7 + 1)) for i in range(60)]

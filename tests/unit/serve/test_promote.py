@@ -64,7 +64,7 @@ def _promote(models: dict[str, Path], data: Path, out: Path, capsys: Any, *extra
 
 def test_better_candidate_is_served_under_the_old_name(models: dict[str, Path], tmp_path: Path,
                                                        capsys: Any) -> None:
-    from tunesmith.serve.engines import ModelPool
+    from tunesmith.serve.api.engines import ModelPool
     from tunesmith.serve.settings import ServeSettings
 
     data = tmp_path / "data"
@@ -184,7 +184,7 @@ def test_identical_classifier_passes_with_zero_difference(tmp_path: Path, capsys
 
     from tests.helpers.tiny_cls import build_tiny_bert_dir
     from tests.unit.serve.serve_support import make_classifier_run
-    from tunesmith.serve.engines import ModelPool
+    from tunesmith.serve.api.engines import ModelPool
     from tunesmith.serve.settings import ServeSettings
 
     run = make_classifier_run(tmp_path / "runs" / "sentiment",

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data.prepare.config import PrepareConfig
-from tunesmith.data.prepare.source import sha256_file
 from tunesmith.data.prepare.writers import write_text_atomic
 from tunesmith.errors import DataError
+from tunesmith.io import file_sha256
 
 CARD_JSON = "data_card.json"
 CARD_MD = "data_card.md"
@@ -97,7 +97,7 @@ def build_card(f: RunFacts) -> dict[str, Any]:
     splits = {}
     for name, path in f.split_files.items():
         splits[name] = {"file": path.name, "rows": f.split_counts[name],
-                        "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+                        "bytes": path.stat().st_size, "sha256": file_sha256(path)}
     config = f.cfg.model_dump(mode="json")
     fingerprint = hashlib.sha256(json.dumps(
         {"splits": {k: v["sha256"] for k, v in splits.items()}, "format": f.fmt,
@@ -224,7 +224,7 @@ def prepared_split_path(outdir: str | os.PathLike[str], split: str, verify: bool
     if not path.is_file():
         raise DataError("split file listed in the data card is missing", where=str(path),
                         fix="re-run tunesmith data prepare")
-    if verify and sha256_file(path) != entry["sha256"]:
+    if verify and file_sha256(path) != entry["sha256"]:
         raise DataError("split file changed since it was prepared (hash differs from the "
                         "data card)", where=str(path), got=entry["sha256"][:16],
                         fix="re-run tunesmith data prepare, or restore the file")
@@ -235,6 +235,6 @@ def card_hashes(outdir: str | os.PathLike[str]) -> dict[str, Any]:
     """What a training manifest should record: fingerprint, card hash, split file hashes."""
     card = read_card(outdir)
     return {"data_card": str(Path(outdir) / CARD_JSON),
-            "data_card_sha256": sha256_file(Path(outdir) / CARD_JSON),
+            "data_card_sha256": file_sha256(Path(outdir) / CARD_JSON),
             "fingerprint": card["fingerprint"],
             "splits": {k: v["sha256"] for k, v in card["splits"].items()}}

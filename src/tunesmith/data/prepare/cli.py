@@ -79,7 +79,7 @@ def inspect_command(
 
     console = Console(stderr=False, highlight=False)
     try:
-        tok = load_tokenizer(tokenizer) if tokenizer else None
+        tok = load_tokenizer(tokenizer, _RESOLVE_MODEL[0]) if tokenizer else None
         status, progress = _progress(Console(stderr=True), not as_json)
         if status is not None:
             status.start()
@@ -105,7 +105,7 @@ def prepare_command(
     config: Annotated[Path | None, typer.Option("--config", help="YAML file with the options "
                                                    "(flags given here override it).")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="Record format: auto, alpaca, "
-                   "chat, prompt_completion, classification, text, preference.")] = None,
+                   "messages, prompt_completion, classification, text, preference.")] = None,
     label_field: Annotated[str | None, typer.Option(help="Label field (classification).")] = None,
     split: Annotated[str | None, typer.Option(help="Split ratios, e.g. 0.8,0.1,0.1 or "
                      "train=0.9,test=0.1.")] = None,
@@ -202,7 +202,13 @@ def prepare_command(
         render_prepare(result.card, Console(highlight=False))
 
 
-def register(data_app: typer.Typer) -> None:
+# how `--tokenizer NAME` finds an embedded model: given by the CLI, which sits above the
+# models layer that knows embedded names (the data layer must not import it)
+_RESOLVE_MODEL: list[Callable[[str], Any] | None] = [None]
+
+
+def register(data_app: typer.Typer, resolve_model: Callable[[str], Any] | None = None) -> None:
     """Add ``inspect`` and ``prepare`` to the ``tunesmith data`` sub-app."""
+    _RESOLVE_MODEL[0] = resolve_model
     data_app.command("inspect")(inspect_command)
     data_app.command("prepare")(prepare_command)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tunesmith.errors import ConfigError
 
-FormatName = Literal["auto", "preference", "chat", "alpaca", "prompt_completion",
+FormatName = Literal["auto", "preference", "messages", "alpaca", "prompt_completion",
                      "classification", "text"]
 PiiKind = Literal["email", "phone", "ip", "card"]
 SPLIT_NAMES = ("train", "validation", "test")
@@ -122,6 +122,11 @@ class PrepareConfig(_Section):
     pii: PiiConfig = Field(default_factory=PiiConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     contamination: ContaminationConfig = Field(default_factory=ContaminationConfig)
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _chat_is_messages(cls, value: object) -> object:
+        return "messages" if value == "chat" else value  # the name before one vocabulary
 
     @field_validator("label_field")
     @classmethod

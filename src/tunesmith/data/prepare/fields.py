@@ -7,7 +7,7 @@ contamination check all work on "the text of a row", which depends on the format
 format             required fields                      text fields
 =================  ===================================  ============================
 preference         chosen, rejected (prompt optional)   prompt, chosen, rejected
-chat               messages: [{role, content}, ...]     every message's content
+messages           messages: [{role, content}, ...]     every message's content
 alpaca             instruction, output                  instruction, input, output
 prompt_completion  prompt, completion                   prompt, completion
 classification     text, <label field>                  text
@@ -22,54 +22,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
-FORMATS = ("preference", "chat", "alpaca", "prompt_completion", "classification", "text")
-ROLES = frozenset({"system", "user", "assistant", "tool", "function", "developer"})
-_TEXT_FIELDS = {
-    "preference": ("prompt", "chosen", "rejected"),
-    "chat": ("messages",),
-    "alpaca": ("instruction", "input", "output"),
-    "prompt_completion": ("prompt", "completion"),
-    "classification": ("text",),
-    "text": ("text",),
-}
-_REQUIRED = {
-    "preference": ("chosen", "rejected"),
-    "chat": ("messages",),
-    "alpaca": ("instruction", "output"),
-    "prompt_completion": ("prompt", "completion"),
-    "classification": ("text",),
-    "text": ("text",),
-}
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Why a row does not fit the dataset's format: a reason code, the field and its value."""
-
-    reason: str
-    field: str
-    message: str
-    value: Any = None
-
-
-def detect_format(data: dict[str, Any], label_field: str = "label") -> str | None:
-    """Guess the format of one record from its keys; ``None`` if it fits none."""
-    if "chosen" in data and "rejected" in data:
-        return "preference"
-    if "messages" in data:
-        return "chat"
-    if "instruction" in data and "output" in data:
-        return "alpaca"
-    if "prompt" in data and "completion" in data:
-        return "prompt_completion"
-    if "text" in data and label_field in data:
-        return "classification"
-    if "text" in data:
-        return "text"
-    return None
+from tunesmith.data.formats import (
+    REQUIRED_FIELDS,
+    TEXT_FIELDS,
+    Problem,
+    detect_format,
+    message_problem,
+)
 
 
 def majority_format(rows: Iterable[dict[str, Any]], label_field: str = "label") -> str | None:
@@ -86,12 +47,12 @@ def majority_format(rows: Iterable[dict[str, Any]], label_field: str = "label") 
 
 def text_field_names(fmt: str) -> tuple[str, ...]:
     """Top-level fields of ``fmt`` that hold text (strings or message lists)."""
-    return _TEXT_FIELDS[fmt]
+    return TEXT_FIELDS[fmt]
 
 
 def check_row(data: dict[str, Any], fmt: str, label_field: str = "label") -> Problem | None:
     """Return the first reason ``data`` is not a valid ``fmt`` record, or ``None``."""
-    for name in _REQUIRED[fmt]:
+    for name in REQUIRED_FIELDS[fmt]:
         if name not in data or data[name] is None:
             found = detect_format(data, label_field)
             if found and found != fmt and not (fmt == "classification" and found == "text"):
@@ -99,12 +60,12 @@ def check_row(data: dict[str, Any], fmt: str, label_field: str = "label") -> Pro
                                f"dataset is {fmt}", sorted(data))
             return Problem("missing_field", name, f"required field '{name}' is missing",
                            sorted(data))
-    for name in _TEXT_FIELDS[fmt]:
+    for name in TEXT_FIELDS[fmt]:
         if name not in data or data[name] is None:
             continue
         value = data[name]
-        if fmt == "chat" or (fmt == "preference" and isinstance(value, list)):
-            problem = _check_messages(value, name, need_assistant=fmt == "chat")
+        if fmt == "messages" or (fmt == "preference" and isinstance(value, list)):
+            problem = message_problem(value, name, need_assistant=fmt == "messages")
             if problem:
                 return problem
         elif not isinstance(value, str):
@@ -121,36 +82,13 @@ def check_row(data: dict[str, Any], fmt: str, label_field: str = "label") -> Pro
     return None
 
 
-def _check_messages(value: Any, name: str, need_assistant: bool) -> Problem | None:
-    if not isinstance(value, list) or not value:
-        return Problem("wrong_type", name, f"'{name}' must be a non-empty list of "
-                       "{role, content} messages", value)
-    for i, msg in enumerate(value):
-        where = f"{name}[{i}]"
-        if not isinstance(msg, dict):
-            return Problem("wrong_type", where, "message must be an object with role and "
-                           "content", msg)
-        role = msg.get("role")
-        if role not in ROLES:
-            return Problem("bad_role", f"{where}.role", f"unknown message role (expected one "
-                           f"of {', '.join(sorted(ROLES))})", role)
-        content = msg.get("content")
-        if not isinstance(content, (str, list)) and not (content is None and msg.get("tool_calls")):
-            return Problem("wrong_type", f"{where}.content", "message content must be a string",
-                           content)
-    if need_assistant and not any(m.get("role") == "assistant" for m in value):
-        return Problem("no_assistant", name, "conversation has no assistant message to learn",
-                       [m.get("role") for m in value])
-    return None
-
-
 def iter_texts(data: dict[str, Any], fmt: str) -> Iterator[tuple[str, str]]:
     """Yield ``(field path, text)`` for every text value of a valid ``fmt`` record.
 
     Message contents are named ``messages[2].content`` and labelled with their role in the
     path so that "user says X" and "assistant says X" are different texts.
     """
-    for name in _TEXT_FIELDS[fmt]:
+    for name in TEXT_FIELDS[fmt]:
         value = data.get(name)
         if isinstance(value, str):
             yield name, value
@@ -172,7 +110,7 @@ def map_texts(data: dict[str, Any], fmt: str,
               fn: Callable[[str], str]) -> dict[str, Any]:
     """Return a copy of ``data`` with ``fn`` applied to every text value (input untouched)."""
     out = dict(data)
-    for name in _TEXT_FIELDS[fmt]:
+    for name in TEXT_FIELDS[fmt]:
         value = data.get(name)
         if isinstance(value, str):
             out[name] = fn(value)
@@ -203,7 +141,7 @@ def required_texts_empty(data: dict[str, Any], fmt: str) -> str | None:
     Alpaca's ``input`` and a system prompt may be empty; an empty instruction, answer,
     message or response may not.
     """
-    for name in _REQUIRED[fmt]:
+    for name in REQUIRED_FIELDS[fmt]:
         value = data.get(name)
         if isinstance(value, str):
             if not value.strip():

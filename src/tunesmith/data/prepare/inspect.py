@@ -20,15 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from tunesmith.data.formats import FORMATS, detect_format
 from tunesmith.data.prepare.card import short
-from tunesmith.data.prepare.fields import (
-    FORMATS,
-    check_row,
-    detect_format,
-    iter_texts,
-    majority_format,
-    type_name,
-)
+from tunesmith.data.prepare.fields import check_row, iter_texts, majority_format, type_name
 from tunesmith.data.prepare.source import BadRow, expand_inputs, iter_source
 from tunesmith.data.prepare.textkeys import exact_key, hash64
 from tunesmith.data.readers import Row
@@ -39,21 +33,17 @@ _TOKEN_BATCH = 512
 PERCENTILES = (50, 90, 95, 99)
 
 
-def load_tokenizer(name: str) -> Any:
-    """Load a tokenizer from a local path, an embedded model name or a hub id."""
+def load_tokenizer(name: str, resolve_model: Callable[[str], Any] | None = None) -> Any:
+    """Load a tokenizer from a local path, a hub id, or (through ``resolve_model``, which
+    the CLI passes in from the models layer above) an embedded model name."""
     target: str = name
-    if not Path(name).exists():
+    if not Path(name).exists() and resolve_model is not None:
         try:  # embedded model names (e.g. smollm2-135m-instruct) resolve to a local dir
-            from tunesmith.models.registry import resolve_model_dir
-        except ImportError:  # no registry in this build: let transformers try the name
-            resolve_model_dir = None
-        if resolve_model_dir is not None:
-            try:
-                target = str(resolve_model_dir(name))
-            except ModelError as exc:  # re-point it at the option the user typed
-                raise ModelError(exc.what, where=f"--tokenizer {name}", got=exc.got,
-                                 fix=exc.fix) from None
-    from transformers import AutoTokenizer
+            target = str(resolve_model(name))
+        except ModelError as exc:  # re-point it at the option the user typed
+            raise ModelError(exc.what, where=f"--tokenizer {name}", got=exc.got,
+                             fix=exc.fix) from None
+    from transformers import AutoTokenizer  # deferred: heavy, and only --tokenizer needs it
 
     try:
         return AutoTokenizer.from_pretrained(target)
@@ -90,7 +80,7 @@ def histogram(values: np.ndarray) -> list[dict[str, int]]:
 class _TokenCounter:
     def __init__(self, tokenizer: Any, fmt: str) -> None:
         self.tok = tokenizer
-        self.use_template = fmt == "chat" and bool(getattr(tokenizer, "chat_template", None))
+        self.use_template = fmt == "messages" and bool(getattr(tokenizer, "chat_template", None))
         self.fmt = fmt
         self.pending: list[str] = []
         self.lengths = array("l")
@@ -194,7 +184,7 @@ def inspect_dataset(path: str, *, fmt: str = "auto", label_field: str = "label",
         if detected == "classification":
             value = data.get(label_field)
             labels[value if isinstance(value, str) else repr(value)] += 1
-        if detected == "chat":
+        if detected == "messages":
             turns[len(data["messages"])] += 1
             roles.update(m.get("role", "?") for m in data["messages"])
         if tokens is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tunesmith.data.readers import SUFFIXES, Row, iter_rows
 from tunesmith.errors import DataError
+from tunesmith.io import file_sha256
 
 _FIXES = {
     "invalid_utf8": "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8) or fix that line",
@@ -114,26 +115,17 @@ def _iter_jsonl(path: Path) -> Iterator[Row | BadRow]:
             yield Row(obj, where)
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def describe_source(source: str) -> dict[str, object]:
     """Path, size and SHA-256 of an input (a directory dataset is hashed file by file)."""
     path = Path(source)
     if path.is_file():
-        return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        return {"path": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
     if path.is_dir():
         digest = hashlib.sha256()
         size = 0
         for f in sorted(p for p in path.rglob("*") if p.is_file()):
             digest.update(f.relative_to(path).as_posix().encode() + b"\0")
-            digest.update(sha256_file(f).encode())
+            digest.update(file_sha256(f).encode())
             size += f.stat().st_size
         return {"path": str(path), "bytes": size, "sha256": digest.hexdigest()}
     return {"path": source, "bytes": None, "sha256": None}

@@ -23,10 +23,10 @@ import numpy as np
 from sqlalchemy import select
 
 from tunesmith.errors import DataError, UsageError
-from tunesmith.evaluate.report import Report, Section, _plt, png_of, write_report
+from tunesmith.evaluate.report import Report, Section, png_of, pyplot, write_report
+from tunesmith.io import atomic_write_text
 from tunesmith.serve.db import Database
-from tunesmith.serve.monitoring import RequestRecord
-from tunesmith.train.checkpoint import atomic_write_text
+from tunesmith.serve.ops.monitoring import RequestRecord
 
 GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/classify")
 MAX_REFERENCE_ROWS = 5000
@@ -134,7 +134,8 @@ def training_lengths(run: str, data: Path | None = None) -> tuple[list[int], str
     from tunesmith.data.readers import read_rows
     from tunesmith.inference.generate import render_prompt
     from tunesmith.inference.prompts import prompt_of
-    from tunesmith.models.load import load_tokenizer, resolve_artifact
+    from tunesmith.models.artifacts import resolve_artifact
+    from tunesmith.models.load import load_tokenizer
 
     run_dir = Path(run)
     cfg_file = run_dir / "config.yaml"
@@ -176,7 +177,7 @@ def _training_file(run_dir: Path, cfg: dict[str, Any]) -> Path:
 def _latency_png(records: list[dict[str, Any]]) -> bytes | None:
     if not records:
         return None
-    plt = _plt()
+    plt = pyplot()
     t0 = records[0]["time"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.4))
     ok = [r for r in records if r["status"] < 400]
@@ -203,7 +204,7 @@ def _latency_png(records: list[dict[str, Any]]) -> bytes | None:
 
 
 def _lengths_png(reference: list[int], served: list[int]) -> bytes:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.4))
     hi = max(max(reference, default=1), max(served, default=1))
     bins = np.linspace(0, hi, 31)

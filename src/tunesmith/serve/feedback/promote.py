@@ -17,7 +17,7 @@ by more than the tolerance; two models answering identically give d = 0, [0, 0] 
 a candidate that merely looks better on too few examples does not. Fewer than two examples
 give no interval and are refused before any model loads.
 
-Promotion writes one alias record (serve/aliases.py: ``<data_dir>/aliases.json``) mapping
+Promotion writes one alias record (serve/api/aliases.py: ``<data_dir>/aliases.json``) mapping
 the served name (``--name``, default CURRENT's served name) to the candidate; a running
 ``tunesmith serve`` on that data directory answers with the candidate under that name from
 the next request on. When the served name is already an alias, the baseline is the model it
@@ -37,10 +37,10 @@ from typing import Any
 from tunesmith.errors import DataError, ModelError, UsageError
 from tunesmith.evaluate.metrics import ALIASES, INFO
 from tunesmith.evaluate.tasks import EvalSettings
-from tunesmith.serve.aliases import read_aliases, set_alias
+from tunesmith.io import atomic_write_text
+from tunesmith.serve.api.aliases import read_aliases, set_alias
 from tunesmith.serve.paths import resolve_model_name
 from tunesmith.serve.settings import DEFAULT_DATA_DIR
-from tunesmith.train.checkpoint import atomic_write_text
 
 RULE = "promote iff the lower bound of the 95% paired-bootstrap CI of (candidate − current, " \
        "oriented so that positive is better) ≥ −tolerance"
@@ -99,7 +99,7 @@ def resolve_spec(spec: str, data_dir: Path, option: str) -> str:
     now), else the name as given (embedded model or hub id). Checked loadable here, so a
     typo fails naming its option before anything is evaluated.
     """
-    from tunesmith.models.load import resolve_artifact
+    from tunesmith.models.artifacts import resolve_artifact
 
     path = Path(spec).expanduser()
     job = resolve_model_name(data_dir, spec)
@@ -116,7 +116,7 @@ def resolve_spec(spec: str, data_dir: Path, option: str) -> str:
 
 
 def served_name_of(req: PromoteRequest) -> str:
-    from tunesmith.serve.engines import served_name
+    from tunesmith.serve.api.engines import served_name
 
     return req.name or served_name(req.current)
 
@@ -125,9 +125,8 @@ def _check_metric_applies(sources: list[str], req: PromoteRequest) -> None:
     """Fail fast (before any model loads) when ``--metric`` cannot apply to the eval's task,
     resolved as the runner resolves it; the default metric is picked after the eval."""
     from tunesmith.data.readers import read_rows
-    from tunesmith.evaluate.runner import (FAMILY, KIND_OF_FAMILY, model_kind, resolve_fields,
-                                           resolve_task)
-    from tunesmith.models.load import resolve_artifact
+    from tunesmith.evaluate.runner import FAMILY, KIND_OF_FAMILY, resolve_fields, resolve_task
+    from tunesmith.models.artifacts import model_kind, resolve_artifact
 
     rows = read_rows(req.eval_file, limit=req.settings.limit)
     if len(rows) < 2:
@@ -175,7 +174,7 @@ def _default_out(data_dir: Path, served: str) -> Path:
 def _write_decision(out: Path, result: dict[str, Any]) -> None:
     """``promote.json`` and the eval report with the decision as its first section."""
     from tunesmith.evaluate.report import Section, eval_report, write_report
-    from tunesmith.evaluate.runner import load_eval_dir
+    from tunesmith.evaluate.results import load_eval_dir
 
     atomic_write_text(out / "promote.json", json.dumps(result, indent=1, default=str) + "\n")
     summary, records = load_eval_dir(out)
@@ -205,7 +204,7 @@ def run_promote(req: PromoteRequest,
     (figures, CI, reason), ``name``, sources, ``out_dir``, ``note`` (baseline replaced by
     the alias's model), ``alias_file`` when promoted.
     """
-    from tunesmith.evaluate.analysis import primary_metric
+    from tunesmith.evaluate.examples import primary_metric
     from tunesmith.evaluate.runner import run_eval
 
     _check_arguments(req)

@@ -3,7 +3,7 @@
 A supervisor thread (started with the server, or alone with ``tunesmith jobs worker
 --data-dir DIR --db URL``) claims the oldest queued job with a
 conditional update (safe with several workers on one PostgreSQL database), starts a fresh
-Python process for it (``python -m tunesmith.serve.job_run``; a crash or a leak in training
+Python process for it (``python -m tunesmith.serve.jobs.run``; a crash or a leak in training
 never touches the server), watches it, and:
 
 - kills it when the job is cancelled (the process also notices at its next step);
@@ -35,9 +35,9 @@ from sqlalchemy import select, update
 
 from tunesmith.serve import paths
 from tunesmith.serve.db import Database
-from tunesmith.serve.jobs_models import JobRow, add_event, now
+from tunesmith.serve.jobs.models import JobRow, add_event, now
 
-log = logging.getLogger("tunesmith.serve.jobs")
+log = logging.getLogger("tunesmith.serve.jobs.routes")
 HOST = socket.gethostname()
 
 
@@ -115,7 +115,7 @@ class JobWorker:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as out:
             return subprocess.Popen(
-                [sys.executable, "-m", "tunesmith.serve.job_run", job_id, "--db", self.db.url,
+                [sys.executable, "-m", "tunesmith.serve.jobs.run", job_id, "--db", self.db.url,
                  "--data-dir", str(self.data_dir)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})

@@ -16,15 +16,14 @@ import logging
 import time
 from typing import Any
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
-                               disable_created_metrics)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from sqlalchemy import Float, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tunesmith.serve.api.errors import error_body
 from tunesmith.serve.db import Base, Database
-from tunesmith.serve.errors import error_body
 
 log = logging.getLogger("tunesmith.serve")
 OPEN_PATHS = ("/health",)  # reachable without the API key

@@ -36,7 +36,7 @@ def list_jobs(data_dir: DataDir = Path("tunesmith-data"), db: DbUrl = None,
     """Newest jobs first, one line each: id, status, model, fine-tuned model or error, last step."""
     from sqlalchemy import select
 
-    from tunesmith.serve.jobs_models import EventRow, JobRow
+    from tunesmith.serve.jobs.models import EventRow, JobRow
 
     database = _database(data_dir, db)
     out = Console(soft_wrap=True, highlight=False)
@@ -53,7 +53,7 @@ def list_jobs(data_dir: DataDir = Path("tunesmith-data"), db: DbUrl = None,
 
 def worker(data_dir: DataDir = Path("tunesmith-data"), db: DbUrl = None) -> None:
     """Train queued jobs until Ctrl-C or SIGTERM (a running job goes back to the queue)."""
-    from tunesmith.serve.worker import JobWorker
+    from tunesmith.serve.jobs.worker import JobWorker
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -11,69 +11,29 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tunesmith.config.schema import CLASSIFICATION_METRICS, RunConfig
 from tunesmith.data.classification import ClsEncoded, LabelSpace, class_counts
-from tunesmith.data.collate import epoch_batches
+from tunesmith.data.collate import collate_cls, epoch_batches
 from tunesmith.errors import ConfigError
-from tunesmith.evaluate.classification_metrics import (
+from tunesmith.metrics.classification import (
     ConfusionMatrix,
     MultiLabelCounts,
     scalar_metrics,
 )
-from tunesmith.models.adapters import GradualUnfreezer
-from tunesmith.models.classifier import save_classifier, write_classifier_info
-from tunesmith.train.engine import BatchOut, Objective, TrainLoop
+from tunesmith.models.artifacts import write_classifier_info
+from tunesmith.models.merge import save_trained
+from tunesmith.train.engine import BatchOut, Objective
+from tunesmith.train.loss import per_example_loss
 from tunesmith.train.tracking import truncate_after
 
-StepCallback = Callable[[int, dict[str, Any]], None]
 EVAL_LOG = "eval/classification.jsonl"
-
-
-@dataclass
-class ClassifyLoopResult:
-    steps: int
-    stopped_early: bool = False
-    best_step: int | None = None
-    best_metric: float | None = None
-    last_eval: dict[str, float] = field(default_factory=dict)
-    last_report: dict[str, Any] = field(default_factory=dict)
-    examples_per_s: float = 0.0
-    tokens_per_s: float = 0.0
-    losses: list[float] = field(default_factory=list)
-
-
-def collate_cls(examples: Sequence[ClsEncoded], pad_id: int, multi_label: bool,
-                multiple_of: int = 8) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example (rounded up to ``multiple_of``); labels per example."""
-    longest = max(len(e.input_ids) for e in examples)
-    width = -(-longest // multiple_of) * multiple_of
-    n = len(examples)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    types = torch.zeros((n, width), dtype=torch.long) if examples[0].token_type_ids else None
-    for i, e in enumerate(examples):
-        k = len(e.input_ids)
-        ids[i, :k] = torch.tensor(e.input_ids)
-        mask[i, :k] = 1
-        if types is not None and e.token_type_ids:
-            types[i, :k] = torch.tensor(e.token_type_ids)
-    if multi_label:
-        labels = torch.tensor([e.label for e in examples], dtype=torch.float32)
-    else:
-        labels = torch.tensor([e.label for e in examples], dtype=torch.long)
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    if types is not None:
-        batch["token_type_ids"] = types
-    return batch
 
 
 def class_weight_tensor(setting: str | list[float], counts: list[int], multi_label: bool,
@@ -138,20 +98,6 @@ class ClassifierCriterion(nn.Module):
                                 self.label_smoothing if train_loss else 0.0,
                                 self.weights if train_loss and self.weights.numel() else None
                                 ).sum(), logits
-
-
-def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool,
-                     label_smoothing: float = 0.0, weights: torch.Tensor | None = None
-                     ) -> torch.Tensor:
-    """Cross-entropy per example (softmax) or mean binary cross-entropy per example (sigmoid)."""
-    if multi_label:
-        target = labels.float()
-        if label_smoothing:
-            target = target * (1 - label_smoothing) + label_smoothing / 2
-        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=weights,
-                                                  reduction="none").mean(-1)
-    return F.cross_entropy(logits, labels, weight=weights, label_smoothing=label_smoothing,
-                           reduction="none")
 
 
 class ClassifyObjective(Objective):
@@ -246,9 +192,9 @@ class ClassifyObjective(Objective):
         write_classifier_info(path, self.save_info)  # labels, for predict on a checkpoint
 
     def save_model(self, module: nn.Module, tokenizer: Any, out: Path) -> None:
-        save_classifier(module.model, tokenizer, out, self.save_info)
+        save_trained(module.model, tokenizer, out, classifier_info=self.save_info)
 
-    save_final_model = save_model  # save_classifier already merges LoRA (adapter in adapter/)
+    save_final_model = save_model  # save_trained merges LoRA (adapter in adapter/)
 
 
 def _reduce(acc: Any, loss_sum: torch.Tensor, counts: Any) -> tuple[torch.Tensor, Any]:
@@ -265,34 +211,3 @@ def _reduce(acc: Any, loss_sum: torch.Tensor, counts: Any) -> tuple[torch.Tensor
     return loss_sum, counts
 
 
-class ClassifyLoop(TrainLoop):
-    """The classification loop: :class:`ClassifyObjective` on the shared engine (same
-    signature and result as before the engine existed)."""
-
-    def __init__(self, model: Any, tokenizer: Any, train: list[ClsEncoded],
-                 val: list[ClsEncoded], space: LabelSpace, cfg: RunConfig, run_dir: Path,
-                 accelerator: Any, unfreezer: GradualUnfreezer | None = None,
-                 show_progress: bool = True, callbacks: list[StepCallback] | None = None,
-                 save_info: dict[str, Any] | None = None) -> None:
-        self.objective = ClassifyObjective(model, tokenizer, train, val, space, cfg, save_info)
-        super().__init__(self.objective, tokenizer, cfg, run_dir, accelerator, unfreezer,
-                         show_progress, callbacks)
-        self.model, self.train_set, self.val_set, self.space = model, train, val, space
-        self.criterion = self.objective.module
-
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        return self.objective.epoch_batches(epoch, self.cfg)
-
-    def run(self, resume_from: Path | None = None) -> ClassifyLoopResult:  # type: ignore[override]
-        base = super().run(resume_from)
-        return ClassifyLoopResult(
-            steps=base.steps, stopped_early=base.stopped_early, best_step=base.best_step,
-            best_metric=base.best_metric, last_eval=base.last_eval,
-            last_report=self.objective.last_report if base.last_eval else {},
-            examples_per_s=self.units_per_s, tokens_per_s=base.tokens_per_s,
-            losses=base.losses)
-
-    def evaluate(self) -> tuple[dict[str, float], dict[str, Any]]:  # type: ignore[override]
-        """Validation metrics and the full report."""
-        metrics = super().evaluate()
-        return metrics, self.objective.last_report

@@ -1,7 +1,7 @@
 """The OpenAI-compatible fine-tuning API: ``/v1/files`` and ``/v1/fine_tuning/jobs``.
 
 Routes only check requests, read and write the database, and shape OpenAI's objects; jobs
-are trained by the worker (``serve/worker.py``) in a separate process through the same
+are trained by the worker (``serve/jobs/worker.py``) in a separate process through the same
 recipe as ``tunesmith train``. Lists are newest first with cursor pagination
 (``after=<id>``, ``limit``, ``has_more``), as the ``openai`` client expects.
 """
@@ -21,10 +21,11 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from tunesmith.errors import DataError
-from tunesmith.serve import job_spec, paths
-from tunesmith.serve.errors import APIError
-from tunesmith.serve.files import file_object, render_error, store_upload
-from tunesmith.serve.jobs_models import (
+from tunesmith.serve import paths
+from tunesmith.serve.api.errors import APIError
+from tunesmith.serve.jobs import spec as job_spec
+from tunesmith.serve.jobs.files import file_object, render_error, store_upload
+from tunesmith.serve.jobs.models import (
     CheckpointRow,
     EventRow,
     FileRow,
@@ -54,7 +55,7 @@ def build_jobs_router(app: FastAPI | None = None) -> APIRouter:
     router.add_api_route("/v1/fine_tuning/jobs/{job_id}/checkpoints", list_checkpoints,
                          methods=["GET"])
     if app is not None and getattr(app.state.settings, "jobs_worker", True):
-        from tunesmith.serve.worker import JobWorker
+        from tunesmith.serve.jobs.worker import JobWorker
 
         worker = JobWorker(app.state.db, Path(app.state.settings.data_dir))
         app.state.jobs_worker = worker

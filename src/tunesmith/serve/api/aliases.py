@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ConfigError
-from tunesmith.train.checkpoint import atomic_write_text
+from tunesmith.io import atomic_write_text
 
 log = logging.getLogger("tunesmith.serve")
 ALIASES_FILE = "aliases.json"

@@ -26,7 +26,7 @@ from tunesmith.data.formats import ROLES, to_example
 from tunesmith.data.readers import Row, iter_rows
 from tunesmith.errors import DataError
 from tunesmith.serve import paths
-from tunesmith.serve.jobs_models import FileRow, new_id, now
+from tunesmith.serve.jobs.models import FileRow, new_id, now
 
 KINDS = ("chat", "completion", "preference")
 MESSAGE_KEYS = {"role", "content", "name", "weight"}

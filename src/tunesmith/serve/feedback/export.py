@@ -27,9 +27,10 @@ from typing import Any
 
 from sqlalchemy import select
 
+from tunesmith.io import atomic_write_text
+from tunesmith.serve.api.completions import CompletionRecord
 from tunesmith.serve.db import Database
-from tunesmith.serve.feedback import CompletionRecord, FeedbackRecord
-from tunesmith.train.checkpoint import atomic_write_text
+from tunesmith.serve.feedback.routes import FeedbackRecord
 
 
 @dataclass

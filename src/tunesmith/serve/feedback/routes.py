@@ -4,13 +4,13 @@ Every chat/text completion is stored with its prompt and outputs under the id th
 received (``chatcmpl-...`` / ``cmpl-...``), so feedback can name it later: a rating (up or
 down) and/or a score in [0, 1], optionally a corrected answer and a comment, for one choice
 of the completion. ``tunesmith feedback export`` (feedback_export.py) turns these rows into
-the next training set.
+the next training set. The completions themselves are recorded by the API
+(``serve/api/completions.py``).
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from typing import Any, Literal, Union
 
@@ -20,25 +20,9 @@ from sqlalchemy import Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 from starlette.concurrency import run_in_threadpool
 
+from tunesmith.serve.api.completions import CompletionRecord, new_id
+from tunesmith.serve.api.errors import APIError
 from tunesmith.serve.db import Base, Database
-from tunesmith.serve.errors import APIError
-
-
-class CompletionRecord(Base):
-    """A completion as returned to the client: prompt, outputs, model, sampling settings."""
-
-    __tablename__ = "serve_completions"
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    time: Mapped[float] = mapped_column(Float, index=True)
-    model: Mapped[str] = mapped_column(String(300), index=True)
-    kind: Mapped[str] = mapped_column(String(8))  # chat | text
-    prompt: Mapped[str] = mapped_column(Text)  # JSON: message list (chat) or string (text)
-    outputs: Mapped[str] = mapped_column(Text)  # JSON list, one text per choice
-    finish_reasons: Mapped[str] = mapped_column(Text)  # JSON list
-    params: Mapped[str] = mapped_column(Text)  # JSON: temperature, top_p, seed, ...
-    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class FeedbackRecord(Base):
@@ -56,22 +40,6 @@ class FeedbackRecord(Base):
     correction: Mapped[str | None] = mapped_column(Text, nullable=True)
     comment: Mapped[str | None] = mapped_column(Text, nullable=True)
     user: Mapped[str | None] = mapped_column(String(200), nullable=True)
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(12)}"
-
-
-def record_completion(db: Database, completion_id: str, model: str, kind: str, prompt: Any,
-                      outputs: list[str], finish_reasons: list[str], params: dict[str, Any],
-                      prompt_tokens: int, completion_tokens: int) -> None:
-    with db.session() as s:
-        s.add(CompletionRecord(
-            id=completion_id, time=time.time(), model=model, kind=kind,
-            prompt=json.dumps(prompt, ensure_ascii=False),
-            outputs=json.dumps(outputs, ensure_ascii=False),
-            finish_reasons=json.dumps(finish_reasons), params=json.dumps(params),
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
 
 
 _RATINGS = {"up": 1, "thumbs_up": 1, "good": 1, "+1": 1, "1": 1,

@@ -8,7 +8,7 @@ The request has OpenAI's shape (``model``, ``training_file``, ``validation_file`
 
 ``"auto"`` hyperparameters resolve to documented defaults once the training file's size is
 known: ``n_epochs`` 3, ``batch_size`` min(8, examples), ``learning_rate_multiplier`` 1 (times
-the base rate in ``BASE_LR``: supervised 2e-4 for LoRA, 2e-5 for full/freeze; dpo 5e-5 for
+the base rate in ``config.schema.BASE_LR``: supervised 2e-4 for LoRA, 2e-5 for full/freeze; dpo 5e-5 for
 LoRA, 1e-6 for full/freeze), ``beta`` 0.1. Every problem becomes an ``APIError`` (400,
 or 404 for an unknown model or file) naming the parameter.
 """
@@ -21,17 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config.load import validate_dict
-from tunesmith.config.schema import RunConfig
+from tunesmith.config.schema import BASE_LR, RunConfig
 from tunesmith.errors import ConfigError
 from tunesmith.serve import paths
-from tunesmith.serve.errors import APIError, model_not_found
-from tunesmith.serve.jobs_models import FileRow
+from tunesmith.serve.api.errors import APIError, model_not_found
+from tunesmith.serve.jobs.models import FileRow
 
 MIN_TRAIN_EXAMPLES = 10  # OpenAI's minimum
 AUTO = {"n_epochs": 3, "learning_rate_multiplier": 1.0, "beta": 0.1}
 MAX_BATCH = 8
-BASE_LR = {"supervised": {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5, "freeze": 2e-5},
-           "dpo": {"lora": 5e-5, "qlora": 5e-5, "full": 1e-6, "freeze": 1e-6}}
+TASK_OF_METHOD = {"supervised": "sft", "dpo": "dpo"}
 LIMITS = {"n_epochs": (int, 1, 50), "batch_size": (int, 1, 256),
           "learning_rate_multiplier": (float, 1e-6, 10.0), "beta": (float, 1e-6, 2.0)}
 METHOD_HPARAMS = {"supervised": ("n_epochs", "batch_size", "learning_rate_multiplier"),
@@ -233,11 +232,11 @@ def build_config(job_id: str, data_dir: Path, base: str, method: str,
     lr_given = "train.lr" in overrides
     cfg = _validate(raw)
     if not lr_given:
-        raw["train"]["lr"] = (BASE_LR[method][cfg.method.type]
+        raw["train"]["lr"] = (BASE_LR[TASK_OF_METHOD[method]][cfg.method.type]
                               * hparams["learning_rate_multiplier"])
     cfg = _validate(raw)
     if "train.save_every" not in overrides:  # a resumable checkpoint per epoch, like OpenAI
-        from tunesmith.train.loop import plan_steps
+        from tunesmith.train.engine import plan_steps
 
         per_epoch, total = plan_steps(train_file.rows, cfg)
         raw["train"]["save_every"] = max(1, min(per_epoch, total))

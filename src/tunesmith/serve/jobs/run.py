@@ -1,4 +1,4 @@
-"""One fine-tuning job, run inside its own worker process (started by ``serve/worker.py``).
+"""One fine-tuning job, run inside its own worker process (started by ``serve/jobs/worker.py``).
 
 The job's stored config goes through ``tunesmith.recipes.run_task`` — the code path of
 ``tunesmith train`` — with a step callback that writes metrics events, heartbeats and
@@ -31,7 +31,7 @@ from sqlalchemy import select, update
 from tunesmith.errors import CheckpointError, DataError, TunesmithError
 from tunesmith.serve import paths
 from tunesmith.serve.db import Database
-from tunesmith.serve.jobs_models import (
+from tunesmith.serve.jobs.models import (
     CheckpointRow,
     EventRow,
     FileRow,
@@ -310,7 +310,7 @@ def _total_steps(cfg: Any) -> int | None:
         return cfg.train.max_steps
     try:
         from tunesmith.data.readers import iter_rows
-        from tunesmith.train.loop import plan_steps
+        from tunesmith.train.engine import plan_steps
 
         n = sum(1 for _ in iter_rows(cfg.data.train))
         if cfg.data.max_examples:
@@ -347,10 +347,10 @@ def _watch(db: Database, job_id: str, heartbeat_every: float = 30.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m tunesmith.serve.job_run JOB_ID --db URL --data-dir DIR`` (the worker runs it)."""
+    """``python -m tunesmith.serve.jobs.run JOB_ID --db URL --data-dir DIR`` (the worker runs it)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m tunesmith.serve.job_run")
+    parser = argparse.ArgumentParser(prog="python -m tunesmith.serve.jobs.run")
     parser.add_argument("job_id")
     parser.add_argument("--db", required=True)
     parser.add_argument("--data-dir", required=True)

@@ -11,12 +11,28 @@ Teacher outputs: ``on_the_fly`` runs the (frozen, eval-mode) teacher on each bat
 scored positions under ``$TUNESMITH_HOME/distill_teacher/`` (keyed by data, teacher and
 head) and the teacher is released. Causal-LM caches hold a vocabulary-sized row per label
 token (float16), so they suit short targets or small vocabularies.
+
+Losses
+------
+Distillation divergences between teacher and student distributions.
+
+Both distributions are softmaxes at temperature T over the last dimension (the vocabulary
+for a causal LM, the classes for a classifier); every divergence is multiplied by T² so
+its gradient keeps the scale of the hard-label loss as T changes (Hinton et al., 2015).
+
+* ``forward_kl``: KL(teacher ‖ student) = Σ p_t (log p_t − log p_s), mean-seeking;
+* ``reverse_kl``: KL(student ‖ teacher) = Σ p_s (log p_s − log p_t), mode-seeking;
+* ``jsd``: generalised Jensen-Shannon (as TRL's GKD), with M = β·p_t + (1−β)·p_s:
+  β·KL(p_t ‖ M) + (1−β)·KL(p_s ‖ M); β = 0.5 is the symmetric JSD.
+
+:func:`mixed_loss` combines it with the usual loss: α·divergence + (1−α)·hard loss.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,16 +43,59 @@ from torch import nn
 
 from tunesmith.config.schema import RunConfig
 from tunesmith.data.classification import ClsEncoded, LabelSpace
-from tunesmith.data.collate import collate
+from tunesmith.data.collate import collate, collate_cls
 from tunesmith.data.templates import IGNORE, Encoded
-from tunesmith.evaluate.classification_metrics import ConfusionMatrix, scalar_metrics
-from tunesmith.models.classifier import save_classifier
-from tunesmith.models.registry import cache_root
-from tunesmith.train import checkpoint as ckpt
-from tunesmith.train.classify_loop import collate_cls, per_example_loss
-from tunesmith.train.distill_loss import divergence, mixed_loss, soft_label_loss
+from tunesmith.io import atomic_torch_save, cache_root
+from tunesmith.metrics.classification import ConfusionMatrix, scalar_metrics
+from tunesmith.models.merge import save_trained
 from tunesmith.train.engine import BatchOut, Objective
-from tunesmith.train.loss import labelled_logits
+from tunesmith.train.loss import labelled_logits, per_example_loss
+
+KINDS = ("forward_kl", "reverse_kl", "jsd")
+
+
+def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) per row from log-probabilities (0·log 0 taken as 0)."""
+    p = log_p.exp()
+    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1)
+
+
+def divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str,
+               temperature: float = 1.0, jsd_beta: float = 0.5) -> torch.Tensor:
+    """Per-row divergence (shape ``logits.shape[:-1]``), scaled by T²."""
+    t = temperature
+    log_s = F.log_softmax(student_logits.float() / t, dim=-1)
+    log_t = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    if kind == "forward_kl":
+        div = _kl(log_t, log_s)
+    elif kind == "reverse_kl":
+        div = _kl(log_s, log_t)
+    elif kind == "jsd":
+        b = jsd_beta
+        log_m = torch.logsumexp(torch.stack([log_t + math.log(b), log_s + math.log(1 - b)]),
+                                dim=0)
+        div = b * _kl(log_t, log_m) + (1 - b) * _kl(log_s, log_m)
+    else:
+        raise ValueError(f"unknown distillation loss {kind!r}; use one of {KINDS}")
+    return div * (t * t)
+
+
+def soft_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                    kind: str, temperature: float, jsd_beta: float = 0.5,
+                    multi_label: bool = False) -> torch.Tensor:
+    """Per-example distillation loss of a classifier. Single-label: ``divergence`` over the
+    classes. Multi-label: each class is its own Bernoulli; the divergence is taken per class
+    over (on, off) and averaged over classes."""
+    if not multi_label:
+        return divergence(student_logits, teacher_logits, kind, temperature, jsd_beta)
+    two = torch.stack([student_logits, torch.zeros_like(student_logits)], -1)
+    two_t = torch.stack([teacher_logits, torch.zeros_like(teacher_logits)], -1)
+    return divergence(two, two_t, kind, temperature, jsd_beta).mean(-1)
+
+
+def mixed_loss(distill: torch.Tensor, hard: torch.Tensor, alpha: float) -> torch.Tensor:
+    """α·distillation + (1−α)·the usual loss (both summed or both per-row)."""
+    return alpha * distill + (1 - alpha) * hard
 
 
 class LabelledLogits(nn.Module):
@@ -126,7 +185,7 @@ class _Distill(Objective):
                         out = self._run_teacher(batch).to(torch.float16).cpu()
                     rows += list(torch.split(out, self._rows_per_example(chunk)))
                 self.cached[split] = rows
-            ckpt.atomic_torch_save(self.cached, path)
+            atomic_torch_save(self.cached, path)
         self.teacher = None  # the cache replaces it: free its memory
         return hit
 
@@ -271,9 +330,9 @@ class ClassifierDistillObjective(_Distill):
                 **scalar_metrics(self.last_report)}
 
     def save_model(self, module: nn.Module, tokenizer: Any, out: Path) -> None:
-        save_classifier(module.model, tokenizer, out, self.info)
+        save_trained(module.model, tokenizer, out, classifier_info=self.info)
 
-    save_final_model = save_model  # save_classifier already merges LoRA (adapter in adapter/)
+    save_final_model = save_model  # save_trained merges LoRA (adapter in adapter/)
 
 
 def cache_key(*parts: Any) -> str:

@@ -21,12 +21,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from tunesmith.serve.decode import DecodeParams, decode_all, decode_stream
-from tunesmith.serve.engines import ClassifierHandle, LMHandle
-from tunesmith.serve.errors import APIError, error_body, model_not_found
-from tunesmith.serve.feedback import new_id, record_completion
-from tunesmith.serve.schemas import (UNSUPPORTED_CHAT, UNSUPPORTED_COMPLETION,
-                                     ChatCompletionRequest, ClassifyRequest, CompletionRequest)
+from tunesmith.serve.api.completions import new_id, record_completion
+from tunesmith.serve.api.decode import DecodeParams, decode_all, decode_stream
+from tunesmith.serve.api.engines import ClassifierHandle, LMHandle
+from tunesmith.serve.api.errors import APIError, error_body, model_not_found
+from tunesmith.serve.api.schemas import (
+    UNSUPPORTED_CHAT,
+    UNSUPPORTED_COMPLETION,
+    ChatCompletionRequest,
+    ClassifyRequest,
+    CompletionRequest,
+)
 
 _END = object()
 

@@ -1,10 +1,9 @@
-"""Supervised fine-tuning on the shared engine: the causal-LM objective and ``Loop``.
+"""Supervised fine-tuning: the causal-LM objective for the shared engine.
 
-``Loop`` keeps its historical signature (model, tokenizer, train, val, cfg, ...) and runs
-:class:`SFTObjective` on :class:`tunesmith.train.engine.TrainLoop`, which owns accumulation,
-clipping, schedules, evaluation, early stopping, ``best/`` and resumable checkpoints. Built on
-accelerate, so ``accelerate launch`` runs it on several processes (each takes its share of
-every optimizer step's micro-batches).
+:class:`SFTObjective` runs on :class:`tunesmith.train.engine.TrainLoop`, which owns
+accumulation, clipping, schedules, evaluation, early stopping, ``best/`` and resumable
+checkpoints. Built on accelerate, so ``accelerate launch`` runs it on several processes (each
+takes its share of every optimizer step's micro-batches).
 
 With ``tasks`` (one name per example, from a multitask mixture) the loss and the validation
 metrics are also logged per task (``loss/<task>``, ``val_loss/<task>``, ...); mixture
@@ -14,7 +13,6 @@ batches hold one task each, so a micro-batch's loss is that task's loss.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,22 +21,9 @@ from torch import nn
 from tunesmith.config.schema import SFT_METRICS, RunConfig
 from tunesmith.data.collate import collate
 from tunesmith.data.templates import IGNORE, Encoded
-from tunesmith.models.adapters import GradualUnfreezer
-from tunesmith.train.engine import (  # noqa: F401 (re-exported for callers of train.loop)
-    BatchOut,
-    LoopResult,
-    Objective,
-    StepCallback,
-    TrainLoop,
-    plan_steps,
-)
+from tunesmith.device import head_dtype_for
+from tunesmith.train.engine import BatchOut, Objective
 from tunesmith.train.loss import CausalLMLoss, labelled_logits
-
-
-def head_dtype_for(precision: str) -> torch.dtype:
-    """The dtype of the fused LM-head matmul for a training precision."""
-    return torch.bfloat16 if precision == "bf16" else (
-        torch.float16 if precision == "fp16" else torch.float32)
 
 
 class SFTObjective(Objective):
@@ -151,16 +136,3 @@ def _lm_metrics(loss_sum: float, n: float, correct: float, exact: float = 0.0,
     return out
 
 
-class Loop(TrainLoop):
-    """The SFT training loop (see the module docstring)."""
-
-    def __init__(self, model: Any, tokenizer: Any, train: list[Encoded], val: list[Encoded],
-                 cfg: RunConfig, run_dir: Path, accelerator: Any, precision: str,
-                 unfreezer: GradualUnfreezer | None = None, show_progress: bool = True,
-                 callbacks: list[StepCallback] | None = None,
-                 objective: SFTObjective | None = None) -> None:
-        objective = objective or SFTObjective(model, tokenizer, train, val, cfg, precision)
-        super().__init__(objective, tokenizer, cfg, run_dir, accelerator, unfreezer,
-                         show_progress, callbacks)
-        self.model, self.train_set, self.val_set = model, train, val
-        self.loss_module = objective.module

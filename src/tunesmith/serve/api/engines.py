@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -27,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ModelError
-from tunesmith.inference.generate import _eos_ids
-from tunesmith.models.load import load_causal_lm, load_tokenizer, resolve_artifact
+from tunesmith.inference.generate import eos_ids
+from tunesmith.models.artifacts import adapter_base, model_kind, resolve_artifact
+from tunesmith.models.load import load_causal_lm, load_tokenizer
 from tunesmith.models.registry import EMBEDDED, resolve_model_dir
-from tunesmith.serve.aliases import AliasReader
+from tunesmith.serve.api.aliases import AliasReader
 from tunesmith.serve.paths import list_fine_tuned, resolve_model_name
 from tunesmith.serve.settings import ServeSettings, parse_named
 
@@ -75,7 +75,7 @@ class LMHandle:
                 yield model
 
     def eos_ids(self) -> list[int]:
-        return _eos_ids(self.group.model, self.tokenizer)
+        return eos_ids(self.group.model, self.tokenizer)
 
 
 @dataclass
@@ -106,20 +106,6 @@ def served_name(spec: str) -> str:
     return path.name
 
 
-def _is_classifier(src: Path) -> bool:
-    if (src / "tunesmith_classifier.json").exists():
-        return True
-    for name in ("adapter_config.json", "config.json"):
-        p = src / name
-        if p.exists():
-            cfg = json.loads(p.read_text())
-            if cfg.get("task_type") == "SEQ_CLS" or any(
-                    a.endswith("ForSequenceClassification") for a in cfg.get("architectures")
-                    or []):
-                return True
-    return False
-
-
 def _context_length(model: Any) -> int:
     cfg = getattr(model, "config", None)
     for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
@@ -143,7 +129,7 @@ class ModelPool:
         self._adapter_ids = itertools.count()
         self._dtype = settings.dtype
         if self._dtype == "auto":
-            from tunesmith.train.precision import resolve_precision
+            from tunesmith.device import resolve_precision
 
             self._dtype = "bfloat16" if resolve_precision("auto") == "bf16" else "float32"
 
@@ -179,7 +165,7 @@ class ModelPool:
         with self._load_lock:
             src = resolve_artifact(spec)
             created = int(time.time())
-            if isinstance(src, Path) and _is_classifier(src):
+            if isinstance(src, Path) and model_kind(src) == "classifier":
                 from tunesmith.inference.predict import load_predictor
 
                 handle: Handle = ClassifierHandle(name, str(src), load_predictor(str(spec)),
@@ -203,9 +189,7 @@ class ModelPool:
     def _add_adapter(self, name: str, src: Path, created: int) -> LMHandle:
         from peft import PeftModel
 
-        base_name = json.loads((src / "adapter_config.json").read_text())[
-            "base_model_name_or_path"]
-        base_src = resolve_model_dir(base_name)
+        base_src = resolve_model_dir(adapter_base(src))
         key = str(Path(base_src).resolve()) if isinstance(base_src, Path) else str(base_src)
         group = self.groups.get(key)
         if group is None:
