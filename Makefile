@@ -24,9 +24,11 @@ demo: setup
 	$(VENV)/bin/tunesmith demo
 
 test: setup
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 test-all: setup
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -m ''
 
 clean:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 from typer.exceptions import TyperException
 
 from tunesmith.data.prepare.cli import register as register_data
@@ -22,7 +24,8 @@ from tunesmith.errors import TunesmithError, UsageError
 from tunesmith.evaluate.cli import register as register_eval
 from tunesmith.export.cli import register as register_export
 from tunesmith.inference.predict_cli import register as register_predict
-from tunesmith.io import looks_like_hub_id
+from tunesmith.io import atomic_write_text, looks_like_hub_id
+from tunesmith.models.registry import EMBEDDED, is_ready, package_path, pull, resolve_model_dir
 from tunesmith.serve.cli import register as register_serve
 from tunesmith.serve.jobs.cli import register as register_jobs
 from tunesmith.sweep.cli import register as register_sweep
@@ -41,15 +44,9 @@ Overrides = Annotated[Optional[list[str]], typer.Argument(
     help="section.key=value overrides, e.g. train.lr=1e-4.")]
 
 
-def _resolve_model(name: str) -> object:
-    from tunesmith.models.registry import resolve_model_dir  # deferred: torch at start-up
-
-    return resolve_model_dir(name)
-
-
 def _register_subcommands() -> None:
     """Commands that live next to the code they drive (data prepare, predict, eval...)."""
-    register_data(data_app, resolve_model=_resolve_model)
+    register_data(data_app, resolve_model=resolve_model_dir)
     register_predict(app)
     register_eval(app)
     register_serve(app)  # serve, monitor, promote, feedback
@@ -60,12 +57,12 @@ def _register_subcommands() -> None:
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import warnings
 
     for module in ("transformers", "peft", "accelerate", "torch"):
         warnings.filterwarnings("ignore", category=FutureWarning, module=module)
         warnings.filterwarnings("ignore", category=UserWarning, module=module)
     try:
+        # deferred: may be missing: checked here
         import transformers
 
         transformers.utils.logging.set_verbosity_error()
@@ -80,6 +77,7 @@ def train(config: ConfigArg, overrides: Overrides = None,
           overwrite: Annotated[bool, typer.Option(help="Replace an existing run.")] = False,
           ) -> None:
     """Fine-tune a model as the config says; outputs go to <output.dir>/<name>/."""
+    # deferred: torch and the config schema (pydantic); keeps `tunesmith --help` fast
     from tunesmith.config import load_config
     from tunesmith.recipes import run_task
 
@@ -99,9 +97,8 @@ def train(config: ConfigArg, overrides: Overrides = None,
 @app.command()
 def validate(config: ConfigArg, overrides: Overrides = None) -> None:
     """Check a config (schema, combinations, data and model paths) without training."""
-    from tunesmith.config import load_config
-    from tunesmith.config.load import config_to_yaml
-    from tunesmith.models.registry import EMBEDDED
+    # deferred: building the config schema (pydantic) costs ~0.1 s at start-up
+    from tunesmith.config.load import config_to_yaml, load_config
 
     cfg = load_config(config, overrides)
     problems = []
@@ -126,9 +123,6 @@ def validate(config: ConfigArg, overrides: Overrides = None) -> None:
 @models_app.command("list")
 def models_list() -> None:
     """List embedded models and whether they are ready."""
-    from rich.table import Table
-
-    from tunesmith.models.registry import EMBEDDED, is_ready, package_path
 
     table = Table()
     for col in ("name", "kind", "installed", "ready", "description"):
@@ -144,8 +138,6 @@ def models_list() -> None:
 @models_app.command("pull")
 def models_pull(name: Annotated[str, typer.Argument(help="Embedded model name.")]) -> None:
     """Make an embedded model ready (converts SmolLM2's GGUF once into the cache)."""
-    from tunesmith.models.registry import pull
-
     out.print(str(pull(name)))
 
 
@@ -153,6 +145,7 @@ def models_pull(name: Annotated[str, typer.Argument(help="Embedded model name.")
 def data_preview(config: ConfigArg, overrides: Overrides = None,
                  n: Annotated[int, typer.Option("-n", help="Samples to show.")] = 3) -> None:
     """Rendered samples with trained tokens highlighted, counts and the mask checks."""
+    # deferred: torch and the config schema (pydantic); keeps `tunesmith --help` fast
     from tunesmith.config import load_config
     from tunesmith.data.preview import preview
     from tunesmith.models.artifacts import resolve_artifact
@@ -174,6 +167,7 @@ def generate(model: Annotated[str, typer.Argument(help="Model name, checkpoint o
              batch_size: int = 8, system: Optional[str] = None, seed: Optional[int] = None,
              ) -> None:
     """Generate completions for one prompt or a JSONL file (batched)."""
+    # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.inference.generate import GenerationSettings
     from tunesmith.inference.generate import generate as gen
     from tunesmith.inference.prompts import prompts_from_file
@@ -194,7 +188,6 @@ def generate(model: Annotated[str, typer.Argument(help="Model name, checkpoint o
         for t in texts:
             out.print(t, highlight=False, markup=False)
         return
-    from tunesmith.io import atomic_write_text
 
     atomic_write_text(output, "".join(json.dumps({**r, "generated": t}, ensure_ascii=False)
                                       + "\n" for r, t in zip(rows, texts)))
@@ -206,6 +199,7 @@ def chat(model: Annotated[str, typer.Argument(help="Model name, checkpoint or ru
          system: Optional[str] = None, max_new_tokens: int = 256, temperature: float = 0.0,
          ) -> None:
     """Talk to a model in the terminal using its chat template (empty line or /exit quits)."""
+    # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.inference.chat import chat_loop
 
     chat_loop(model, system, max_new_tokens, temperature)
@@ -216,6 +210,7 @@ def demo(output_dir: Annotated[Path, typer.Option(help="Where the demo run goes.
         "demo-runs"), steps: Annotated[Optional[int], typer.Option(help="Training steps.")] = None,
          ) -> None:
     """Fine-tune SmolLM2 with LoRA on a generated support-ticket → JSON task; score before/after."""
+    # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.demo.run import run_demo
 
     run_demo(output_dir, steps)

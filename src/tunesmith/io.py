@@ -34,11 +34,16 @@ def cache_root() -> Path:
     return Path(base)
 
 
-def looks_like_hub_id(text: str, file_suffixes: tuple[str, ...] = ()) -> bool:
-    """``owner/name`` (optionally ``:split``/``:revision``), not a path or a file name."""
+# a name ending like a file is a path the user mistyped, not a hub repository
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".yaml", ".yml", ".txt")
+
+
+def looks_like_hub_id(text: str) -> bool:
+    """``owner/name`` (optionally ``:split``), not a path or a file name: the one test of
+    whether a model or dataset name should go to the hub."""
     parts = text.split(":")[0].split("/")
     return (len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
-            and not parts[1].lower().endswith(file_suffixes or ("\0",)))
+            and not parts[1].lower().endswith(FILE_SUFFIXES))
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -60,19 +65,22 @@ def umask() -> int:
 def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
     """An open temporary sibling of ``path``; renamed over ``path`` when the block ends.
 
-    ``mode`` is ``"w"`` (UTF-8 text, ``\\n`` newlines) or ``"wb"``.
+    ``mode`` is ``"w"`` (UTF-8 text, ``\\n`` newlines) or ``"wb"``; ``fh.name`` is the
+    temporary path (to check what was written before it takes the final name).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=target.suffix,
+                               dir=target.parent)  # the suffix: readers go by it
+    os.close(fd)  # reopened by name, so that ``fh.name`` is the temporary path
     try:
-        with (os.fdopen(fd, "wb") if "b" in mode
-              else os.fdopen(fd, "w", encoding="utf-8", newline="\n")) as fh:
+        with (open(tmp, "wb") if "b" in mode
+              else open(tmp, "w", encoding="utf-8", newline="\n")) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~umask())
-        os.replace(tmp, target)
+        rename(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -94,7 +102,8 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save`` through :func:`atomic_file` (torch is imported by the caller's layer)."""
-    import torch  # deferred: the ground floor does not pull torch in for text writes
+    # deferred: torch is heavy and only this path needs it
+    import torch
 
     with atomic_file(path, "wb") as fh:
         torch.save(obj, fh)
@@ -130,17 +139,23 @@ def atomic_directory(final: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def rename(src: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """The one place a finished temporary file or directory takes its final name."""
+    os.replace(src, target)
+
+
 def replace_dir(src: Path, target: Path) -> None:
     """Rename directory ``src`` to ``target``, replacing an existing ``target`` safely."""
     if not target.exists():
-        os.replace(src, target)
+        rename(src, target)
         return
     old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, old / "d")
     try:
-        os.replace(src, target)
-    except BaseException:
-        os.replace(old / "d", target)  # put the previous one back
+        os.replace(target, old / "d")
+        try:
+            rename(src, target)
+        except BaseException:
+            os.replace(old / "d", target)  # put the previous one back
+            raise
+    finally:
         shutil.rmtree(old, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -57,7 +57,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_recipe_is_registered() -> None:
-    assert RECIPES["classification"] == "tunesmith.recipes.classify"
+    assert RECIPES["classification"].__name__ == "tunesmith.recipes.classify"
 
 
 def test_encoder_full_fine_tuning_end_to_end(tmp_path: Path, bert_dir: Path) -> None:

@@ -35,16 +35,16 @@ def _cfg(model_dir: Path, pairs: Path, out: Path, **sections: Any) -> Any:
 
 
 def _count_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    from tunesmith.recipes import sft
+    from tunesmith.recipes import common
 
     calls: list[str] = []
-    real = sft.load_causal_lm
+    real = common.load_causal_lm
 
     def counting(source: Any, *a: Any, **k: Any) -> Any:
         calls.append(str(source))
         return real(source, *a, **k)
 
-    monkeypatch.setattr(sft, "load_causal_lm", counting)
+    monkeypatch.setattr(common, "load_causal_lm", counting)
     return calls
 
 

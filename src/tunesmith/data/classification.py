@@ -22,6 +22,7 @@ from typing import Any
 from tunesmith.config.schema import ClassificationConfig, DataConfig
 from tunesmith.data.readers import Row, read_rows
 from tunesmith.errors import ConfigError, DataError
+from tunesmith.io import file_sha256
 
 IMBALANCE_RATIO = 10.0  # warn when the largest class is this many times the smallest
 
@@ -117,8 +118,6 @@ def read_records(path: str, ccfg: ClassificationConfig, limit: int | None = None
     rows = read_rows(path, limit=limit)
     stats = ClsSplitStats(source=str(path), rows=len(rows))
     if Path(path).is_file():
-        from tunesmith.io import file_sha256
-
         stats.sha256 = file_sha256(path)
     records, problems = [], []
     for row in rows:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +17,13 @@ from typing import Any
 import numpy as np
 
 from tunesmith.config.schema import DataConfig
+from tunesmith.data.collate import epoch_batches
 from tunesmith.data.formats import detect_training_format, to_example
+from tunesmith.data.prepare.card import card_hashes, prepared_split_path, read_card
 from tunesmith.data.readers import read_rows
 from tunesmith.data.templates import Encoded, Encoder, check_encoded, raise_on_failures
 from tunesmith.errors import DataError
-from tunesmith.io import cache_root, file_sha256
+from tunesmith.io import atomic_file, cache_root, file_sha256
 
 ENCODING_VERSION = "2"  # bump when encoding logic changes, to invalidate caches
 
@@ -65,7 +65,6 @@ def resolve_prepared(cfg: DataConfig) -> tuple[str | None, str | None, dict[str,
     train = cfg.train
     if not train or not (Path(train) / "data_card.json").is_file():
         return cfg.train, cfg.validation, None
-    from tunesmith.data.prepare.card import card_hashes, prepared_split_path, read_card
 
     splits = read_card(train).get("splits", {})
     validation = cfg.validation
@@ -110,8 +109,6 @@ def split_off(items: list[Any], fraction: float, seed: int) -> tuple[list[Any], 
 def padding_stats(lengths: list[int], batch_size: int, seed: int, group_by_length: bool
                   ) -> dict[str, float]:
     """Share of padded slots in the first epoch's batches, as the loop will form them."""
-    from tunesmith.data.collate import epoch_batches
-
     real = slots = 0
     for batch in epoch_batches(lengths, batch_size, seed, 0, group_by_length):
         width = -(-max(lengths[i] for i in batch) // 8) * 8
@@ -202,16 +199,9 @@ def _save_cache(path: Path, encs: list[Encoded], stats: SplitStats) -> None:
     meta = {k: v for k, v in stats.as_dict().items() if k not in ("cached", "source")}
     meta["wheres"] = [e.where for e in encs]
     meta["truncated_flags"] = [int(e.truncated) for e in encs]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, lengths=lengths, ids=ids, labels=labels,
+    with atomic_file(path, "wb") as fh:
+        np.savez(fh, lengths=lengths, ids=ids, labels=labels,
                  meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _load_cache(path: Path) -> tuple[list[Encoded], dict[str, Any]]:

@@ -12,7 +12,8 @@ from rich.text import Text
 from tunesmith.config.schema import RunConfig
 from tunesmith.data.formats import detect_training_format, to_example
 from tunesmith.data.readers import read_rows
-from tunesmith.data.templates import IGNORE, Encoder, check_encoded
+from tunesmith.data.templates import CHECK_TEXT, IGNORE, Encoder, check_encoded
+from tunesmith.errors import DataError
 
 
 def preview(cfg: RunConfig, tokenizer: Any, n: int = 3, console: Console | None = None
@@ -20,8 +21,6 @@ def preview(cfg: RunConfig, tokenizer: Any, n: int = 3, console: Console | None 
     """Print ``n`` rendered samples; return counts and check results for the first 200 rows."""
     console = console or Console()
     if not cfg.data.train:
-        from tunesmith.errors import DataError
-
         raise DataError("no training data given", where="data.train",
                         fix="set data.train in the config or as data.train=PATH")
     rows = read_rows(cfg.data.train, limit=200)
@@ -55,7 +54,6 @@ def preview(cfg: RunConfig, tokenizer: Any, n: int = 3, console: Console | None 
     table = Table(title="template and label-mask checks")
     table.add_column("check")
     table.add_column("result")
-    from tunesmith.data.templates import CHECK_TEXT
 
     for code, (what, _fix) in CHECK_TEXT.items():
         bad = report.failures.get(code, [])

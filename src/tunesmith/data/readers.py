@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import DataError
+from tunesmith.io import looks_like_hub_id
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -37,7 +38,7 @@ def iter_rows(source: str | os.PathLike[str]) -> Iterator[Row]:
         yield from _iter_file(path)
         return
     text = str(source)
-    if _looks_like_hub_id(text):
+    if looks_like_hub_id(text):
         yield from _iter_hub(text)
         return
     raise DataError(
@@ -77,28 +78,11 @@ def _iter_file(path: Path) -> Iterator[Row]:
 
 
 def _iter_jsonl(path: Path) -> Iterator[Row]:
-    with path.open("r", encoding="utf-8", errors="strict") as fh:
-        lineno = 0
-        try:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(
-                        f"line is not valid JSON ({exc.msg} at column {exc.colno})",
-                        where=f"{path}:{lineno}", got=line.strip(),
-                        fix="each line of a .jsonl file must be one complete JSON object; "
-                        "fix or delete that line") from None
-                if not isinstance(obj, dict):
-                    raise DataError("line is not a JSON object", where=f"{path}:{lineno}",
-                                    got=line.strip(), fix='write each record as {"field": ...}')
-                yield Row(obj, f"{path}:{lineno}")
-        except UnicodeDecodeError as exc:
-            raise DataError("file is not valid UTF-8", where=f"{path}:{lineno + 1}",
-                            got=repr(exc.object[exc.start:exc.end]),
-                            fix="re-save the file as UTF-8") from None
+    """Rows of a JSONL file; the first unreadable line is one DataError naming its line."""
+    for item in iter_jsonl(path):
+        if isinstance(item, BadRow):
+            raise item.to_error()
+        yield item
 
 
 def _iter_json(path: Path) -> Iterator[Row]:
@@ -139,6 +123,7 @@ def _iter_csv(path: Path) -> Iterator[Row]:
 
 
 def _iter_parquet(path: Path) -> Iterator[Row]:
+    # deferred: pyarrow is heavy and only this path needs it
     import pyarrow.parquet as pq
 
     try:
@@ -166,6 +151,7 @@ def _iter_dir(path: Path) -> Iterator[Row]:
 
 
 def _iter_saved_dataset(path: Path) -> Iterator[Row]:
+    # deferred: datasets is heavy and only this path needs it
     from datasets import DatasetDict, load_from_disk
 
     ds = load_from_disk(str(path))
@@ -178,17 +164,12 @@ def _iter_saved_dataset(path: Path) -> Iterator[Row]:
         yield Row(dict(rec), f"{path}#{i}")
 
 
-def _looks_like_hub_id(text: str) -> bool:
-    parts = text.split(":")[0].split("/")
-    return (len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
-            and not parts[1].lower().endswith(SUFFIXES))
-
-
 def _iter_hub(name: str) -> Iterator[Row]:
     split = "train"
     if ":" in name:
         name, split = name.split(":", 1)
     try:
+        # deferred: may be missing: checked here
         from datasets import load_dataset
 
         ds = load_dataset(name, split=split)
@@ -198,3 +179,57 @@ def _iter_hub(name: str) -> Iterator[Row]:
                         "the local file") from None
     for i, rec in enumerate(ds):
         yield Row(dict(rec), f"{name}:{split}#{i}")
+
+
+JSONL_FIXES = {
+    "invalid_utf8": "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8) or fix that line",
+    "broken_json": "each line of a .jsonl file must be one complete JSON object; fix or delete "
+                   "that line",
+    "not_object": 'write each record as a JSON object: {"field": ...}',
+}
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A line that could not be read as a record: where, why and what it held."""
+
+    where: str
+    reason: str
+    message: str
+    got: str
+
+    def to_error(self) -> DataError:
+        return DataError(self.message, where=self.where, got=self.got,
+                         fix=JSONL_FIXES.get(self.reason, "fix or remove that row"))
+
+
+def iter_jsonl(path: Path) -> Iterator[Row | BadRow]:
+    """Every line of a JSONL file as a ``Row``, or a ``BadRow`` saying why it is unreadable.
+
+    Read in binary and decoded line by line, so an invalid UTF-8 byte spoils its own line
+    only and is reported at that line's number (a text-mode reader fails a whole buffered
+    block, at the block's first line)."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark some editors add
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad = raw[max(0, exc.start - 20):exc.end + 20]
+                yield BadRow(where, "invalid_utf8", f"line is not valid UTF-8 (byte "
+                             f"{raw[exc.start]:#04x} at column {exc.start + 1})", repr(bad))
+                continue
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as exc:
+                yield BadRow(where, "broken_json", f"line is not valid JSON ({exc.msg}, "
+                             f"column {exc.colno})", line.strip())
+                continue
+            if not isinstance(obj, dict):
+                yield BadRow(where, "not_object", "line is not a JSON object", line.strip())
+                continue
+            yield Row(obj, where)

@@ -16,6 +16,7 @@ from tunesmith.demo.task import SYSTEM, make_dataset, score
 from tunesmith.inference.generate import GenerationSettings, generate
 from tunesmith.io import atomic_write_text
 from tunesmith.models.load import load_for_inference
+from tunesmith.recipes import sft
 
 SEED = 1234
 N_TRAIN, N_VAL, N_TEST = 1200, 48, 64
@@ -77,7 +78,6 @@ def run_demo(output_dir: Path, steps: int | None = None) -> dict[str, object]:
     del base_model
 
     console.print(f"[bold]2/3[/] fine-tuning with LoRA for {steps} steps …")
-    from tunesmith.recipes import sft
 
     cfg = load_config(cfg_path)
     result = sft.run(cfg, overwrite=True)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from tunesmith.data.formats import detect_format
 from tunesmith.errors import ConfigError
 from tunesmith.evaluate.examples import (
     LABEL_TASKS,
@@ -46,6 +47,16 @@ from tunesmith.evaluate.metrics import (
     resample_sums,
     stats_matrix,
 )
+from tunesmith.evaluate.report import (
+    Report,
+    Section,
+    bars_png,
+    confusion_png,
+    fmt,
+    training_section,
+    write_report,
+)
+from tunesmith.evaluate.results import load_eval_dir
 from tunesmith.io import atomic_directory
 
 SKIP_FIELDS = {"index", "id", "idx", "row", "url", "messages", "prompt", "completion",
@@ -209,8 +220,6 @@ def slice_metrics(records: Sequence[dict[str, Any]], task: str, metrics: Sequenc
 def queue_row(rec: dict[str, Any], task: str, settings: dict[str, Any], rank: int
               ) -> dict[str, Any]:
     """A training-format row for a reviewer: the original row plus a ``review`` object."""
-    from tunesmith.data.formats import detect_format
-
     row = dict(rec.get("row", {}))
     review: dict[str, Any] = {"rank": rank, "where": rec["where"]}
     if task in LABEL_TASKS:
@@ -270,9 +279,6 @@ def run_analyze(eval_dir: Path, out: Path | None = None, fields: Sequence[str] |
                 top: int = 20, queue_size: int = 200, alpha: float = 0.05, n_boot: int = 1000
                 ) -> dict[str, Any]:
     """Analyse every model of ``eval_dir``; writes analysis.json, errors*.jsonl and reports."""
-    from tunesmith.evaluate.report import write_report
-    from tunesmith.evaluate.results import load_eval_dir
-
     summary, records = load_eval_dir(eval_dir)
     out = out or eval_dir / "analysis"
     if out.exists() and (not out.is_dir() or (any(out.iterdir())
@@ -312,15 +318,6 @@ def run_analyze(eval_dir: Path, out: Path | None = None, fields: Sequence[str] |
 
 def analysis_report(result: dict[str, Any], summary: dict[str, Any]) -> Any:
     """Report sections: summary, curves, confusion, worst examples, pairs, slices, queue."""
-    from tunesmith.evaluate.report import (
-        Report,
-        Section,
-        bars_png,
-        confusion_png,
-        fmt,
-        training_section,
-    )
-
     models = result["models"]
     rep = Report(f"Error analysis: {', '.join(models)}", f"{summary.get('task', '')} on "
                  f"{result['data']} — from {result['eval_dir']}")

@@ -27,12 +27,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data.readers import read_rows
+from tunesmith.data.readers import SUFFIXES, read_rows
 from tunesmith.device import inference_dtype
 from tunesmith.errors import ConfigError, DataError
+from tunesmith.evaluate.audit_terms import swappers
 from tunesmith.evaluate.metrics import wilson_interval
+from tunesmith.evaluate.report import Report, Section, bars_png, training_section, write_report
+from tunesmith.evaluate.runner import class_names, load_model, slug
+from tunesmith.evaluate.scoring import score_encoded, sentence_encoding
+from tunesmith.evaluate.tasks import classifier_logprobs
 from tunesmith.io import atomic_directory
-from tunesmith.models.artifacts import read_classifier_info
+from tunesmith.models.artifacts import (
+    model_kind,
+    read_classifier_info,
+    resolve_artifact,
+    run_dir_of,
+)
+from tunesmith.train.loss import CausalLMLoss
 
 CROWS_FIELDS = ("sent_more", "sent_less", "bias_type")
 DEFAULT_THRESHOLD = {"crows-pairs": 0.6, "counterfactual": 0.05}
@@ -50,8 +61,6 @@ class Pair:
 
 def read_pairs(path: str, limit: int | None = None) -> list[Pair]:
     """CrowS-Pairs rows (the original CSV or its JSONL view)."""
-    from tunesmith.data.readers import SUFFIXES
-
     folder = Path(path)
     if folder.is_dir():
         files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
@@ -90,9 +99,6 @@ def _rate_row(name: str, hits: int, n: int, threshold: float) -> dict[str, Any]:
 def crows_pairs(model: Any, tok: Any, pairs: Sequence[Pair], threshold: float,
                 batch_size: int = 16, examples: int = 3, progress: Progress | None = None
                 ) -> dict[str, Any]:
-    from tunesmith.evaluate.scoring import score_encoded, sentence_encoding
-    from tunesmith.train.loss import CausalLMLoss
-
     lm_loss = CausalLMLoss(model)
     results: list[dict[str, Any]] = []
     step = max(1, batch_size * 4)
@@ -131,8 +137,6 @@ def counterfactual(model: Any, tok: Any, texts: Sequence[tuple[str, str]], names
                    max_length: int = 512, examples: int = 3, progress: Progress | None = None
                    ) -> dict[str, Any]:
     """``texts``: (where, text). Flip rate and probability shift per term group."""
-    from tunesmith.evaluate.tasks import classifier_logprobs
-
     variants = []  # (where, group, original, swapped, swaps)
     for where, text in texts:
         for group, swapper in swap.items():
@@ -190,10 +194,6 @@ def run_audit(model_name: str, data: str, out: Path | None = None, kind: str = "
               limit: int | None = None, batch_size: int = 16, max_length: int | None = None,
               examples: int = 3, dtype: str = "auto", progress: Progress | None = None
               ) -> dict[str, Any]:
-    from tunesmith.evaluate.audit_terms import swappers
-    from tunesmith.evaluate.runner import class_names, load_model, slug
-    from tunesmith.models.artifacts import model_kind, resolve_artifact, run_dir_of
-
     src = resolve_artifact(model_name)
     mkind = model_kind(src)
     auto = "counterfactual" if mkind == "classifier" else "crows-pairs"
@@ -246,8 +246,6 @@ def run_audit(model_name: str, data: str, out: Path | None = None, kind: str = "
 
 
 def _write(out: Path, result: dict[str, Any]) -> None:
-    from tunesmith.evaluate.report import write_report
-
     with atomic_directory(out) as tmp:
         name = "pairs.jsonl" if result["kind"] == "crows-pairs" else "counterfactuals.jsonl"
         (tmp / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
@@ -268,8 +266,6 @@ def verdict_line(row: dict[str, Any], kind: str, threshold: float) -> str:
 
 
 def audit_report(result: dict[str, Any]) -> Any:
-    from tunesmith.evaluate.report import Report, Section, bars_png, training_section
-
     kind, th = result["kind"], result["threshold"]
     title = "CrowS-Pairs likelihood audit" if kind == "crows-pairs" else \
         "Counterfactual term-swap audit"

@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 out = Console(soft_wrap=True)
@@ -23,8 +24,6 @@ err = Console(stderr=True, soft_wrap=True)
 
 @contextmanager
 def _progress(label: str) -> Iterator[Callable[[str, int, int], None]]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     with Progress("[progress.description]{task.description}", BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=err,
                   transient=True) as bar:
@@ -89,6 +88,7 @@ def eval_command(
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
 ) -> None:
     """Evaluate models on a file: metrics, predictions, side-by-side comparison, report."""
+    # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.evaluate.runner import run_eval
     from tunesmith.evaluate.tasks import EvalSettings
 
@@ -130,6 +130,7 @@ def analyze_command(
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples per slice.")] = 1000,
 ) -> None:
     """Worst examples, confusions, slices with significance flags, and a relabel queue."""
+    # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.evaluate.analysis import run_analyze
 
     result = run_analyze(eval_dir, output, _split(slice_by) or None, top, queue_size, alpha,
@@ -168,6 +169,7 @@ def audit_command(
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
 ) -> None:
     """Bias audit: CrowS-Pairs likelihoods (causal LMs) or term swaps (classifiers)."""
+    # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.evaluate.audit import run_audit, verdict_line
 
     with _progress("audit") as update:

@@ -150,6 +150,7 @@ class GenerationScorer:
         self._bleu = self._chrf = self._rouge = None
         self._nrefs: set[int] = set()
         if "bleu" in self.metrics:
+            # deferred: sacrebleu is heavy and only this path needs it; rouge_score is heavy and only this path needs it
             from sacrebleu.metrics import BLEU
 
             self._bleu = BLEU()
@@ -254,6 +255,7 @@ def aggregator(metric: str, n_labels: int = 0, multi_label: bool = False
                ) -> Callable[[np.ndarray], float]:
     """Function from summed statistics (one vector) to the metric value."""
     if metric in ("bleu", "chrf"):
+        # deferred: sacrebleu is heavy and only this path needs it
         from sacrebleu.metrics import BLEU, CHRF
 
         scorer = BLEU() if metric == "bleu" else CHRF()

@@ -14,9 +14,12 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tunesmith.evaluate.examples import example_card, worst_examples
+from tunesmith.evaluate.report_template import HTML, MARKDOWN
 from tunesmith.io import atomic_write_text
 
 
@@ -101,6 +104,7 @@ def md_table(b: dict[str, Any]) -> str:
 
 
 def _env(markdown: bool) -> Any:
+    # deferred: jinja2 is heavy and only this path needs it
     import jinja2
 
     env = jinja2.Environment(autoescape=not markdown, trim_blocks=markdown,
@@ -114,14 +118,10 @@ def _env(markdown: bool) -> Any:
 
 
 def render_html(report: Report) -> str:
-    from tunesmith.evaluate.report_template import HTML
-
     return _env(False).from_string(HTML).render(report=report, **_stamp())
 
 
 def render_markdown(report: Report) -> str:
-    from tunesmith.evaluate.report_template import MARKDOWN
-
     text = _env(True).from_string(MARKDOWN).render(report=report, **_stamp())
     while "\n\n\n" in text:
         text = text.replace("\n\n\n", "\n\n")
@@ -129,8 +129,6 @@ def render_markdown(report: Report) -> str:
 
 
 def _stamp() -> dict[str, str]:
-    from importlib import metadata
-
     try:
         version = metadata.version("tunesmith")
     except metadata.PackageNotFoundError:
@@ -153,6 +151,7 @@ def write_report(out_dir: Path, report: Report) -> tuple[Path, Path]:
 
 # -- plots ----------------------------------------------------------------------------------
 def pyplot() -> Any:
+    # deferred: matplotlib is heavy and only this path needs it
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -205,6 +204,7 @@ def training_curves_png(run_dir: Path) -> bytes | None:
 
 
 def confusion_png(matrix: list[list[int]], labels: list[str]) -> bytes:
+    # deferred: numpy is heavy and only this path needs it
     import numpy as np
 
     plt = pyplot()
@@ -233,6 +233,7 @@ def bars_png(labels: list[str], values: list[float], low: list[float] | None = N
              reference: float | None = None, reference_label: str = "", title: str = "",
              xlabel: str = "") -> bytes:
     """Horizontal bars with optional CI whiskers, red bars where flagged and a reference line."""
+    # deferred: numpy is heavy and only this path needs it
     import numpy as np
 
     plt = pyplot()
@@ -287,8 +288,6 @@ _SETTINGS = {"generation": ("prompt_template", "reference_field", "system", "max
 
 def eval_report(summary: dict[str, Any], records: dict[str, list[dict[str, Any]]]) -> Report:
     """The eval report: summary, training curves, metrics, comparison, confusion, examples."""
-    from tunesmith.evaluate.examples import example_card, worst_examples
-
     models = summary["models"]
     info = summary.get("metric_info", {})
     rep = Report(f"Evaluation: {', '.join(m['name'] for m in models)}",

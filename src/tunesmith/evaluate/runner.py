@@ -36,7 +36,9 @@ from tunesmith.evaluate.metrics import (
     resolve_metrics,
     stats_matrix,
 )
+from tunesmith.evaluate.report import eval_report, write_report
 from tunesmith.io import atomic_directory, atomic_write_text
+from tunesmith.metrics.classification import ConfusionMatrix, MultiLabelCounts
 from tunesmith.models.artifacts import (
     adapter_base,
     model_kind,
@@ -61,6 +63,7 @@ OnProgress = Callable[[str, int, int], None]
 
 
 def load_classifier(source: Path | str, dtype: str) -> Any:
+    # deferred: transformers is heavy and only this path needs it; may be missing: checked here
     from transformers import AutoModelForSequenceClassification
 
     src = Path(str(source))
@@ -109,6 +112,7 @@ def is_multi_label(source: Path | str) -> bool:
         return json.loads(cfg.read_text()).get("problem_type") == "multi_label_classification"
     if Path(str(source)).exists():
         return False
+    # deferred: transformers is heavy and only this path needs it
     from transformers import AutoConfig  # a hub id
 
     return getattr(AutoConfig.from_pretrained(str(source)), "problem_type", None) == \
@@ -252,8 +256,6 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
         names: list[str] | None = None
         counts = None
         if task == "multi-label":
-            from tunesmith.metrics.classification import MultiLabelCounts
-
             names = class_names(model)
             ms = ml[src]
             counts = MultiLabelCounts(names)
@@ -322,8 +324,6 @@ def _summarise(label: str, name: str, dirname: str, path: str, task: str, metric
     if counts is not None:  # multi-label: streamed batch by batch while predicting
         out["classification"] = counts.compute()
     elif names is not None:
-        from tunesmith.metrics.classification import ConfusionMatrix
-
         cm = ConfusionMatrix(names)
         cm.update([r["pred_id"] for r in records], [r["label_id"] for r in records])
         out["classification"] = cm.compute()
@@ -369,8 +369,6 @@ def _jsonl(records: Sequence[dict[str, Any]]) -> str:
 
 
 def _write(out: Path, summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
-    from tunesmith.evaluate.report import eval_report, write_report
-
     with atomic_directory(out) as tmp:
         for r in results:
             d = tmp / r["dir"]

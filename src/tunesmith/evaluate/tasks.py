@@ -21,13 +21,16 @@ from typing import Any
 
 import torch
 
+from tunesmith.config.schema import ClassificationConfig
+from tunesmith.data.classification import label_values
 from tunesmith.data.formats import Example, detect_training_format, to_example
 from tunesmith.data.readers import Row
 from tunesmith.data.templates import Encoder
 from tunesmith.errors import ConfigError, DataError, TunesmithError
-from tunesmith.evaluate.metrics import GenerationScorer
+from tunesmith.evaluate.metrics import GenerationScorer, example_f1
 from tunesmith.evaluate.scoring import score_encoded
 from tunesmith.inference.generate import GenerationSettings, Prompt, generate
+from tunesmith.inference.predict import Predictor
 from tunesmith.inference.prompts import prompt_of
 from tunesmith.train.loss import CausalLMLoss
 
@@ -190,9 +193,6 @@ def label_set(raw: Any, names: Sequence[str], where: str, fieldname: str,
               separator: str | None) -> list[str]:
     """A multi-label gold value as class names in model order: a list of names or ids, or a
     string split on ``separator`` as training split it (``data.classification``)."""
-    from tunesmith.config.schema import ClassificationConfig
-    from tunesmith.data.classification import label_values
-
     values = None if raw is None else label_values(raw, ClassificationConfig(
         multi_label=True, label_separator=separator))
     if values is None:
@@ -336,8 +336,6 @@ def run_multilabel(model: Any, tok: Any, items: Sequence[Item], s: EvalSettings,
     """Sigmoid probability per class, a class predicted at ``threshold`` or above (the
     prediction code of ``tunesmith predict``); ``counts`` (MultiLabelCounts) is updated
     batch by batch."""
-    from tunesmith.inference.predict import Predictor
-
     predictor = Predictor(model, tok, list(names), multi_label=True, threshold=threshold,
                           max_length=s.max_length or max_length)
     records = []
@@ -358,8 +356,6 @@ def run_multilabel(model: Any, tok: Any, items: Sequence[Item], s: EvalSettings,
 
 def _multilabel_record(it: Item, names: Sequence[str], probs: dict[str, float],
                        predicted: Any, threshold: float) -> dict[str, Any]:
-    from tunesmith.evaluate.metrics import example_f1
-
     gold = [int(n in it.label) for n in names]  # type: ignore[operator]
     pred = [int(n in predicted) for n in names]
     eps = 1e-7

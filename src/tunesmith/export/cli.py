@@ -45,6 +45,7 @@ def export_command(
         ] = None,
 ) -> None:
     """Export a trained model: merged checkpoint, int8 for CPU, or GGUF (+ Ollama Modelfile)."""
+    # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.export.card import quantization_line
     from tunesmith.export.run import export
 

@@ -29,7 +29,11 @@ import torch
 from tunesmith.errors import ModelError
 from tunesmith.export import measure
 from tunesmith.export.gguf_vocab import add_vocab, vocab_metadata
+from tunesmith.export.llamacpp import tokens_per_s
+from tunesmith.export.merge import load_full
+from tunesmith.export.modelfile import write_modelfile
 from tunesmith.export.source import ExportSource
+from tunesmith.models.registry import convert_gguf
 
 SUPPORTED_ARCHS = ("LlamaForCausalLM",)
 QTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q5_0": "Q5_0",
@@ -72,6 +76,7 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def _tensor_type(gguf_name: str, shape: tuple[int, ...], quant: str) -> str:
+    # deferred: gguf is heavy and only this path needs it
     import gguf
 
     if len(shape) < 2 or quant == "f32":
@@ -85,6 +90,7 @@ def _tensor_type(gguf_name: str, shape: tuple[int, ...], quant: str) -> str:
 
 def _llama_tensors(model: Any) -> list[tuple[str, np.ndarray]]:
     """(gguf name, float32 array) for every weight, q/k permuted, tied head dropped."""
+    # deferred: gguf is heavy and only this path needs it
     import gguf
 
     cfg = model.config
@@ -112,6 +118,7 @@ def _llama_tensors(model: Any) -> list[tuple[str, np.ndarray]]:
 
 def write_gguf(model: Any, tok: Any, path: Path, quant: str, name: str = "model") -> None:
     """Write ``model`` (float32 Llama) + tokenizer + chat template to ``path``."""
+    # deferred: gguf is heavy and only this path needs it
     import gguf
 
     cfg = model.config
@@ -158,6 +165,7 @@ def write_gguf(model: Any, tok: Any, path: Path, quant: str, name: str = "model"
 
 def read_back(path: Path) -> tuple[Any, Any]:
     """The GGUF loaded by transformers (dequantized to float32) and its tokenizer."""
+    # deferred: transformers is heavy and only this path needs it
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -200,9 +208,6 @@ def logit_distance(a: Any, b: Any, tok: Any) -> dict[str, float]:
 def export_gguf(source: ExportSource, quant: str, tmp: Path, info: dict[str, Any],
                 eval_file: Path | None, measure_speed: bool) -> None:
     """Write ``<name>-<quant>.gguf`` + ``Modelfile`` into ``tmp``; checks and figures to info."""
-    from tunesmith.export.merge import load_full
-    from tunesmith.export.modelfile import write_modelfile
-
     model, tok = load_full(source)
     stem = _stem(source)
     path = tmp / f"{stem}-{quant}.gguf"
@@ -225,8 +230,6 @@ def export_gguf(source: ExportSource, quant: str, tmp: Path, info: dict[str, Any
                            "size_bytes": path.stat().st_size,
                            "reference_size_bytes": measure.weight_bytes(model)}
     if measure_speed:
-        from tunesmith.export.llamacpp import tokens_per_s
-
         fig["reference_speed"] = measure.speed(model, tok, "causal-lm")
         sp = tokens_per_s(path, tok)
         if isinstance(sp, dict):
@@ -246,8 +249,6 @@ def export_gguf(source: ExportSource, quant: str, tmp: Path, info: dict[str, Any
 
 def _eval_gguf(source: ExportSource, path: Path, eval_file: Path, out: Path) -> dict[str, Any]:
     """The metric change of the GGUF's weights: dequantized into a temporary checkpoint."""
-    from tunesmith.models.registry import convert_gguf
-
     work = Path(tempfile.mkdtemp(prefix="gguf-eval-"))
     try:
         convert_gguf(path, work / "model")

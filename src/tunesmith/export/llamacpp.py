@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.export.measure import SPEED_PROMPTS
+from tunesmith.inference.generate import render_prompt
 
 
 def available() -> bool:
     try:
+        # deferred: may be missing: checked here
         import llama_cpp  # noqa: F401
     except ImportError:
         return False
@@ -23,6 +25,7 @@ def available() -> bool:
 
 
 def load(path: Path, n_ctx: int = 1024) -> Any:
+    # deferred: torch is heavy and only this path needs it; optional (llama-cpp-python, optional)
     import torch
     from llama_cpp import Llama
 
@@ -40,9 +43,9 @@ def tokens_per_s(path: Path, tok: Any, new_tokens: int = 32) -> dict[str, Any] |
     """llama.cpp's greedy generation speed on the same prompts as ``measure.speed``."""
     if not available():
         return "llama.cpp speed not measured (pip install llama-cpp-python to measure it)"
+    # deferred: torch is heavy and only this path needs it
     import torch
 
-    from tunesmith.inference.generate import render_prompt
 
     llm = load(path)
     prompts = [render_prompt(tok, p) for p in SPEED_PROMPTS]

@@ -16,6 +16,10 @@ from typing import Any
 
 import torch
 
+from tunesmith.evaluate.runner import run_eval
+from tunesmith.evaluate.tasks import EvalSettings
+from tunesmith.inference.generate import render_prompt
+
 SPEED_PROMPTS = ["Write a haiku about CPUs.", "What is the capital of France?",
                  "Explain in one sentence what a language model is.",
                  "Give three tips for writing clear emails."]
@@ -46,8 +50,6 @@ def weight_bytes(model: torch.nn.Module, bytes_per_value: int = 4) -> int:
 def lm_tokens_per_s(model: Any, tok: Any, new_tokens: int = 32,
                     prompts: list[str] = SPEED_PROMPTS) -> float:
     """Greedy generation of exactly ``new_tokens`` per prompt, batch 1, after one warm-up."""
-    from tunesmith.inference.generate import render_prompt
-
     encoded = [tok(render_prompt(tok, p), return_tensors="pt",
                    add_special_tokens=not getattr(tok, "chat_template", None)) for p in prompts]
     kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False,
@@ -91,9 +93,6 @@ def eval_change(reference: str, exported: str, eval_file: Path, out: Path,
     Returns ``{"metrics": {m: {"reference", "export", "delta", "ci95"}}, "examples", "task",
     "out_dir"}``; the full evaluation (predictions, report) is written to ``out``.
     """
-    from tunesmith.evaluate.runner import run_eval
-    from tunesmith.evaluate.tasks import EvalSettings
-
     settings = EvalSettings(dtype="float32", max_new_tokens=max_new_tokens, bootstrap=500)
     summary = run_eval([reference, exported], str(eval_file), out, settings)
     ref, exp = summary["models"][0]["metrics"], summary["models"][1]["metrics"]

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from tunesmith.export.source import ExportSource, resolve_source
+from tunesmith.inference.predict import load_predictor
 from tunesmith.io import atomic_directory
 from tunesmith.models.artifacts import SIDECARS, fix_generation_config
 from tunesmith.models.load import load_causal_lm, load_tokenizer
@@ -30,8 +31,6 @@ def load_full(source: ExportSource) -> tuple[Any, Any]:
     """The model in float32 with any LoRA adapter merged, and its tokenizer (eval mode)."""
     tok = load_tokenizer(source.path)
     if source.kind == "classifier":
-        from tunesmith.inference.predict import load_predictor
-
         model = load_predictor(str(source.path), precision="fp32").model  # merges adapters
     else:
         model = load_causal_lm(source.path, dtype="float32")

@@ -40,6 +40,7 @@ def _render(tok: Any, messages: list[dict[str, str]], gen: bool) -> str:
 
 def derive_spec(tok: Any) -> ChatSpec | None:
     """Measure the chat template; None when it is not "prefix + content + suffix" per role."""
+    # deferred: jinja2 is heavy and only this path needs it
     from jinja2 import TemplateError
 
     try:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from tunesmith.errors import ModelError, UsageError
+from tunesmith.models.classifier import head_modules
 from tunesmith.models.int8 import METHOD, QUANT_CONFIG, WEIGHTS, make_int8_linear, set_module
 
 
@@ -57,8 +58,6 @@ def default_keep_float(kind: str) -> tuple[str, ...]:
 def _head_names(model: nn.Module, kind: str) -> set[str]:
     """The output head: a classifier's head modules, or the LM's output embedding."""
     if kind == "classifier":
-        from tunesmith.models.classifier import head_modules
-
         return set(head_modules(model))
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return {n for n, m in model.named_modules() if out is not None and m is out}
@@ -151,6 +150,7 @@ def quantize_int8(model: nn.Module, kind: str,
 
 def save_int8(model: nn.Module, tensors: dict[str, torch.Tensor], tok: Any, out: Path) -> None:
     """Write the int8 checkpoint: config (with the marker), tensors, tokenizer."""
+    # deferred: safetensors is heavy and only this path needs it
     from safetensors.torch import save_file
 
     config = model.config

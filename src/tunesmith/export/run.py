@@ -22,10 +22,13 @@ import torch
 from tunesmith.errors import DataError, ModelError, UsageError
 from tunesmith.export import measure
 from tunesmith.export.card import render_card, run_facts
+from tunesmith.export.gguf import check_supported, export_gguf
 from tunesmith.export.merge import copy_adapter, load_full, save_hf
+from tunesmith.export.quantize import quantize_int8, save_int8
 from tunesmith.export.source import ExportSource, resolve_source
 from tunesmith.io import atomic_directory
 from tunesmith.models.artifacts import SIDECARS
+from tunesmith.models.int8 import WEIGHTS
 
 HF_QUANT = {"none": None, "f32": None, "int8": None, "f16": torch.float16,
             "bf16": torch.bfloat16}
@@ -79,8 +82,6 @@ def export(name: str, fmt: str = "hf", merge: bool = False, quantize: str | None
                          "--keep-float")
     source = resolve_source(name)
     if fmt == "gguf":
-        from tunesmith.export.gguf import check_supported
-
         check_supported(source)
     if source.is_adapter and not merge and (fmt == "hf" and q not in ("none", "f32")):
         raise UsageError(f"--quantize {q} needs the adapter merged into its base",
@@ -100,8 +101,6 @@ def export(name: str, fmt: str = "hf", merge: bool = False, quantize: str | None
         elif fmt == "hf":
             _export_hf(source, q, tmp, info, eval_path, measure_speed, keep_float)
         else:
-            from tunesmith.export.gguf import export_gguf
-
             export_gguf(source, q, tmp, info, eval_path, measure_speed)
         info["files"] = sorted(p.name for p in tmp.iterdir())
         if info.get("usage"):
@@ -144,9 +143,6 @@ def _export_hf(source: ExportSource, q: str, tmp: Path, info: dict[str, Any],
     if q != "int8":
         save_hf(model, tok, tmp, HF_QUANT[q], sidecars_from=source.path)
     else:
-        from tunesmith.export.quantize import quantize_int8, save_int8
-        from tunesmith.models.int8 import WEIGHTS
-
         fig: dict[str, Any] = {"method": "int8 (weights int8 per output channel, activations "
                                "int8 dynamic; torch.ao)",
                                "reference_size_bytes": measure.weight_bytes(model)}

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ModelError
-from tunesmith.models.artifacts import adapter_base, is_adapter_dir, resolve_artifact
+from tunesmith.models.artifacts import (
+    adapter_base,
+    is_adapter_dir,
+    model_kind,
+    resolve_artifact,
+    run_dir_of,
+)
+from tunesmith.models.registry import resolve_model_dir
 
 
 @dataclass
@@ -33,8 +40,6 @@ class ExportSource:
         if f.exists():
             return json.loads(f.read_text())
         if self.base is not None:
-            from tunesmith.models.registry import resolve_model_dir
-
             base_cfg = Path(str(resolve_model_dir(self.base))) / "config.json"
             if base_cfg.exists():
                 return json.loads(base_cfg.read_text())
@@ -47,8 +52,6 @@ class ExportSource:
 
 def resolve_source(name: str) -> ExportSource:
     """Resolve ``name`` to a local model directory and describe it; one ModelError if not."""
-    from tunesmith.models.artifacts import model_kind, run_dir_of
-
     src = resolve_artifact(name)
     path = Path(str(src))
     if not path.is_dir():

@@ -19,7 +19,9 @@ from typing import Any
 import torch
 
 from tunesmith.data.readers import read_rows
+from tunesmith.device import resolve_precision
 from tunesmith.errors import DataError, ModelError, first_line
+from tunesmith.metrics.classification import ConfusionMatrix, MultiLabelCounts
 from tunesmith.models.artifacts import (
     adapter_base,
     is_classifier_architecture,
@@ -116,9 +118,9 @@ class Predictor:
 
 def load_predictor(name: str, precision: str = "auto") -> Predictor:
     """A classifier ready for prediction from a run dir, model dir or adapter dir."""
+    # deferred: transformers is heavy and only this path needs it; peft is heavy and only this path needs it
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from tunesmith.device import resolve_precision
 
     src = resolve_artifact(name)
     if not isinstance(src, Path):
@@ -226,8 +228,6 @@ def predict_file(predictor: Predictor, path: Path, batch_size: int = 32,
                  threshold: float | None = None, text_field: str | None = None
                  ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Output rows (input fields + prediction) and, when the rows carry gold labels, metrics."""
-    from tunesmith.metrics.classification import ConfusionMatrix, MultiLabelCounts
-
     rows, texts, pairs = read_texts(path, text_field or predictor.text_field,
                                     predictor.text_pair_field)
     preds = predictor.predict(texts, pairs, batch_size, threshold)

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from tunesmith.errors import UsageError
+from tunesmith.io import atomic_write_text
 
 
 def register(app: typer.Typer) -> None:
@@ -41,6 +42,7 @@ def predict(
     # Each output row is the input row plus `predicted_label` (`predicted_labels` for
     # multi-label models), `score` and `probabilities`. When the rows carry the training label
     # field, accuracy and macro-F1 go to standard error.
+    # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.inference.predict import load_predictor, predict_file
 
     err = Console(stderr=True)
@@ -69,8 +71,6 @@ def predict(
         sys.stdout.write(body)
         sys.stdout.flush()
     else:
-        from tunesmith.io import atomic_write_text
-
         atomic_write_text(output, body)
         err.print(f"wrote {len(rows)} predictions to {output}", highlight=False)
     if metrics is not None:

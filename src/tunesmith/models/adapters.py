@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,8 @@ import torch
 from torch import nn
 
 from tunesmith.config.schema import MethodConfig
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, MissingDependency
+from tunesmith.models.load import read_safetensors
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
 _EMBED_RE = re.compile(r"(embed_tokens|wte|wpe|word_embeddings|position_embeddings|"
@@ -45,6 +47,7 @@ def apply_method(model: nn.Module, method: MethodConfig, task_type: str = "CAUSA
     after that would see only the top group and never unfreeze anything).
     """
     if method.type == "qlora":
+        # deferred: peft is heavy and only this path needs it
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -64,9 +67,6 @@ def load_qlora_base(source: Any, model_cfg: Any) -> nn.Module:
     bitsandbytes' 4-bit kernels need a CUDA GPU; on other hardware this raises one clear
     error naming what to use instead, before any run directory exists.
     """
-    import importlib.util
-
-    from tunesmith.errors import MissingDependency
 
     if not torch.cuda.is_available():
         raise ConfigError("method.type qlora needs a CUDA GPU: bitsandbytes' 4-bit NF4 "
@@ -78,6 +78,7 @@ def load_qlora_base(source: Any, model_cfg: Any) -> nn.Module:
     if importlib.util.find_spec("bitsandbytes") is None:
         raise MissingDependency("method.type qlora needs bitsandbytes", where="method.type",
                                 fix="pip install bitsandbytes (or use method.type: lora)")
+    # deferred: transformers is heavy and only this path needs it
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
@@ -174,6 +175,7 @@ class GradualUnfreezer:
 
 def _apply_lora(model: nn.Module, method: MethodConfig, task_type: str = "CAUSAL_LM",
                 modules_to_save: list[str] | None = None) -> nn.Module:
+    # deferred: peft is heavy and only this path needs it
     from peft import LoraConfig, get_peft_model
 
     targets = method.target_modules
@@ -249,8 +251,6 @@ def restore_frozen_linears(model: nn.Module, source: Path | str) -> bool:
     """Put the float32 weights back into the Linears :func:`store_frozen_linears` converted,
     read from the base checkpoint ``source``; False (model unchanged) when they cannot be
     found there (not safetensors, other names)."""
-    from tunesmith.models.load import read_safetensors
-
     targets: dict[str, torch.nn.Parameter] = {}
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and not module.weight.requires_grad and \

@@ -60,7 +60,8 @@ def model_kind(source: Path | str) -> str:
     if (path / "config.json").exists():
         archs = json.loads((path / "config.json").read_text()).get("architectures") or []
     else:  # a hub id
-        from transformers import AutoConfig  # deferred: heavy, and only hub ids need it
+        # deferred: transformers is heavy and only this path needs it
+        from transformers import AutoConfig
 
         archs = AutoConfig.from_pretrained(str(source)).architectures or []
     return "classifier" if is_classifier_architecture(archs) else "causal-lm"

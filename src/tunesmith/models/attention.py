@@ -30,6 +30,7 @@ _below = DEFAULT_BELOW
 
 def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[Any, Any]:
+    # deferred: transformers is heavy and only this path needs it
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if (query.device.type == "cpu" and query.shape[2] < _below and torch.is_grad_enabled()
@@ -46,6 +47,7 @@ def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch
 def attend_short_in_fp32(model: Any, below: int = DEFAULT_BELOW) -> bool:
     """Switch ``model`` (loaded with SDPA attention) to :data:`NAME`; False if it was not
     using SDPA (eager attention, a model without transformers' attention interface)."""
+    # deferred: transformers is heavy and only this path needs it
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 

@@ -26,6 +26,7 @@ def load_classifier(source: Path | str, names: list[str], multi_label: bool, pad
                     dtype: str = "float32", trust_remote_code: bool = False,
                     attn_implementation: str = "sdpa") -> Any:
     """Backbone weights from ``source`` plus a head for ``names`` (new unless it fits)."""
+    # deferred: transformers is heavy and only this path needs it
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     try:

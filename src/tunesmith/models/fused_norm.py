@@ -58,6 +58,7 @@ def _forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
 
 
 def _llama_code() -> Any:
+    # deferred: transformers is heavy and only this path needs it
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
     return LlamaRMSNorm.forward.__code__

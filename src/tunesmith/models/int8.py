@@ -9,6 +9,7 @@ Loading lives here, below ``export``, so that ``models.load`` can call it.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,10 +28,9 @@ QUANT_CONFIG = {"quant_method": METHOD, "weights": "int8 symmetric per output ch
 
 
 def qlinear_class() -> type:
-    import warnings
-
     warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
     warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+    # deferred: torch is heavy and only this path needs it
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
     class Int8Linear(DynamicLinear):  # type: ignore[misc, valid-type]
@@ -67,6 +67,7 @@ def is_int8_dir(path: Path | str) -> bool:
 
 def load_int8(path: Path | str, kind: str) -> nn.Module:
     """Rebuild an int8 export: the exact quantized modules and float32 elsewhere (eval mode)."""
+    # deferred: safetensors is heavy and only this path needs it; transformers is heavy and only this path needs it
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 

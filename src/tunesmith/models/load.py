@@ -9,14 +9,17 @@ from typing import Any
 
 import torch
 
+from tunesmith.data.templates import resolve_chat_template
 from tunesmith.device import DTYPES, inference_dtype
 from tunesmith.errors import ModelError, first_line
 from tunesmith.models.artifacts import adapter_base, resolve_artifact
+from tunesmith.models.int8 import is_int8_dir, load_int8
 from tunesmith.models.registry import resolve_model_dir
 
 
 def load_tokenizer(source: Path | str, chat_template: str | None = None,
                    trust_remote_code: bool = False) -> Any:
+    # deferred: transformers is heavy and only this path needs it
     from transformers import AutoTokenizer
 
     try:
@@ -25,8 +28,6 @@ def load_tokenizer(source: Path | str, chat_template: str | None = None,
         raise ModelError(f"cannot load tokenizer ({first_line(exc)})", where=str(source),
                          fix="check the model directory holds tokenizer files") from None
     if chat_template:
-        from tunesmith.data.templates import resolve_chat_template
-
         tok.chat_template = resolve_chat_template(chat_template)
     if tok.pad_token_id is None:
         # Padding positions are masked by attention and labels, so any id works; prefer
@@ -38,6 +39,7 @@ def load_tokenizer(source: Path | str, chat_template: str | None = None,
 def load_causal_lm(source: Path | str, dtype: str = "float32", trust_remote_code: bool = False,
                    attn_implementation: str = "sdpa") -> Any:
     """Load a causal LM; a directory with ``adapter_config.json`` loads base + adapter."""
+    # deferred: transformers is heavy and only this path needs it; may be missing: checked here
     from transformers import AutoModelForCausalLM
 
     src = Path(str(source))
@@ -66,8 +68,6 @@ def load_quantized(source: Path | str, kind: str = "causal-lm") -> Any | None:
     Such a directory's config names ``quant_method: tunesmith-int8``, which plain
     transformers refuses; every tunesmith loader calls this first.
     """
-    from tunesmith.models.int8 import is_int8_dir, load_int8
-
     return load_int8(source, kind) if is_int8_dir(source) else None
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from tunesmith.errors import ModelError
-from tunesmith.io import cache_root
+from tunesmith.io import atomic_directory, cache_root, looks_like_hub_id
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def resolve_model_dir(name: str) -> Path | str:
     path = Path(name).expanduser()
     if path.exists():
         return path
-    if name.startswith((".", "/", "~")) or os.sep in name and len(name.split("/")) != 2:
+    if name.startswith((".", "/", "~")) or ("/" in name and not looks_like_hub_id(name)):
         raise ModelError("model directory not found", where="model.name", got=name,
                          fix="give an existing checkpoint directory, an embedded name "
                          f"({', '.join(EMBEDDED)}) or a hub id")
@@ -105,9 +105,6 @@ def resolve_model_dir(name: str) -> Path | str:
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """One quick TCP connection instead of transformers' minute of retries when offline."""
-    import socket
-    from urllib.parse import urlparse
-
     endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     try:
         with socket.create_connection((endpoint.hostname or "huggingface.co",
@@ -119,6 +116,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def convert_gguf(gguf_file: Path, out: Path) -> None:
     """Dequantise the GGUF into a fresh fp32 model and save safetensors + tokenizer, atomically."""
+    # deferred: torch is heavy and only this path needs it; transformers is heavy and only this path needs it
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -139,16 +137,8 @@ def convert_gguf(gguf_file: Path, out: Path) -> None:
     fresh.generation_config.eos_token_id = tok.eos_token_id
     fresh.generation_config.bos_token_id = tok.bos_token_id
     fresh.config.pad_token_id = tok.pad_token_id
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         fresh.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "tunesmith_source.json").write_text(json.dumps(
             {"converted_from": str(gguf_file), "note": "dequantised Q4_1 GGUF, fp32"}, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -69,6 +69,7 @@ def _check_output_sizes(student: Any, teacher: Any) -> None:
 
 def load_teacher_classifier(source: Path | str, names: list[str], cfg: RunConfig) -> Any:
     """A trained classifier whose labels are exactly ``names`` (its head is kept)."""
+    # deferred: transformers is heavy and only this path needs it
     from transformers import AutoModelForSequenceClassification
 
     try:

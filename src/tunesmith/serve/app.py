@@ -1,12 +1,11 @@
 """The FastAPI application: ``create_app(settings)``.
 
-Contract with the fine-tuning jobs API (serve/jobs/routes.py, serve/jobs/files.py, serve/jobs/worker.py):
+Contract with the fine-tuning jobs API (serve/jobs/: routes.py, files.py, worker.py):
 
 - ``app.state.settings`` is the :class:`ServeSettings` (``data_dir``, ``models_dir``,
   ``api_key``, limits), ``app.state.db`` the :class:`Database` (tables of every module
   import ``Base`` from serve/db.py), ``app.state.pool`` the :class:`ModelPool`.
-- If ``tunesmith.serve.jobs.routes`` imports, ``build_jobs_router(app)`` (or ``build_jobs_router()``
-  when it takes no parameter) is called after ``app.state`` is set and its router included.
+- ``build_jobs_router(app)`` is called after ``app.state`` is set and its router included.
   Work at startup/shutdown (the worker) goes into the lists ``app.state.startup`` /
   ``app.state.shutdown`` (callables, sync or async, no arguments), run by the app's lifespan.
 - A finished job writes its model as a tunesmith run directory under
@@ -33,6 +32,7 @@ from tunesmith.serve.api.errors import install_error_handlers
 from tunesmith.serve.api.routes import build_openai_router
 from tunesmith.serve.db import Database
 from tunesmith.serve.feedback.routes import build_feedback_router
+from tunesmith.serve.jobs.routes import build_jobs_router
 from tunesmith.serve.ops.monitoring import GuardAndRecord, Metrics
 from tunesmith.serve.settings import ServeSettings
 
@@ -44,19 +44,6 @@ async def _run_hooks(hooks: list) -> None:
         result = hook()
         if inspect.isawaitable(result):
             await result
-
-
-def _include_jobs(app: FastAPI) -> None:
-    try:
-        from tunesmith.serve.jobs.routes import build_jobs_router
-    except ImportError as exc:
-        if getattr(exc, "name", None) not in ("tunesmith.serve.jobs.routes", None):
-            raise  # the module exists but is broken: show it rather than hide the jobs API
-        log.info("fine-tuning jobs API not available")
-        return
-    takes_app = bool(inspect.signature(build_jobs_router).parameters)
-    router = build_jobs_router(app) if takes_app else build_jobs_router()
-    app.include_router(router)
 
 
 def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAPI:
@@ -88,11 +75,12 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus(_: Request) -> Response:
+        # deferred: optional (the serve extra)
         from prometheus_client import CONTENT_TYPE_LATEST
 
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    _include_jobs(app)
+    app.include_router(build_jobs_router(app))
     db.create_tables()  # tables of routers imported above
     app.add_middleware(GuardAndRecord, settings=settings, db=db, metrics=metrics)
     return app

@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tunesmith.errors import UsageError
-from tunesmith.serve.settings import DEFAULT_DATA_DIR
+from tunesmith.serve.settings import DEFAULT_DATA_DIR, ServeSettings, parse_adapters
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -42,10 +43,10 @@ def serve(models: Annotated[Optional[list[str]], typer.Argument(
           log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
           ) -> None:
     """Serve models behind an OpenAI-compatible API (chat, completions, classify, jobs)."""
+    # deferred: optional (the serve extra); loads torch; keeps `tunesmith --help` fast
     import uvicorn
 
     from tunesmith.serve.app import create_app
-    from tunesmith.serve.settings import ServeSettings, parse_adapters
 
     if dtype not in ("auto", "float32", "bfloat16"):
         raise UsageError("unknown --dtype", where="--dtype", got=dtype,
@@ -79,6 +80,7 @@ def monitor(data_dir: DataDir = Path(DEFAULT_DATA_DIR), db: DbUrl = None,
                 "--since-hours", help="Only the last N hours.")] = None,
             ) -> None:
     """Latency percentiles, error rate, throughput and input-length drift of a server."""
+    # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.serve.ops.report import build_monitor_report
 
     summary, html = build_monitor_report(_db_url(data_dir, db), output, run=run, data=data,
@@ -107,6 +109,7 @@ def feedback_export(output: Annotated[Path, typer.Option("-o", "--output",
                                     ] = "chat",
                     ) -> None:
     """Turn feedback into the next training set (SFT corrections/upvotes, or DPO pairs)."""
+    # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.serve.feedback.export import export_feedback
 
     if format not in ("sft", "dpo"):
@@ -151,8 +154,7 @@ def promote(candidate: Annotated[str, typer.Argument(
                              ] = "auto",
             ) -> None:
     """Serve CANDIDATE under CURRENT's name only if its evaluation is not worse."""
-    from rich.markup import escape
-
+    # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.evaluate.tasks import EvalSettings
     from tunesmith.serve.feedback.promote import PromoteRequest, run_promote
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import UsageError
+from tunesmith.serve.db import default_url
 
 DEFAULT_DATA_DIR = "tunesmith-data"
 
@@ -54,8 +55,6 @@ class ServeSettings:
         return self.data_dir / "models"
 
     def database_url(self) -> str:
-        from tunesmith.serve.db import default_url
-
         return self.db_url or default_url(self.data_dir)
 
 

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tunesmith.errors import TrainingError
+
 out = Console(soft_wrap=True)
 
 
@@ -34,7 +36,7 @@ def sweep_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing sweep.")] = False,
 ) -> None:
     """Search hyper-parameters: train one run per trial, keep the best (Optuna TPE)."""
-    from tunesmith.errors import TrainingError
+    # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.sweep.space import parse_space
     from tunesmith.sweep.study import SweepSpec, run_sweep
 

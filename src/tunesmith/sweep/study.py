@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from tunesmith import recipes
 from tunesmith.config import load_config, load_raw
 from tunesmith.config.schema import RunConfig
 from tunesmith.errors import ConfigError, TunesmithError, UsageError
@@ -53,6 +54,7 @@ class SweepSpec:
 
 def _optuna() -> Any:
     try:
+        # deferred: may be missing: checked here
         import optuna
     except ImportError:
         raise UsageError("tunesmith sweep needs Optuna", where="tunesmith sweep",
@@ -101,8 +103,6 @@ def run_sweep(spec: SweepSpec, resume: bool = False, overwrite: bool = False,
               on_trial: Any = None, on_start: Any = None) -> SweepResult:
     """Run the sweep ``spec`` describes; ``on_start(name, values)`` is called before each
     trial trains and ``on_trial(record)`` after it."""
-    from tunesmith.recipes import run_task
-
     optuna = _optuna()
     base, metric, out = plan(spec)
     space = {p.key: p.describe() for p in spec.params}
@@ -136,7 +136,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False, overwrite: bool = False,
             on_start(name, values)
         t0 = time.perf_counter()
         try:
-            res = run_task(cfg, overwrite=True, progress=False,
+            res = recipes.run_task(cfg, overwrite=True, progress=False,
                            callbacks=[_Reporter(trial, cfg, optuna)])
         except optuna.TrialPruned as exc:
             trial.set_user_attr("reason", str(exc))

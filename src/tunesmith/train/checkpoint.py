@@ -63,6 +63,7 @@ def latest_checkpoint(run_dir: Path) -> Path:
 def load_checkpoint(path: Path, model: nn.Module, optimizer: Any, scheduler: Any
                     ) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler and RNG; return the trainer state."""
+    # deferred: safetensors is heavy and only this path needs it; peft is heavy and only this path needs it
     from safetensors.torch import load_file
 
     if (path / "adapter_model.safetensors").exists():

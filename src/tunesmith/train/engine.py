@@ -385,6 +385,7 @@ def make_accelerator(precision: str) -> Any:
     mixed precision, so a second run in the same process (a job worker, the demo, tests)
     resets that state first; the process group (PartialState) is left alone.
     """
+    # deferred: accelerate is heavy and only this path needs it
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tunesmith.io import atomic_write_text
+
 
 class Tracker:
     def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True) -> None:
@@ -15,6 +17,7 @@ class Tracker:
         self.tb = None
         if enabled and tensorboard:
             try:
+                # deferred: may be missing: checked here
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(run_dir / "tb"))
@@ -50,7 +53,7 @@ def truncate_after(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = [line for line, row in _rows(path) if row.get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def _rows(path: Path) -> list[tuple[str, dict[str, Any]]]:

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data.prepare.config import PrepareConfig
-from tunesmith.data.prepare.writers import write_text_atomic
 from tunesmith.errors import DataError
-from tunesmith.io import file_sha256
+from tunesmith.io import atomic_write_text, file_sha256
 
 CARD_JSON = "data_card.json"
 CARD_MD = "data_card.md"
@@ -60,6 +59,7 @@ class RunFacts:
 
 def _version() -> str:
     try:
+        # deferred: may be missing: checked here
         from importlib.metadata import version
 
         return version("tunesmith")
@@ -136,8 +136,8 @@ def build_card(f: RunFacts) -> dict[str, Any]:
 
 def write_card(outdir: Path, card: dict[str, Any]) -> None:
     """Write ``data_card.json`` and ``data_card.md`` into ``outdir`` (atomically)."""
-    write_text_atomic(outdir / CARD_JSON, json.dumps(card, indent=2, ensure_ascii=False) + "\n")
-    write_text_atomic(outdir / CARD_MD, render_markdown(card))
+    atomic_write_text(outdir / CARD_JSON, json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(outdir / CARD_MD, render_markdown(card))
 
 
 def render_markdown(card: dict[str, Any]) -> str:

@@ -83,6 +83,7 @@ def fix_mojibake(text: str) -> str:
     """Repair UTF-8 that was decoded as Latin-1/cp1252 (``donâ€™t`` -> ``don’t``)."""
     if text.isascii() or not _MOJIBAKE_HINT.search(text):
         return text
+    # deferred: ftfy is heavy and only this path needs it
     import ftfy
 
     return ftfy.fix_encoding(text)

@@ -18,13 +18,19 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from tunesmith.data.prepare.config import (
+    build_config,
+    load_config_file,
+    merge_overrides,
+    parse_split_spec,
+)
+from tunesmith.data.prepare.render import render_inspect, render_prepare
 from tunesmith.errors import TunesmithError, UsageError
 
 
 def _fail(exc: TunesmithError) -> typer.Exit:
-    from rich.markup import escape
-
     # the message quotes user data ("[EMAIL]", "[1, 2]"): escape it so rich prints it verbatim
     Console(stderr=True, highlight=False, soft_wrap=True).print(
         f"[bold red]Error:[/] {escape(exc.render())}")
@@ -74,8 +80,8 @@ def inspect_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Show a dataset's format, fields, lengths, labels, token lengths and bad rows."""
+    # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.data.prepare.inspect import inspect_dataset, load_tokenizer
-    from tunesmith.data.prepare.render import render_inspect
 
     console = Console(stderr=False, highlight=False)
     try:
@@ -148,14 +154,8 @@ def prepare_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the data card as JSON.")] = False,
 ) -> None:
     """Clean, deduplicate, scrub, split and check datasets; write splits and a data card."""
-    from tunesmith.data.prepare.config import (
-        build_config,
-        load_config_file,
-        merge_overrides,
-        parse_split_spec,
-    )
+    # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.data.prepare.pipeline import prepare
-    from tunesmith.data.prepare.render import render_prepare
 
     try:
         raw = load_config_file(config) if config else {}

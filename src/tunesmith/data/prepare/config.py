@@ -155,6 +155,7 @@ def build_config(raw: dict[str, Any], source: str = "options") -> PrepareConfig:
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML config into a dict; relative input/eval paths are made relative to it."""
+    # deferred: yaml is heavy and only this path needs it
     import yaml
 
     file = Path(path)

@@ -21,8 +21,9 @@ import numpy as np
 
 from tunesmith.data.formats import detect_format
 from tunesmith.data.prepare.fields import iter_texts
-from tunesmith.data.prepare.source import BadRow, describe_source, iter_source
+from tunesmith.data.prepare.source import describe_source, iter_source
 from tunesmith.data.prepare.textkeys import exact_key, hash64, near_from_exact, word_ngrams_many
+from tunesmith.data.readers import BadRow
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,7 @@ def lsh_params(threshold: float, num_perm: int, recall: float = LSH_RECALL) -> t
 @functools.lru_cache(maxsize=16)
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """datasketch's affine32 permutation parameters ``(a, b)`` for ``num_perm`` and ``seed``."""
+    # deferred: datasketch is heavy and only this path needs it
     from datasketch import MinHash
 
     perms = MinHash(num_perm=num_perm, seed=seed).permutations

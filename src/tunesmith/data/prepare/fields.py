@@ -1,21 +1,10 @@
 """Recognise a record's format, check it, and reach the text fields to clean and compare.
 
-tunesmith understands six record formats. Cleaning, PII scrubbing, deduplication and the
-contamination check all work on "the text of a row", which depends on the format:
-
-=================  ===================================  ============================
-format             required fields                      text fields
-=================  ===================================  ============================
-preference         chosen, rejected (prompt optional)   prompt, chosen, rejected
-messages           messages: [{role, content}, ...]     every message's content
-alpaca             instruction, output                  instruction, input, output
-prompt_completion  prompt, completion                   prompt, completion
-classification     text, <label field>                  text
-text               text                                 text
-=================  ===================================  ============================
-
-Preference fields may also be message lists (the conversational preference format).
-Other fields (ids, categories, URLs) are carried through untouched.
+Cleaning, PII scrubbing, deduplication and the contamination check all work on "the text
+of a row", which depends on the record format. The formats, their required fields and their
+text fields are defined once, in ``tunesmith.data.formats``; this module checks a row against
+its format and reaches (or rewrites) its text fields. Other fields (ids, categories, URLs)
+are carried through untouched.
 """
 
 from __future__ import annotations

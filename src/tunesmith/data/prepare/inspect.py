@@ -23,9 +23,9 @@ import numpy as np
 from tunesmith.data.formats import FORMATS, detect_format
 from tunesmith.data.prepare.card import short
 from tunesmith.data.prepare.fields import check_row, iter_texts, majority_format, type_name
-from tunesmith.data.prepare.source import BadRow, expand_inputs, iter_source
+from tunesmith.data.prepare.source import expand_inputs, iter_source
 from tunesmith.data.prepare.textkeys import exact_key, hash64
-from tunesmith.data.readers import Row
+from tunesmith.data.readers import BadRow, Row
 from tunesmith.errors import DataError, ModelError
 
 _DETECT_ROWS = 1000
@@ -43,7 +43,8 @@ def load_tokenizer(name: str, resolve_model: Callable[[str], Any] | None = None)
         except ModelError as exc:  # re-point it at the option the user typed
             raise ModelError(exc.what, where=f"--tokenizer {name}", got=exc.got,
                              fix=exc.fix) from None
-    from transformers import AutoTokenizer  # deferred: heavy, and only --tokenizer needs it
+    # deferred: transformers is heavy and only this path needs it
+    from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(target)

@@ -42,17 +42,13 @@ from tunesmith.data.prepare.fields import (
 )
 from tunesmith.data.prepare.ledger import Ledger, WhereLog, problem_fix
 from tunesmith.data.prepare.pii import PiiScrubber
-from tunesmith.data.prepare.source import BadRow, describe_source, expand_inputs, iter_source
+from tunesmith.data.prepare.source import describe_source, expand_inputs, iter_source
 from tunesmith.data.prepare.split import SPLITS, CodeBook, assign_splits
 from tunesmith.data.prepare.textkeys import exact_key, hash64, near_from_exact
-from tunesmith.data.prepare.writers import (
-    JsonlWriter,
-    check_output_dir,
-    jsonl_to_parquet,
-    staging_dir,
-)
-from tunesmith.data.readers import Row
+from tunesmith.data.prepare.writers import JsonlWriter, check_output_dir, jsonl_to_parquet
+from tunesmith.data.readers import BadRow, Row
 from tunesmith.errors import DataError, UsageError
+from tunesmith.io import atomic_directory
 
 Progress = Callable[[str, int], None]
 _DETECT_ROWS = 1000
@@ -87,7 +83,7 @@ def prepare(cfg: PrepareConfig, progress: Progress | None = None) -> PrepareResu
     eval_files = expand_inputs(cfg.contamination.eval_files) if cfg.contamination.eval_files else []
     outdir = Path(cfg.output)
     check_output_dir(outdir, inputs + eval_files, cfg.overwrite)
-    with staging_dir(outdir) as stage:
+    with atomic_directory(outdir) as stage:
         run = _Run(cfg, inputs, eval_files, stage, progress)
         card = run.execute()
     card["output"] = str(outdir)

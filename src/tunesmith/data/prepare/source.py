@@ -3,44 +3,21 @@
 ``tunesmith.data.readers.iter_rows`` stops at the first broken JSONL line (right for
 training, which must not silently skip data). Preparing data has to do better: report every
 broken line with its number, keep going, and fail on the first one only with ``--strict``.
-So JSONL files are read here line by line in binary (an invalid UTF-8 byte spoils one line,
-not the file); every other source (CSV, JSON, Parquet, saved datasets, hub names) goes
-through ``iter_rows``. Input files are only ever opened for reading.
+Both read JSONL through ``readers.iter_jsonl`` (binary, line by line: an invalid UTF-8 byte
+spoils one line, not the file); every other source (CSV, JSON, Parquet, saved datasets, hub
+names) goes through ``iter_rows``. Input files are only ever opened for reading.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.data.readers import SUFFIXES, Row, iter_rows
+from tunesmith.data.readers import SUFFIXES, BadRow, Row, iter_jsonl, iter_rows
 from tunesmith.errors import DataError
-from tunesmith.io import file_sha256
-
-_FIXES = {
-    "invalid_utf8": "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8) or fix that line",
-    "broken_json": "each line of a .jsonl file must be one complete JSON object; fix or delete "
-                   "that line",
-    "not_object": 'write each record as a JSON object: {"field": ...}',
-}
-
-
-@dataclass(frozen=True)
-class BadRow:
-    """A line that could not be read as a record: where, why and what it held."""
-
-    where: str
-    reason: str
-    message: str
-    got: str
-
-    def to_error(self) -> DataError:
-        return DataError(self.message, where=self.where, got=self.got,
-                         fix=_FIXES.get(self.reason, "fix or remove that row"))
+from tunesmith.io import file_sha256, looks_like_hub_id
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
@@ -66,7 +43,7 @@ def expand_inputs(inputs: list[str]) -> list[str]:
                                 got=path.suffix or "(none)",
                                 fix=f"use one of {', '.join(SUFFIXES)}")
             files.append(str(path))
-        elif _looks_like_hub_id(item):
+        elif looks_like_hub_id(item):
             files.append(item)
         else:
             raise DataError("input file not found", where=item,
@@ -74,45 +51,13 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     return files
 
 
-def _looks_like_hub_id(text: str) -> bool:
-    parts = text.split(":")[0].split("/")
-    return len(parts) == 2 and all(parts) and not text.startswith((".", "/"))
-
-
 def iter_source(source: str) -> Iterator[Row | BadRow]:
     """Yield the records of one input; broken JSONL lines come out as ``BadRow``."""
     path = Path(source)
     if path.is_file() and path.suffix.lower() == ".jsonl":
-        yield from _iter_jsonl(path)
+        yield from iter_jsonl(path)
     else:
         yield from iter_rows(source)
-
-
-def _iter_jsonl(path: Path) -> Iterator[Row | BadRow]:
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]  # a UTF-8 byte-order mark some editors add
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                bad = raw[max(0, exc.start - 20):exc.end + 20]
-                yield BadRow(where, "invalid_utf8", f"line is not valid UTF-8 (byte "
-                             f"{raw[exc.start]:#04x} at column {exc.start + 1})", repr(bad))
-                continue
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as exc:
-                yield BadRow(where, "broken_json", f"line is not valid JSON ({exc.msg}, "
-                             f"column {exc.colno})", line.strip())
-                continue
-            if not isinstance(obj, dict):
-                yield BadRow(where, "not_object", "line is not a JSON object", line.strip())
-                continue
-            yield Row(obj, where)
 
 
 def describe_source(source: str) -> dict[str, object]:

@@ -1,8 +1,8 @@
-"""Output files: a staging directory renamed into place, JSONL and Parquet split writers.
+"""Output files: the output directory check, JSONL and Parquet split writers.
 
-Everything is written into a hidden sibling of the output directory and renamed over it at
-the very end, so an interrupted or failed run leaves either the previous output or nothing,
-never a half-written dataset. Parquet is written from the finished JSONL in two streaming
+Everything is written into a hidden sibling of the output directory (``io.atomic_directory``)
+and renamed over it at the very end, so an interrupted or failed run leaves either the
+previous output or nothing, never a half-written dataset. Parquet is written from the finished JSONL in two streaming
 passes: the first unifies the schema of every batch (a field that is null in the first
 rows must not fix its type to null), the second writes.
 """
@@ -10,11 +10,7 @@ rows must not fix its type to null), the second writes.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -38,32 +34,6 @@ def check_output_dir(outdir: Path, inputs: list[str], overwrite: bool) -> None:
     if outdir.exists() and any(outdir.iterdir()) and not overwrite:
         raise UsageError("output directory already exists and is not empty", where=str(outdir),
                          fix="choose a new directory, or pass --overwrite to replace it")
-
-
-@contextmanager
-def staging_dir(outdir: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``outdir``; on success it replaces ``outdir``."""
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
-    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
-    try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    old = None
-    if outdir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=outdir.parent))
-        os.replace(outdir, old / "d")
-    os.replace(stage, outdir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 class JsonlWriter:
@@ -105,6 +75,7 @@ def _jsonl_batches(path: Path, size: int = _PARQUET_BATCH) -> Iterator[list[dict
 
 def jsonl_to_parquet(src: Path, dest: Path) -> None:
     """Convert a JSONL file written by ``JsonlWriter`` to Parquet, streaming."""
+    # deferred: pyarrow is heavy and only this path needs it
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -123,14 +94,3 @@ def jsonl_to_parquet(src: Path, dest: Path) -> None:
             writer.write_table(pa.Table.from_pylist(batch, schema=schema))
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file via a temporary file in the same directory and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

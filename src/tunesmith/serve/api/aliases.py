@@ -63,6 +63,7 @@ def _locked(path: Path) -> Iterator[None]:
     """An exclusive advisory lock on ``<file>.lock`` (no-op where ``fcntl`` is missing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        # deferred: may be missing: checked here
         import fcntl
     except ImportError:  # Windows: promotions are rare and manual, go without
         yield

@@ -20,13 +20,16 @@ import contextlib
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunesmith.device import resolve_precision
 from tunesmith.errors import ModelError
 from tunesmith.inference.generate import eos_ids
+from tunesmith.inference.predict import load_predictor
 from tunesmith.models.artifacts import adapter_base, model_kind, resolve_artifact
 from tunesmith.models.load import load_causal_lm, load_tokenizer
 from tunesmith.models.registry import EMBEDDED, resolve_model_dir
@@ -129,8 +132,6 @@ class ModelPool:
         self._adapter_ids = itertools.count()
         self._dtype = settings.dtype
         if self._dtype == "auto":
-            from tunesmith.device import resolve_precision
-
             self._dtype = "bfloat16" if resolve_precision("auto") == "bf16" else "float32"
 
     # -- loading -------------------------------------------------------------------------
@@ -160,14 +161,10 @@ class ModelPool:
 
     def _build(self, name: str, spec: str, adapter_only: bool = False) -> Handle:
         """A handle for ``spec`` served as ``name`` (weights shared with loaded groups)."""
-        import time
-
         with self._load_lock:
             src = resolve_artifact(spec)
             created = int(time.time())
             if isinstance(src, Path) and model_kind(src) == "classifier":
-                from tunesmith.inference.predict import load_predictor
-
                 handle: Handle = ClassifierHandle(name, str(src), load_predictor(str(spec)),
                                                   created)
             elif isinstance(src, Path) and (src / "adapter_config.json").exists():
@@ -187,6 +184,7 @@ class ModelPool:
             return handle
 
     def _add_adapter(self, name: str, src: Path, created: int) -> LMHandle:
+        # deferred: peft is heavy and only this path needs it
         from peft import PeftModel
 
         base_src = resolve_model_dir(adapter_base(src))

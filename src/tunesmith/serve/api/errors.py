@@ -9,6 +9,7 @@ naming the field (``param`` holds its dotted path, e.g. ``messages.0.content``).
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -16,6 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunesmith.errors import TunesmithError
 
 log = logging.getLogger("tunesmith.serve")
 
@@ -101,8 +104,6 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
 
 def _note(request: Request, response: JSONResponse) -> JSONResponse:
     """Put the error code on the request record (monitoring.py) and return the response."""
-    import json
-
     err = json.loads(bytes(response.body))["error"]
     request.scope.setdefault("state", {}).setdefault("record", {})["error"] = (
         err.get("code") or err.get("type"))
@@ -132,8 +133,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        from tunesmith.errors import TunesmithError
-
         if isinstance(exc, TunesmithError):  # e.g. a model on disk that cannot be loaded
             log.warning("request failed: %s", exc.render())
             return error_response(500, exc.render(), code="model_load_failed",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from tunesmith.inference.generate import render_prompt
 from tunesmith.serve.api.completions import new_id, record_completion
 from tunesmith.serve.api.decode import DecodeParams, decode_all, decode_stream
 from tunesmith.serve.api.engines import ClassifierHandle, LMHandle
@@ -99,8 +101,6 @@ def _params(request: Request, body: Any, handle: LMHandle, prompt_len: int) -> D
 
 
 def _chat_prompt(handle: LMHandle, body: ChatCompletionRequest) -> tuple[list[dict], list[int]]:
-    from tunesmith.inference.generate import render_prompt
-
     tok = handle.tokenizer
     if not getattr(tok, "chat_template", None):
         raise APIError(400, f"`{handle.name}` has no chat template; use POST /v1/completions "
@@ -127,8 +127,6 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def _sse(obj: Any) -> str:
-    import json
-
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 

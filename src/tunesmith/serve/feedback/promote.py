@@ -34,11 +34,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tunesmith.data.readers import read_rows
 from tunesmith.errors import DataError, ModelError, UsageError
+from tunesmith.evaluate.examples import primary_metric
 from tunesmith.evaluate.metrics import ALIASES, INFO
+from tunesmith.evaluate.report import Section, eval_report, write_report
+from tunesmith.evaluate.results import load_eval_dir
+from tunesmith.evaluate.runner import FAMILY, KIND_OF_FAMILY, resolve_fields, resolve_task, run_eval
 from tunesmith.evaluate.tasks import EvalSettings
 from tunesmith.io import atomic_write_text
+from tunesmith.models.artifacts import model_kind, resolve_artifact
 from tunesmith.serve.api.aliases import read_aliases, set_alias
+from tunesmith.serve.api.engines import served_name
 from tunesmith.serve.paths import resolve_model_name
 from tunesmith.serve.settings import DEFAULT_DATA_DIR
 
@@ -99,8 +106,6 @@ def resolve_spec(spec: str, data_dir: Path, option: str) -> str:
     now), else the name as given (embedded model or hub id). Checked loadable here, so a
     typo fails naming its option before anything is evaluated.
     """
-    from tunesmith.models.artifacts import resolve_artifact
-
     path = Path(spec).expanduser()
     job = resolve_model_name(data_dir, spec)
     alias = read_aliases(data_dir).get(spec)
@@ -116,18 +121,12 @@ def resolve_spec(spec: str, data_dir: Path, option: str) -> str:
 
 
 def served_name_of(req: PromoteRequest) -> str:
-    from tunesmith.serve.api.engines import served_name
-
     return req.name or served_name(req.current)
 
 
 def _check_metric_applies(sources: list[str], req: PromoteRequest) -> None:
     """Fail fast (before any model loads) when ``--metric`` cannot apply to the eval's task,
     resolved as the runner resolves it; the default metric is picked after the eval."""
-    from tunesmith.data.readers import read_rows
-    from tunesmith.evaluate.runner import FAMILY, KIND_OF_FAMILY, resolve_fields, resolve_task
-    from tunesmith.models.artifacts import model_kind, resolve_artifact
-
     rows = read_rows(req.eval_file, limit=req.settings.limit)
     if len(rows) < 2:
         raise DataError("the evaluation file needs at least 2 examples for a confidence "
@@ -173,9 +172,6 @@ def _default_out(data_dir: Path, served: str) -> Path:
 
 def _write_decision(out: Path, result: dict[str, Any]) -> None:
     """``promote.json`` and the eval report with the decision as its first section."""
-    from tunesmith.evaluate.report import Section, eval_report, write_report
-    from tunesmith.evaluate.results import load_eval_dir
-
     atomic_write_text(out / "promote.json", json.dumps(result, indent=1, default=str) + "\n")
     summary, records = load_eval_dir(out)
     rep = eval_report(summary, records)
@@ -204,9 +200,6 @@ def run_promote(req: PromoteRequest,
     (figures, CI, reason), ``name``, sources, ``out_dir``, ``note`` (baseline replaced by
     the alias's model), ``alias_file`` when promoted.
     """
-    from tunesmith.evaluate.examples import primary_metric
-    from tunesmith.evaluate.runner import run_eval
-
     _check_arguments(req)
     data_dir = Path(req.data_dir)
     served = served_name_of(req)

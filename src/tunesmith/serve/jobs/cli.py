@@ -26,6 +26,7 @@ DbUrl = Annotated[str | None, typer.Option(
 
 
 def _database(data_dir: Path, db: str | None) -> Database:
+    # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.serve.db import default_url
 
     return Database(db or default_url(data_dir))
@@ -34,6 +35,7 @@ def _database(data_dir: Path, db: str | None) -> Database:
 def list_jobs(data_dir: DataDir = Path("tunesmith-data"), db: DbUrl = None,
               limit: Annotated[int, typer.Option(help="Newest jobs shown.")] = 20) -> None:
     """Newest jobs first, one line each: id, status, model, fine-tuned model or error, last step."""
+    # deferred: optional (the serve extra); loads torch; keeps `tunesmith --help` fast
     from sqlalchemy import select
 
     from tunesmith.serve.jobs.models import EventRow, JobRow
@@ -53,6 +55,7 @@ def list_jobs(data_dir: DataDir = Path("tunesmith-data"), db: DbUrl = None,
 
 def worker(data_dir: DataDir = Path("tunesmith-data"), db: DbUrl = None) -> None:
     """Train queued jobs until Ctrl-C or SIGTERM (a running job goes back to the queue)."""
+    # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.serve.jobs.worker import JobWorker
 
     stop = threading.Event()

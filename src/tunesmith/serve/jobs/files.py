@@ -15,9 +15,6 @@ them for training (``data.formats.to_example``), so a file that uploads also tra
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -25,6 +22,7 @@ from typing import Any, BinaryIO
 from tunesmith.data.formats import ROLES, to_example
 from tunesmith.data.readers import Row, iter_rows
 from tunesmith.errors import DataError
+from tunesmith.io import atomic_file
 from tunesmith.serve import paths
 from tunesmith.serve.jobs.models import FileRow, new_id, now
 
@@ -66,24 +64,20 @@ def validate_jsonl(path: Path, display: str) -> FileSummary:
 
 def store_upload(db: Any, data_dir: Path, src: BinaryIO, filename: str, purpose: str
                  ) -> FileRow:
-    """Copy ``src`` to a temporary file, validate it, move it into place, record it."""
-    folder = paths.files_dir(data_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=".upload-", dir=folder))
-    try:
-        tmp = tmpdir / "upload.jsonl"
-        digest = hashlib.sha256()
-        size = 0
-        with tmp.open("wb") as out:
-            while chunk := src.read(1 << 20):
-                digest.update(chunk)
-                size += len(chunk)
-                out.write(chunk)
-        summary = validate_jsonl(tmp, filename)
-        file_id = new_id("file-", 22)
-        os.replace(tmp, paths.file_path(data_dir, file_id))
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+    """Copy ``src`` to a temporary file, validate it, move it into place, record it.
+
+    The upload is validated while it still has its temporary name (``io.atomic_file``):
+    a file that fails validation, or an upload cut off half-way, leaves nothing behind."""
+    file_id = new_id("file-", 22)
+    digest = hashlib.sha256()
+    size = 0
+    with atomic_file(paths.file_path(data_dir, file_id), "wb") as out:
+        while chunk := src.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+        out.flush()
+        summary = validate_jsonl(Path(out.name), filename)
     row = FileRow(id=file_id, filename=filename, bytes=size, created_at=now(), purpose=purpose,
                   status="processed", kind=summary.kind, rows=summary.rows,
                   sha256=digest.hexdigest())

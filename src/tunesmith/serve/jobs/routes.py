@@ -34,6 +34,7 @@ from tunesmith.serve.jobs.models import (
     new_id,
     now,
 )
+from tunesmith.serve.jobs.worker import JobWorker
 
 ACTIVE = ("validating_files", "queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -55,8 +56,6 @@ def build_jobs_router(app: FastAPI | None = None) -> APIRouter:
     router.add_api_route("/v1/fine_tuning/jobs/{job_id}/checkpoints", list_checkpoints,
                          methods=["GET"])
     if app is not None and getattr(app.state.settings, "jobs_worker", True):
-        from tunesmith.serve.jobs.worker import JobWorker
-
         worker = JobWorker(app.state.db, Path(app.state.settings.data_dir))
         app.state.jobs_worker = worker
         app.state.startup.append(worker.start)

@@ -12,6 +12,7 @@ while training finishes is never overwritten.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import io
@@ -28,7 +29,11 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from tunesmith.config.load import validate_dict
+from tunesmith.data.readers import iter_rows
 from tunesmith.errors import CheckpointError, DataError, TunesmithError
+from tunesmith.io import atomic_write_bytes, atomic_write_json
+from tunesmith.recipes import run_task
 from tunesmith.serve import paths
 from tunesmith.serve.db import Database
 from tunesmith.serve.jobs.models import (
@@ -40,6 +45,8 @@ from tunesmith.serve.jobs.models import (
     new_id,
     now,
 )
+from tunesmith.train.checkpoint import latest_checkpoint
+from tunesmith.train.engine import plan_steps
 from tunesmith.train.tracking import read_metrics
 
 
@@ -61,10 +68,6 @@ def run_job(job_id: str, db_url: str, data_dir: str) -> None:
 
 def train_job(db: Database, job_id: str, data_dir: Path) -> None:
     """Train the claimed (``running``) job ``job_id`` in this process; record the outcome."""
-    from tunesmith.config.load import validate_dict
-    from tunesmith.recipes import run_task
-    from tunesmith.train.checkpoint import latest_checkpoint
-
     with db.session() as s:
         job = s.scalar(select(JobRow).where(JobRow.id == job_id))
         if job is None or job.status != "running":
@@ -207,7 +210,7 @@ def _succeed(db: Database, job_id: str, data_dir: Path, run_dir: Path, output_na
             return
         info = {"id": output_name, "base": job.model, "job": job_id, "created": now(),
                 "steps": max((r["step"] for r in rows), default=0)}
-    (run_dir / paths.MODEL_INFO).write_text(json.dumps(info, indent=1), encoding="utf-8")
+    atomic_write_json(run_dir / paths.MODEL_INFO, info)
     target = paths.model_dir(data_dir, output_name)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():  # left by this job's earlier attempt (names carry the job id)
@@ -286,8 +289,7 @@ def _results_file(db: Database, data_dir: Path, rows: list[dict[str, Any]]) -> s
     text = buf.getvalue().encode("utf-8")
     file_id = new_id("file-", 22)
     path = paths.file_path(data_dir, file_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(text)
+    atomic_write_bytes(path, text)
     with db.session() as s:
         s.add(FileRow(id=file_id, filename="step_metrics.csv", bytes=len(text), created_at=now(),
                       purpose="fine-tune-results", status="processed", kind="results",
@@ -309,9 +311,6 @@ def _total_steps(cfg: Any) -> int | None:
     if cfg.train.max_steps:
         return cfg.train.max_steps
     try:
-        from tunesmith.data.readers import iter_rows
-        from tunesmith.train.engine import plan_steps
-
         n = sum(1 for _ in iter_rows(cfg.data.train))
         if cfg.data.max_examples:
             n = min(n, cfg.data.max_examples)
@@ -348,8 +347,6 @@ def _watch(db: Database, job_id: str, heartbeat_every: float = 30.0) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m tunesmith.serve.jobs.run JOB_ID --db URL --data-dir DIR`` (the worker runs it)."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m tunesmith.serve.jobs.run")
     parser.add_argument("job_id")
     parser.add_argument("--db", required=True)

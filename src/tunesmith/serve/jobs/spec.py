@@ -23,9 +23,12 @@ from typing import Any
 from tunesmith.config.load import validate_dict
 from tunesmith.config.schema import BASE_LR, RunConfig
 from tunesmith.errors import ConfigError
+from tunesmith.models.registry import EMBEDDED
+from tunesmith.recipes import RECIPES
 from tunesmith.serve import paths
 from tunesmith.serve.api.errors import APIError, model_not_found
 from tunesmith.serve.jobs.models import FileRow
+from tunesmith.train.engine import plan_steps
 
 MIN_TRAIN_EXAMPLES = 10  # OpenAI's minimum
 AUTO = {"n_epochs": 3, "learning_rate_multiplier": 1.0, "beta": 0.1}
@@ -46,8 +49,6 @@ _KNOWN = {"model", "training_file", "validation_file", "hyperparameters", "metho
 
 
 def dpo_available() -> bool:
-    from tunesmith.recipes import RECIPES
-
     return "dpo" in RECIPES
 
 
@@ -190,8 +191,6 @@ def check_file(row: FileRow | None, file_id: str, param: str, method: str) -> Fi
 
 def resolve_base(data_dir: Path, model: str) -> str:
     """What ``model.name`` gets: a fine-tuned model's run dir, an embedded name, a dir, a hub id."""
-    from tunesmith.models.registry import EMBEDDED
-
     found = paths.resolve_model_name(data_dir, model)
     if found is not None:
         return str(found)
@@ -236,7 +235,6 @@ def build_config(job_id: str, data_dir: Path, base: str, method: str,
                               * hparams["learning_rate_multiplier"])
     cfg = _validate(raw)
     if "train.save_every" not in overrides:  # a resumable checkpoint per epoch, like OpenAI
-        from tunesmith.train.engine import plan_steps
 
         per_epoch, total = plan_steps(train_file.rows, cfg)
         raw["train"]["save_every"] = max(1, min(per_epoch, total))

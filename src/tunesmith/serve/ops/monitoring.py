@@ -10,8 +10,6 @@ and an update of the Prometheus counters and latency histogram served at ``/metr
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
 import time
 from typing import Any
@@ -22,11 +20,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tunesmith.serve.api.errors import error_body
+from tunesmith.serve.api.guard import authorized, bounded_receive, refuse_unauthorized
 from tunesmith.serve.db import Base, Database
 
 log = logging.getLogger("tunesmith.serve")
-OPEN_PATHS = ("/health",)  # reachable without the API key
 UNRECORDED = ("/health", "/metrics")
 disable_created_metrics()  # no `_created` series next to every counter: easier to read
 LATENCY_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -80,6 +77,7 @@ class Metrics:
             self.completion_tokens.labels(model).inc(rec["completion_tokens"])
 
     def render(self) -> bytes:
+        # deferred: optional (the serve extra)
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry)
@@ -91,30 +89,11 @@ def save_record(db: Database, rec: dict[str, Any]) -> None:
         s.add(RequestRecord(**{k: v for k, v in rec.items() if k in cols}))
 
 
-async def _json_error(send: Send, status: int, body: dict[str, Any],
-                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    raw = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(raw)).encode()), *(headers or [])]})
-    await send({"type": "http.response.body", "body": raw})
-
-
 class GuardAndRecord:
-    """API key, body-size limit and request recording around the whole app."""
+    """API key and body-size limit (``api/guard.py``) and request recording around the app."""
 
     def __init__(self, app: ASGIApp, settings: Any, db: Database, metrics: Metrics) -> None:
         self.app, self.settings, self.db, self.metrics = app, settings, db, metrics
-
-    def _authorized(self, scope: Scope) -> bool:
-        key = self.settings.api_key
-        if not key or scope["path"] in OPEN_PATHS:
-            return True
-        headers = dict(scope.get("headers") or [])
-        auth = headers.get(b"authorization", b"").decode("latin-1")
-        scheme, _, token = auth.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
-                                                                   key.encode())
 
     def _limit(self, path: str) -> int:
         return (self.settings.max_upload_bytes if path.startswith("/v1/files")
@@ -139,13 +118,12 @@ class GuardAndRecord:
 
         self.metrics.in_flight.inc()
         try:
-            if not self._authorized(scope):
+            if not authorized(self.settings.api_key, scope):
                 rec["error"] = "invalid_api_key"
-                await _json_error(send_wrapper, 401, error_body(
-                    401, "Incorrect or missing API key. Send it as `Authorization: Bearer KEY`.",
-                    code="invalid_api_key"), [(b"www-authenticate", b"Bearer")])
+                await refuse_unauthorized(send_wrapper)
                 return
-            receive = await self._bounded(scope, receive, send_wrapper, rec)
+            receive = await bounded_receive(scope, receive, send_wrapper, rec,
+                                            self._limit(scope["path"]))
             if receive is None:
                 return
             await self.app(scope, receive, send_wrapper)
@@ -158,49 +136,6 @@ class GuardAndRecord:
                 path if rec["status"] not in (404, 405) else "unmatched")
             if path not in UNRECORDED:
                 await self._record(rec)
-
-    async def _bounded(self, scope: Scope, receive: Receive, send: Send,
-                       rec: dict[str, Any]) -> Receive | None:
-        """``receive`` unchanged when the declared length fits; None after sending a 413."""
-        limit = self._limit(scope["path"])
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        too_big = error_body(413, f"Request body too large: the limit is {limit} bytes.",
-                             code="request_too_large")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                size = limit + 1
-            if size > limit:
-                rec["error"] = "request_too_large"
-                await _json_error(send, 413, too_big)
-                return None
-            return receive
-        if b"chunked" not in headers.get(b"transfer-encoding", b""):
-            return receive
-        # no declared length: read up to the limit, then replay what was read
-        chunks, total, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return receive
-            chunks.append(message.get("body", b""))
-            total += len(chunks[-1])
-            more = message.get("more_body", False)
-            if total > limit:
-                rec["error"] = "request_too_large"
-                await _json_error(send, 413, too_big)
-                return None
-        body, sent = b"".join(chunks), False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-        return replay
 
     async def _record(self, rec: dict[str, Any]) -> None:
         try:

@@ -22,9 +22,14 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from tunesmith.data.readers import read_rows
 from tunesmith.errors import DataError, UsageError
 from tunesmith.evaluate.report import Report, Section, png_of, pyplot, write_report
+from tunesmith.inference.generate import render_prompt
+from tunesmith.inference.prompts import prompt_of
 from tunesmith.io import atomic_write_text
+from tunesmith.models.artifacts import resolve_artifact
+from tunesmith.models.load import load_tokenizer
 from tunesmith.serve.db import Database
 from tunesmith.serve.ops.monitoring import RequestRecord
 
@@ -109,6 +114,7 @@ def psi(reference: list[int], served: list[int], bins: int = 10) -> float:
 
 
 def drift(reference: list[int], served: list[int], label: str) -> dict[str, Any]:
+    # deferred: optional (heavy, only this report needs it)
     from scipy.stats import ks_2samp
 
     if len(served) < 20:
@@ -129,13 +135,9 @@ def drift(reference: list[int], served: list[int], label: str) -> dict[str, Any]
 
 def training_lengths(run: str, data: Path | None = None) -> tuple[list[int], str]:
     """Prompt token lengths of a run's training data, as the server would count them."""
+    # deferred: yaml is heavy and only this path needs it
     import yaml
 
-    from tunesmith.data.readers import read_rows
-    from tunesmith.inference.generate import render_prompt
-    from tunesmith.inference.prompts import prompt_of
-    from tunesmith.models.artifacts import resolve_artifact
-    from tunesmith.models.load import load_tokenizer
 
     run_dir = Path(run)
     cfg_file = run_dir / "config.yaml"

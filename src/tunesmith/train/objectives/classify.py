@@ -22,11 +22,7 @@ from tunesmith.config.schema import CLASSIFICATION_METRICS, RunConfig
 from tunesmith.data.classification import ClsEncoded, LabelSpace, class_counts
 from tunesmith.data.collate import collate_cls, epoch_batches
 from tunesmith.errors import ConfigError
-from tunesmith.metrics.classification import (
-    ConfusionMatrix,
-    MultiLabelCounts,
-    scalar_metrics,
-)
+from tunesmith.metrics.classification import ConfusionMatrix, MultiLabelCounts, scalar_metrics
 from tunesmith.models.artifacts import write_classifier_info
 from tunesmith.models.merge import save_trained
 from tunesmith.train.engine import BatchOut, Objective
