@@ -5,7 +5,8 @@ Each dataset is encoded by the ordinary SFT pipeline (same checks, same cache). 
 first rewritten when the dataset asks for it — ``prompt``/``completion`` format strings turn
 any record (e.g. a classification row) into a user/assistant exchange, ``instruction`` is put
 before the first user message — into a content-addressed JSONL file under
-``$TUNESMITH_HOME/mixture/``, so rewriting and tokenizing happen once.
+``$TUNESMITH_HOME/mixture/``, so rewriting and tokenizing happen once (a damaged file there
+is noticed by its checksum and rewritten: :mod:`tunesmith.data.cache`).
 
 Sampling: every batch holds examples of one task (so a batch's loss is that task's loss).
 A batch's task is drawn with probability ∝ weight (``proportional``) or ∝ weight^(1/T)
@@ -26,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config.schema import DataConfig, MixtureConfig, MixtureDataset, RunConfig
+from tunesmith.data.cache import read_entry, write_entry
 from tunesmith.data.collate import epoch_batches
 from tunesmith.data.formats import detect_training_format, to_example
 from tunesmith.data.pipeline import SplitStats, encode_file, split_off
 from tunesmith.data.readers import read_rows
 from tunesmith.data.templates import Encoded, Encoder, resolve_chat_template
 from tunesmith.errors import DataError
-from tunesmith.io import atomic_write_text, cache_root, file_sha256
+from tunesmith.io import cache_root, file_sha256
 
 
 @dataclass
@@ -107,7 +109,7 @@ def rewrite_rows(ds: MixtureDataset, path: str, fmt: str, system_prompt: str | N
     key = hashlib.sha256((file_sha256(path) + recipe).encode()).hexdigest()[:24] \
         if Path(path).is_file() else hashlib.sha256((path + recipe).encode()).hexdigest()[:24]
     out = cache_root() / "mixture" / f"{ds.name}-{key}.jsonl"
-    if out.exists():
+    if read_entry(out, lambda p: p) is not None:  # verified; a damaged one is rewritten
         return str(out), "messages"
     rows = read_rows(path, limit=limit)
     real_fmt = detect_training_format(rows) if fmt == "auto" and ds.prompt is None else fmt
@@ -140,7 +142,8 @@ def rewrite_rows(ds: MixtureDataset, path: str, fmt: str, system_prompt: str | N
         if system_prompt and msgs[0]["role"] != "system":
             msgs.insert(0, {"role": "system", "content": system_prompt})
         lines.append(json.dumps({"messages": msgs}, ensure_ascii=False))
-    atomic_write_text(out, "\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    write_entry(out, lambda fh: fh.write(text.encode("utf-8")))
     return str(out), "messages"
 
 

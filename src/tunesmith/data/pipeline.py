@@ -2,7 +2,8 @@
 
 Tokenized data is cached under ``$TUNESMITH_HOME/tokenized/`` keyed by the file contents,
 the tokenizer, the template and every setting that changes the encoding, so a rerun with the
-same inputs does no tokenizing.
+same inputs does no tokenizing. Each entry carries a checksum; a damaged one is removed and
+rebuilt with a warning (:mod:`tunesmith.data.cache`).
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from typing import Any
 import numpy as np
 
 from tunesmith.config.schema import DataConfig
+from tunesmith.data.cache import read_entry, write_entry
 from tunesmith.data.collate import epoch_batches
 from tunesmith.data.formats import detect_training_format, to_example
 from tunesmith.data.prepare.card import card_hashes, prepared_split_path, read_card
 from tunesmith.data.readers import read_rows
 from tunesmith.data.templates import Encoded, Encoder, check_encoded, raise_on_failures
 from tunesmith.errors import DataError
-from tunesmith.io import atomic_file, cache_root, file_sha256
+from tunesmith.io import cache_root, file_sha256
 
 ENCODING_VERSION = "2"  # bump when encoding logic changes, to invalidate caches
 
@@ -125,8 +127,9 @@ def encode_file(path: str, cfg: DataConfig, encoder: Encoder, limit: int | None 
     stats = SplitStats(source=path, sha256=digest)
     key = _cache_key(digest, cfg, encoder, limit)
     cache_file = cache_root() / "tokenized" / f"{key}.npz"
-    if cfg.cache and cache_file.exists():
-        encs, meta = _load_cache(cache_file)
+    hit = read_entry(cache_file, _load_cache) if cfg.cache else None
+    if hit is not None:
+        encs, meta = hit
         stats.__dict__.update(meta)
         stats.cached = True
         if stats.fallback_template:
@@ -199,9 +202,9 @@ def _save_cache(path: Path, encs: list[Encoded], stats: SplitStats) -> None:
     meta = {k: v for k, v in stats.as_dict().items() if k not in ("cached", "source")}
     meta["wheres"] = [e.where for e in encs]
     meta["truncated_flags"] = [int(e.truncated) for e in encs]
-    with atomic_file(path, "wb") as fh:
-        np.savez(fh, lengths=lengths, ids=ids, labels=labels,
-                 meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    write_entry(path, lambda fh: np.savez(
+        fh, lengths=lengths, ids=ids, labels=labels,
+        meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)))
 
 
 def _load_cache(path: Path) -> tuple[list[Encoded], dict[str, Any]]:
@@ -209,6 +212,8 @@ def _load_cache(path: Path) -> tuple[list[Encoded], dict[str, Any]]:
         lengths, ids, labels = z["lengths"], z["ids"], z["labels"]
         meta = json.loads(z["meta"].tobytes().decode())
     wheres, flags = meta.pop("wheres"), meta.pop("truncated_flags")
+    if not len(wheres) == len(flags) == len(lengths) or int(lengths.sum()) != len(ids):
+        raise ValueError("its arrays disagree in length")
     encs, pos = [], 0
     for i, n in enumerate(lengths.tolist()):
         encs.append(Encoded(ids[pos:pos + n].tolist(), labels[pos:pos + n].tolist(), wheres[i],

@@ -9,8 +9,9 @@ per example over the classes, with cross-entropy on the gold labels.
 Teacher outputs: ``on_the_fly`` runs the (frozen, eval-mode) teacher on each batch;
 ``cache`` runs it once over train and validation before training, stores the logits of the
 scored positions under ``$TUNESMITH_HOME/distill_teacher/`` (keyed by data, teacher and
-head) and the teacher is released. Causal-LM caches hold a vocabulary-sized row per label
-token (float16), so they suit short targets or small vocabularies.
+head; a damaged cache file is removed, with a warning, and recomputed) and the teacher is
+released. Causal-LM caches hold a vocabulary-sized row per label token (float16), so they
+suit short targets or small vocabularies.
 
 Losses
 ------
@@ -42,10 +43,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunesmith.config.schema import RunConfig
+from tunesmith.data.cache import read_torch_entry, write_torch_entry
 from tunesmith.data.classification import ClsEncoded, LabelSpace
 from tunesmith.data.collate import collate, collate_cls
 from tunesmith.data.templates import IGNORE, Encoded
-from tunesmith.io import atomic_torch_save, cache_root
+from tunesmith.io import cache_root
 from tunesmith.metrics.classification import ConfusionMatrix, scalar_metrics
 from tunesmith.models.merge import save_trained
 from tunesmith.train.engine import BatchOut, Objective
@@ -170,12 +172,12 @@ class _Distill(Objective):
         True when the logits came from disk."""
         path = cache_root() / "distill_teacher" / f"{key}.pt"
         splits = self._splits()
-        hit = False
-        if path.exists():
-            stored = torch.load(path, weights_only=True)
-            if all(len(stored.get(s, [])) == len(v) for s, v in splits.items()):
-                self.cached, hit = stored, True
-        if not hit:
+        stored = read_torch_entry(path, lambda c: isinstance(c, dict) and all(
+            len(c.get(s, [])) == len(v) for s, v in splits.items()))
+        hit = stored is not None  # a damaged entry was removed (with a warning): recompute
+        if hit:
+            self.cached = stored
+        else:
             for split, examples in splits.items():
                 rows: list[torch.Tensor] = []
                 for s in range(0, len(examples), batch_size):
@@ -185,7 +187,7 @@ class _Distill(Objective):
                         out = self._run_teacher(batch).to(torch.float16).cpu()
                     rows += list(torch.split(out, self._rows_per_example(chunk)))
                 self.cached[split] = rows
-            atomic_torch_save(self.cached, path)
+            write_torch_entry(path, self.cached)
         self.teacher = None  # the cache replaces it: free its memory
         return hit
 

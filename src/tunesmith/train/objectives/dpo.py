@@ -7,7 +7,8 @@ The reference model never costs a second copy of the weights:
 * ``precompute`` (full / freeze): the reference log-probabilities of every pair are computed
   once by the model before its first update and cached on disk under
   ``$TUNESMITH_HOME/dpo_reference/``, keyed by the tokenized data, the model's weight files
-  and the precision, so a rerun or ``--resume`` reads them instead of recomputing.
+  and the precision, so a rerun or ``--resume`` reads them instead of recomputing (a damaged
+  cache file is removed, with a warning, and recomputed: :mod:`tunesmith.data.cache`).
 
 Losses
 ------
@@ -38,12 +39,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tunesmith.config.schema import DPO_METRICS, RunConfig
+from tunesmith.data.cache import read_torch_entry, write_torch_entry
 from tunesmith.data.collate import collate
 from tunesmith.data.preference import PrefData, PrefEncoded
 from tunesmith.data.templates import IGNORE
 from tunesmith.device import head_dtype_for
 from tunesmith.errors import ConfigError
-from tunesmith.io import atomic_torch_save, cache_root, file_sha256
+from tunesmith.io import cache_root, file_sha256
 from tunesmith.train.engine import BatchOut, Objective
 from tunesmith.train.loss import split_causal_lm
 
@@ -205,12 +207,11 @@ class DPOObjective(Objective):
         """Fill ``self.ref`` from the disk cache or by one pass of the untrained model.
         Returns True when it came from the cache."""
         path = cache_root() / "dpo_reference" / f"{key}.pt"
-        if path.exists():
-            cached = torch.load(path, weights_only=True)
-            if all(cached[s].shape[0] == len(getattr(self.data, s))
-                   for s in ("train", "validation")):
-                self.ref = cached
-                return True
+        cached = read_torch_entry(path, lambda c: all(
+            c[s].shape == (len(getattr(self.data, s)), 2) for s in ("train", "validation")))
+        if cached is not None:  # a damaged entry was removed (with a warning): recompute
+            self.ref = cached
+            return True
         was_training = self.module.training
         self.module.eval()
         with torch.no_grad():
@@ -226,7 +227,7 @@ class DPOObjective(Objective):
                     out[s:s + n, 0], out[s:s + n, 1] = logps[:n], logps[n:]
                 self.ref[split] = out
         self.module.train(was_training)
-        atomic_torch_save(self.ref, path)
+        write_torch_entry(path, self.ref)
         return False
 
     def cache_key(self, model_id: str, precision: str) -> str:
