@@ -40,6 +40,10 @@ def serve(models: Annotated[Optional[list[str]], typer.Argument(
               help="Largest max_tokens a request may ask for.")] = 4096,
           max_body_mb: Annotated[float, typer.Option(
               help="Largest JSON request body, in MiB.")] = 1.0,
+          allow_base_dir: Annotated[Optional[list[Path]], typer.Option(
+              "--allow-base-dir", help="A directory whose model directories fine-tuning jobs "
+              "may name as their base model. Repeatable; by default jobs train only served, "
+              "embedded, fine-tuned or hub models.")] = None,
           log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
           ) -> None:
     """Serve models behind an OpenAI-compatible API (chat, completions, classify, jobs)."""
@@ -54,7 +58,8 @@ def serve(models: Annotated[Optional[list[str]], typer.Argument(
     settings = ServeSettings(models=list(models or []), adapters=parse_adapters(adapter or []),
                              host=host, port=port, api_key=api_key, data_dir=data_dir,
                              db_url=db, dtype=dtype, max_tokens_limit=max_tokens_limit,
-                             max_body_bytes=int(max_body_mb * (1 << 20)))
+                             max_body_bytes=int(max_body_mb * (1 << 20)),
+                             allow_base_dirs=list(allow_base_dir or []))
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         err.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can "
                   "reach this address can use the models and the jobs API")

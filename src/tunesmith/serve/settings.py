@@ -23,7 +23,9 @@ class ServeSettings:
 
     ``models``: model names, checkpoint dirs or run dirs, each optionally ``NAME=PATH`` to
     choose the served name. ``adapters``: served name → LoRA run dir, loaded over the base
-    the adapter names (shared with any other model on the same base).
+    the adapter names (shared with any other model on the same base). ``allow_base_dirs``:
+    directories whose model directories fine-tuning jobs may name as their base model (none
+    by default: jobs train served, embedded, fine-tuned or hub models only).
     """
 
     models: list[str] = field(default_factory=list)
@@ -42,10 +44,12 @@ class ServeSettings:
     max_n: int = 8  # largest n (choices per request)
     record_requests: bool = True  # requests table + completions for feedback
     jobs_worker: bool = True  # let the jobs API start its worker (tests may turn it off)
+    allow_base_dirs: list[Path] = field(default_factory=list)  # --allow-base-dir
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, for routers
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
+        self.allow_base_dirs = [Path(d).expanduser().resolve() for d in self.allow_base_dirs]
         if self.api_key is None:
             self.api_key = os.environ.get("TUNESMITH_API_KEY") or None
 
@@ -53,6 +57,18 @@ class ServeSettings:
     def models_dir(self) -> Path:
         """Where finished fine-tuning jobs put their models (``<data_dir>/models/<name>/``)."""
         return self.data_dir / "models"
+
+    def allowed_base_dir(self, model: str) -> Path | None:
+        """``model`` as a directory inside one of ``allow_base_dirs`` (symbolic links and
+        ``..`` resolved first, so neither leads out), or None."""
+        if not self.allow_base_dirs:
+            return None
+        try:
+            path = Path(model).expanduser().resolve()
+            inside = any(path.is_relative_to(root) for root in self.allow_base_dirs)
+            return path if inside and path.is_dir() else None
+        except (OSError, RuntimeError, ValueError):  # too long, unknown ~user, NUL byte
+            return None
 
     def database_url(self) -> str:
         return self.db_url or default_url(self.data_dir)

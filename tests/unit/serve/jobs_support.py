@@ -64,7 +64,10 @@ def chat_rows(n: int = 12) -> list[dict[str, Any]]:
             for w in (WORDS * (n // len(WORDS) + 1))[:n]]
 
 
-def build_app(data_dir: Path, db_url: str | None = None) -> tuple[Any, Any]:
+def build_app(data_dir: Path, db_url: str | None = None,
+              allow_base_dirs: list[Path] | None = None) -> tuple[Any, Any]:
+    """The jobs router alone; jobs may train on directories under ``allow_base_dirs`` (the
+    fixtures pass pytest's temporary root, where the tests build their tiny models)."""
     from fastapi import FastAPI
 
     from tunesmith.serve.api.errors import install_error_handlers
@@ -72,7 +75,8 @@ def build_app(data_dir: Path, db_url: str | None = None) -> tuple[Any, Any]:
     from tunesmith.serve.jobs.routes import build_jobs_router
     from tunesmith.serve.settings import ServeSettings
 
-    settings = ServeSettings(data_dir=data_dir, jobs_worker=False)
+    settings = ServeSettings(data_dir=data_dir, jobs_worker=False,
+                             allow_base_dirs=allow_base_dirs or [])
     app = FastAPI()
     app.state.settings = settings
     app.state.db = Database(db_url or default_url(data_dir))
@@ -83,11 +87,11 @@ def build_app(data_dir: Path, db_url: str | None = None) -> tuple[Any, Any]:
 
 
 @pytest.fixture()
-def jobs_env(tmp_path: Path) -> Iterator[JobsEnv]:
+def jobs_env(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobsEnv]:
     from fastapi.testclient import TestClient
 
     data_dir = tmp_path / "data"
-    app, db = build_app(data_dir)
+    app, db = build_app(data_dir, allow_base_dirs=[tmp_path_factory.getbasetemp()])
     with TestClient(app) as client:
         yield JobsEnv(client, app, db, data_dir)
     db.dispose()

@@ -15,12 +15,14 @@ from tunesmith.serve.jobs.worker import JobWorker
 
 
 @pytest.fixture()
-def pg_env(postgres_url: str, tmp_path: Path) -> Iterator[JobsEnv]:  # noqa: F811
+def pg_env(postgres_url: str, tmp_path: Path,  # noqa: F811
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobsEnv]:
     from fastapi.testclient import TestClient
 
     from tunesmith.serve.db import Base
 
-    app, db = build_app(tmp_path / "data", db_url=postgres_url)
+    app, db = build_app(tmp_path / "data", db_url=postgres_url,
+                        allow_base_dirs=[tmp_path_factory.getbasetemp()])
     assert db.engine.dialect.name == "postgresql"
     try:
         with TestClient(app) as client:

@@ -48,10 +48,16 @@ class DecodeResult:
 
 def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float,
                 generator: torch.Generator) -> torch.Tensor:
-    """Greedy at temperature 0, else temperature + nucleus (top-p) sampling; [n, vocab] → [n]."""
+    """Greedy at temperature 0, else temperature + nucleus (top-p) sampling; [n, vocab] → [n].
+
+    A temperature so small that ``logits / temperature`` overflows (1e-300 is in range) is
+    greedy too, its limit: the softmax of an infinite logit is not a distribution."""
     if temperature <= 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
+    scaled = logits / temperature
+    if not torch.isfinite(scaled.amax(-1)).all():
+        return logits.argmax(-1)
+    probs = torch.softmax(scaled, dim=-1)
     if top_p < 1.0:
         sorted_p, order = probs.sort(-1, descending=True)
         # keep the smallest prefix whose mass reaches top_p (always the most likely token)

@@ -63,8 +63,8 @@ def _fingerprint(handle: Any) -> str:
 
 def _check_unsupported(body: Any, names: tuple[str, ...]) -> None:
     bad = body.unsupported(names)
-    extra = body.model_extra or {}
-    if bad == ["response_format"] and (extra.get("response_format") or {}).get("type") == "text":
+    fmt = (body.model_extra or {}).get("response_format")
+    if bad == ["response_format"] and isinstance(fmt, dict) and fmt.get("type") == "text":
         bad = []
     if bad:
         raise APIError(400, f"Unsupported parameter: '{bad[0]}' is not supported by this "

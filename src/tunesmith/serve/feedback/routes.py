@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tunesmith.serve.api.completions import CompletionRecord, new_id
 from tunesmith.serve.api.errors import APIError
+from tunesmith.serve.api import schemas
 from tunesmith.serve.db import Base, Database
 
 
@@ -50,14 +51,14 @@ class FeedbackRequest(BaseModel):
     """Body of ``POST /v1/feedback``; ``id`` is accepted as an alias of ``completion_id``."""
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
-    completion_id: str = Field(min_length=1, alias="id")
-    choice_index: int = Field(0, ge=0)
+    completion_id: schemas.Id = Field(alias="id")  # chatcmpl-/cmpl- ids: 33 characters
+    choice_index: int = Field(0, ge=0, le=schemas.MAX_INT32)
     rating: Union[Literal["up", "down", "thumbs_up", "thumbs_down", "good", "bad", "+1", "-1",
                           "1"], Literal[1, -1], None] = None
     score: float | None = Field(None, ge=0.0, le=1.0)
-    correction: str | None = None
-    comment: str | None = None
-    user: str | None = None
+    correction: schemas.Text | None = None
+    comment: schemas.Text | None = None
+    user: schemas.Name | None = None
 
     @model_validator(mode="after")
     def _something(self) -> FeedbackRequest:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from tunesmith.data.formats import ROLES, to_example
-from tunesmith.data.readers import Row, iter_rows
+from tunesmith.data.readers import BadRow, Row, iter_jsonl
 from tunesmith.errors import DataError
 from tunesmith.io import atomic_file
 from tunesmith.serve import paths
@@ -38,24 +38,36 @@ class FileSummary:
 
 
 def validate_jsonl(path: Path, display: str) -> FileSummary:
-    """Check every line of ``path``; errors name ``display:<line>`` and the field."""
-    kind, n = None, 0
-    try:
-        for row in iter_rows(path):
-            row = Row(row.data, row.where.replace(str(path), display, 1))
-            row_kind = _kind_of(row)
-            if kind is None:
-                kind = row_kind
-            elif row_kind != kind:
-                raise DataError(f"line holds a {row_kind} example but the file started with "
-                                f"{kind} examples", where=row.where, got=sorted(row.data),
-                                fix="keep one format per file")
-            _check_row(row, row_kind)
-            n += 1
-    except DataError as exc:
-        if exc.where:
-            exc.where = exc.where.replace(str(path), display)
-        raise
+    """Check every line of ``path``; errors name ``display:<line>`` and the field.
+
+    Lines are read by the data readers' JSONL line reader (``data.readers.iter_jsonl``:
+    binary, decoded line by line, so invalid UTF-8 is reported at its own line)."""
+    kind, n, line = None, 0, 0
+    rows = iter_jsonl(path)
+    while True:
+        try:
+            item = next(rows, None)
+        except (ValueError, RecursionError):  # past what json.loads reads: see below
+            raise DataError("line holds JSON nested too deeply or a number with too many "
+                            "digits to read", where=f"{display}, the first line after line "
+                            f"{line} that is not blank", fix="examples are flat objects of "
+                            "text; fix or delete that line") from None
+        if item is None:
+            break
+        where = item.where.replace(str(path), display, 1)
+        line = int(where.rsplit(":", 1)[1])
+        if isinstance(item, BadRow):
+            raise BadRow(where, item.reason, item.message, item.got).to_error()
+        row = Row(item.data, where)
+        row_kind = _kind_of(row)
+        if kind is None:
+            kind = row_kind
+        elif row_kind != kind:
+            raise DataError(f"line holds a {row_kind} example but the file started with "
+                            f"{kind} examples", where=row.where, got=sorted(row.data),
+                            fix="keep one format per file")
+        _check_row(row, row_kind)
+        n += 1
     if kind is None:
         raise DataError("the file holds no examples", where=display,
                         fix="upload a .jsonl file with one JSON example per line")
@@ -118,6 +130,8 @@ def _check_row(row: Row, kind: str) -> None:
         _check_message_keys(row.data["messages"], row.where, "messages")
         to_example(row, "messages")
     elif kind == "completion":
+        for key in ("prompt", "completion"):  # conversational: lists of messages
+            _check_message_keys(row.data[key], row.where, key)
         to_example(row, "prompt_completion")
     else:
         _check_preference(row)
@@ -127,9 +141,10 @@ def _check_message_keys(msgs: Any, where: str, field: str) -> None:
     if not isinstance(msgs, list):
         return  # to_example reports the type with its fix
     for i, m in enumerate(msgs):
-        if not isinstance(m, dict):
-            continue
         loc = f"{where} field {field}[{i}]"
+        if not isinstance(m, dict):
+            raise DataError("message must be an object with role and content", where=loc,
+                            got=m, fix='write {"role": ..., "content": ...}')
         unsupported = sorted(UNSUPPORTED_KEYS & set(m))
         if unsupported:
             raise DataError(f"message uses `{unsupported[0]}`, which tunesmith cannot train on",
@@ -141,6 +156,9 @@ def _check_message_keys(msgs: Any, where: str, field: str) -> None:
             raise DataError(f"message has an unrecognized key `{unknown[0]}`",
                             where=f"{loc}.{unknown[0]}", got=sorted(m),
                             fix=f"messages may only have {', '.join(sorted(MESSAGE_KEYS))}")
+        if not isinstance(m.get("role"), str):
+            raise DataError("message role must be a string", where=f"{loc}.role",
+                            got=m.get("role"), fix=f"use one of {', '.join(ROLES)}")
         if not isinstance(m.get("content"), str):
             raise DataError("message content must be a string", where=f"{loc}.content",
                             got=m.get("content"), fix="store the text of the message as a "

@@ -9,6 +9,7 @@ recipe as ``tunesmith train``. Lists are newest first with cursor pagination
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +23,8 @@ from starlette.formparsers import MultiPartException
 
 from tunesmith.errors import DataError
 from tunesmith.serve import paths
-from tunesmith.serve.api.errors import APIError
+from tunesmith.serve.api.errors import APIError, shown
+from tunesmith.serve.api.schemas import ID_PATTERN, text_problem
 from tunesmith.serve.jobs import spec as job_spec
 from tunesmith.serve.jobs.files import file_object, render_error, store_upload
 from tunesmith.serve.jobs.models import (
@@ -38,6 +40,9 @@ from tunesmith.serve.jobs.worker import JobWorker
 
 ACTIVE = ("validating_files", "queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
+MAX_FILENAME = 256  # characters of an uploaded file's name (stored in a 512-character column)
+PURPOSE_PATTERN = r"^[A-Za-z0-9_-]{0,32}$"  # fine-tune, batch, assistants...
+_ID = re.compile(ID_PATTERN)
 
 
 def build_jobs_router(app: FastAPI | None = None) -> APIRouter:
@@ -83,12 +88,18 @@ async def upload_file(request: Request) -> dict[str, Any]:
         raise APIError(400, "Missing required parameter: 'file'.", param="file",
                        code="missing_required_parameter")
     if purpose != "fine-tune":
-        raise APIError(400, f"'purpose' must be 'fine-tune' on this server (got {purpose!r}).",
+        raise APIError(400, f"'purpose' must be 'fine-tune' on this server (got "
+                       f"{shown(purpose)}).",
                        param="purpose", code="invalid_value")
     filename = os.path.basename(upload.filename or "upload.jsonl") or "upload.jsonl"
+    problem = text_problem(filename) or (len(filename) > MAX_FILENAME and
+                                         f"it is longer than {MAX_FILENAME} characters")
+    if problem:
+        raise APIError(400, f"Invalid file name {shown(filename)}: {problem}.", param="file",
+                       code="invalid_value")
     if not filename.endswith(".jsonl"):
         raise APIError(400, f"Invalid file format for Fine-Tuning API. Must be .jsonl "
-                       f"(got {filename!r}).", param="file", code="invalid_file_format")
+                       f"(got {shown(filename)}).", param="file", code="invalid_file_format")
     if upload.size is not None and upload.size > limit:
         raise APIError(413, f"The file is {upload.size} bytes, larger than this server's "
                        f"upload limit of {limit} bytes.", param="file", code="file_too_large")
@@ -103,7 +114,8 @@ async def upload_file(request: Request) -> dict[str, Any]:
     return file_object(row)
 
 
-async def list_files(request: Request, purpose: str | None = None,
+async def list_files(request: Request,
+                     purpose: str | None = Query(None, pattern=PURPOSE_PATTERN),
                      limit: int = Query(10000, ge=1, le=10000), after: str | None = None,
                      order: Literal["asc", "desc"] = "desc") -> dict[str, Any]:
     with request.app.state.db.session() as s:
@@ -149,11 +161,12 @@ async def delete_file(request: Request, file_id: str) -> dict[str, Any]:
 async def create_job(request: Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, a 4,300-digit number, nested
         raise APIError(400, "We could not parse the JSON body of your request. Send valid JSON "
                        "with Content-Type: application/json.", code="invalid_json") from None
     req = job_spec.parse_request(body)
-    data_dir = Path(request.app.state.settings.data_dir)
+    settings = request.app.state.settings
+    data_dir = Path(settings.data_dir)
     method = req["method_type"]
     with request.app.state.db.session() as s:
         train = job_spec.check_file(_file(s, req["training_file"], missing_ok=True),
@@ -162,7 +175,9 @@ async def create_job(request: Request) -> dict[str, Any]:
         if req["validation_file"]:
             val = job_spec.check_file(_file(s, req["validation_file"], missing_ok=True),
                                       req["validation_file"], "validation_file", method)
-    base = job_spec.resolve_base(data_dir, req["model"])
+    pool = getattr(request.app.state, "pool", None)  # the jobs API also runs without models
+    base = job_spec.resolve_base(settings, pool.handles if pool is not None else {},
+                                 req["model"])
     hparams = job_spec.resolve_hparams(req["hyperparameters"], train.rows)
     job_id = new_id("ftjob-")
     config = await run_in_threadpool(job_spec.build_config, job_id, data_dir, base, method,
@@ -264,9 +279,9 @@ def _page(s: Any, model: Any, q: Any, after: str | None, limit: int,
           desc: bool = True) -> tuple[list[Any], bool]:
     """``limit`` rows after the row with id ``after`` in ``seq`` order, and whether more exist."""
     if after:
-        seq = s.scalar(select(model.seq).where(model.id == after))
+        seq = s.scalar(select(model.seq).where(model.id == after)) if _is_id(after) else None
         if seq is None:
-            raise APIError(400, f"'after' names no known object: {after}", param="after",
+            raise APIError(400, f"'after' names no known object: {shown(after)}", param="after",
                            code="invalid_value")
         q = q.where(model.seq < seq if desc else model.seq > seq)
     q = q.order_by(model.seq.desc() if desc else model.seq.asc()).limit(limit + 1)
@@ -274,18 +289,24 @@ def _page(s: Any, model: Any, q: Any, after: str | None, limit: int,
     return rows[:limit], len(rows) > limit
 
 
+def _is_id(text: str) -> bool:
+    """Whether ``text`` can be an id this server made (other text never reaches a query:
+    PostgreSQL refuses a NUL in it with an error, which would be a 500)."""
+    return bool(_ID.match(text))
+
+
 def _file(s: Any, file_id: str, missing_ok: bool = False) -> FileRow | None:
-    row = s.scalar(select(FileRow).where(FileRow.id == file_id))
+    row = s.scalar(select(FileRow).where(FileRow.id == file_id)) if _is_id(file_id) else None
     if row is None and not missing_ok:
-        raise APIError(404, f"No such File object: {file_id}", param="file_id",
+        raise APIError(404, f"No such File object: {shown(file_id)}", param="file_id",
                        code="file_not_found")
     return row
 
 
 def _job(s: Any, job_id: str) -> JobRow:
-    row = s.scalar(select(JobRow).where(JobRow.id == job_id))
+    row = s.scalar(select(JobRow).where(JobRow.id == job_id)) if _is_id(job_id) else None
     if row is None:
-        raise APIError(404, f"Fine-tuning job {job_id} not found.", param="job_id",
+        raise APIError(404, f"Fine-tuning job {shown(job_id)} not found.", param="job_id",
                        code="fine_tuning_job_not_found")
     return row
 

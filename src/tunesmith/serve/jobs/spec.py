@@ -15,6 +15,7 @@ or 404 for an unknown model or file) naming the parameter.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from pathlib import Path
@@ -23,17 +24,25 @@ from typing import Any
 from tunesmith.config.load import validate_dict
 from tunesmith.config.schema import BASE_LR, RunConfig
 from tunesmith.errors import ConfigError
+from tunesmith.io import looks_like_hub_id
 from tunesmith.models.registry import EMBEDDED
 from tunesmith.recipes import RECIPES
 from tunesmith.serve import paths
-from tunesmith.serve.api.errors import APIError, model_not_found
+from tunesmith.serve.api.errors import APIError, model_not_found, shown
+from tunesmith.serve.api.schemas import text_problem
 from tunesmith.serve.jobs.models import FileRow
+from tunesmith.serve.settings import ServeSettings
 from tunesmith.train.engine import plan_steps
 
 MIN_TRAIN_EXAMPLES = 10  # OpenAI's minimum
 AUTO = {"n_epochs": 3, "learning_rate_multiplier": 1.0, "beta": 0.1}
 MAX_BATCH = 8
 TASK_OF_METHOD = {"supervised": "sft", "dpo": "dpo"}
+MAX_BASE_MODEL = 512  # characters of `model` (a directory path under --allow-base-dir)
+MAX_FILE_ID = 64
+MAX_METADATA = (16, 64, 512)  # pairs, characters of a key, of a value (OpenAI's limits)
+MAX_OVERRIDES = (64, 128)  # keys of `tunesmith`, characters of one key
+MAX_STEPS = 2 ** 31 - 1  # optimizer steps of one job (the step counters are SQL INTEGERs)
 LIMITS = {"n_epochs": (int, 1, 50), "batch_size": (int, 1, 256),
           "learning_rate_multiplier": (float, 1e-6, 10.0), "beta": (float, 1e-6, 2.0)}
 METHOD_HPARAMS = {"supervised": ("n_epochs", "batch_size", "learning_rate_multiplier"),
@@ -43,7 +52,7 @@ DATA_FORMAT = {"chat": "messages", "completion": "prompt_completion"}  # dpo: re
 RESERVED = ("name", "task", "output", "model.name", "model.trust_remote_code", "data.train",
             "data.validation", "data.format", "data.mixture")
 _SUFFIX = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_REPO_CHARS = re.compile(r"^[\w.-]+/[\w.-]+$")  # a hub id has no spaces, colons or slashes
 _KNOWN = {"model", "training_file", "validation_file", "hyperparameters", "method", "suffix",
           "seed", "metadata", "integrations", "tunesmith"}
 
@@ -56,6 +65,7 @@ def parse_request(body: Any) -> dict[str, Any]:
     """Check the request's types and shape; returns the fields a job row needs."""
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
+    _check_values(body, "")
     unknown = sorted(set(body) - _KNOWN)
     if unknown:
         raise APIError(400, f"Unrecognized request argument supplied: {unknown[0]}",
@@ -66,7 +76,10 @@ def parse_request(body: Any) -> dict[str, Any]:
                            else f"'{key}' must be a non-empty string.", param=key,
                            code="missing_required_parameter" if key not in body
                            else "invalid_type")
+    _check_length(body, "model", MAX_BASE_MODEL)
+    _check_length(body, "training_file", MAX_FILE_ID)
     _optional_str(body, "validation_file")
+    _check_length(body, "validation_file", MAX_FILE_ID)
     suffix = _optional_str(body, "suffix")
     if suffix is not None and not _SUFFIX.match(suffix):
         raise APIError(400, "'suffix' must be 1-64 characters from letters, digits, '.', '_' "
@@ -82,17 +95,25 @@ def parse_request(body: Any) -> dict[str, Any]:
                        "the job's events and result file.", param="integrations",
                        code="unsupported_parameter")
     metadata = body.get("metadata")
-    if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16 or any(
-            not isinstance(k, str) or not isinstance(v, str) for k, v in metadata.items())):
-        raise APIError(400, "'metadata' must be an object of at most 16 string keys and values.",
-                       param="metadata", code="invalid_value")
+    pairs, key_len, value_len = MAX_METADATA
+    if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > pairs or any(
+            not isinstance(v, str) or len(k) > key_len or len(v) > value_len
+            for k, v in metadata.items())):
+        raise APIError(400, f"'metadata' must be an object of at most {pairs} pairs: keys of at "
+                       f"most {key_len} characters, string values of at most {value_len} "
+                       f"(got {shown(metadata)}).", param="metadata", code="invalid_value")
     method_type, hparams = _method(body)
     overrides = body.get("tunesmith") or {}
     if not isinstance(overrides, dict):
         raise APIError(400, "'tunesmith' must be an object of config overrides, e.g. "
                        '{"train.max_steps": 20}.', param="tunesmith", code="invalid_type")
+    n_keys, key_len = MAX_OVERRIDES
+    if len(overrides) > n_keys or any(len(k) > key_len for k in overrides):
+        raise APIError(400, f"'tunesmith' may hold at most {n_keys} config keys of at most "
+                       f"{key_len} characters each (got {len(overrides)} keys).",
+                       param="tunesmith", code="invalid_value")
     for key in overrides:
-        if not isinstance(key, str) or any(key == r or key.startswith(r + ".") for r in RESERVED):
+        if any(key == r or key.startswith(r + ".") for r in RESERVED):
             raise APIError(400, f"'tunesmith.{key}' cannot be overridden: the job sets it.",
                            param=f"tunesmith.{key}", code="invalid_value")
     return {"model": body["model"], "training_file": body["training_file"],
@@ -101,10 +122,38 @@ def parse_request(body: Any) -> dict[str, Any]:
             "overrides": overrides}
 
 
+def _check_values(value: Any, where: str) -> None:
+    """Refuse what JSON cannot mean and no field can hold, wherever it is in the body: text
+    with a NUL or an unpaired surrogate (PostgreSQL and UTF-8 refuse both) and the NaN or
+    Infinity that Python's JSON parser accepts (a config would train on them)."""
+    problem = None
+    if isinstance(value, str):
+        problem = text_problem(value)
+    elif isinstance(value, float) and not math.isfinite(value):
+        problem = f"{value!r} is not a number JSON allows; send a finite number"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_values(key, where)
+            _check_values(item, f"{where}.{key}" if where else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_values(item, f"{where}.{i}")
+    if problem:
+        raise APIError(400, f"Invalid value for '{where or 'body'}': {problem}.",
+                       param=where or None, code="invalid_value")
+
+
+def _check_length(body: dict[str, Any], key: str, limit: int) -> None:
+    value = body.get(key)
+    if isinstance(value, str) and len(value) > limit:
+        raise APIError(400, f"'{key}' is {len(value)} characters long; at most {limit} are "
+                       f"allowed (got {shown(value)}).", param=key, code="invalid_value")
+
+
 def _optional_str(body: dict[str, Any], key: str) -> str | None:
     value = body.get(key)
     if value is not None and not isinstance(value, str):
-        raise APIError(400, f"'{key}' must be a string (got {value!r}).", param=key,
+        raise APIError(400, f"'{key}' must be a string (got {shown(value)}).", param=key,
                        code="invalid_type")
     return value
 
@@ -112,6 +161,9 @@ def _optional_str(body: dict[str, Any], key: str) -> str | None:
 def _method(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """(method type, requested hyperparameters) from ``method`` or legacy ``hyperparameters``."""
     legacy = body.get("hyperparameters")
+    if legacy is not None and not isinstance(legacy, dict):
+        raise APIError(400, "'hyperparameters' must be an object, e.g. {\"n_epochs\": 3} "
+                       f"(got {shown(legacy)}).", param="hyperparameters", code="invalid_type")
     method = body.get("method")
     if method is None:
         method = {"type": "supervised", "supervised": {"hyperparameters": legacy or {}}}
@@ -120,7 +172,8 @@ def _method(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                        param="method", code="invalid_value")
     kind = method["type"]
     if kind not in METHOD_HPARAMS:
-        raise APIError(400, f"Method type {kind!r} is not supported; use 'supervised' or 'dpo'.",
+        raise APIError(400, f"Method type {shown(kind)} is not supported; use 'supervised' or "
+                       "'dpo'.",
                        param="method.type", code="invalid_value")
     if kind == "dpo" and not dpo_available():
         raise APIError(400, "Method 'dpo' needs the DPO recipe (task: dpo), which this "
@@ -131,19 +184,19 @@ def _method(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         raise APIError(400, f"'method.{kind}' must be an object.", param=f"method.{kind}",
                        code="invalid_type")
     requested = section.get("hyperparameters") or {}
+    where = f"method.{kind}.hyperparameters" if body.get("method") is not None \
+        else "hyperparameters"
+    if not isinstance(requested, dict):
+        raise APIError(400, f"'{where}' must be an object.", param=where, code="invalid_type")
     if legacy and body.get("method") is not None:
         if kind != "supervised":
             raise APIError(400, "Top-level 'hyperparameters' only apply to supervised jobs; "
                            f"put them in method.{kind}.hyperparameters.",
                            param="hyperparameters", code="invalid_value")
         requested = {**legacy, **requested}
-    where = f"method.{kind}.hyperparameters" if body.get("method") is not None \
-        else "hyperparameters"
-    if not isinstance(requested, dict):
-        raise APIError(400, f"'{where}' must be an object.", param=where, code="invalid_type")
     for key, value in requested.items():
         if key not in METHOD_HPARAMS[kind]:
-            raise APIError(400, f"Unknown hyperparameter '{key}' for {kind} jobs; use "
+            raise APIError(400, f"Unknown hyperparameter {shown(key)} for {kind} jobs; use "
                            f"{', '.join(METHOD_HPARAMS[kind])}.", param=f"{where}.{key}",
                            code="invalid_value")
         _check_hparam(key, value, f"{where}.{key}")
@@ -158,7 +211,7 @@ def _check_hparam(key: str, value: Any, param: str) -> None:
     if not ok or not lo <= value <= hi:
         kind = "an integer" if typ is int else "a number"
         raise APIError(400, f"'{param}' must be \"auto\" or {kind} between {lo:g} and {hi:g} "
-                       f"(got {value!r}).", param=param, code="invalid_value")
+                       f"(got {shown(value)}).", param=param, code="invalid_value")
 
 
 def resolve_hparams(requested: dict[str, Any], n_train: int) -> dict[str, Any]:
@@ -189,20 +242,32 @@ def check_file(row: FileRow | None, file_id: str, param: str, method: str) -> Fi
     return row
 
 
-def resolve_base(data_dir: Path, model: str) -> str:
-    """What ``model.name`` gets: a fine-tuned model's run dir, an embedded name, a dir, a hub id."""
-    found = paths.resolve_model_name(data_dir, model)
+def resolve_base(settings: ServeSettings, served: dict[str, Any], model: str) -> str:
+    """What ``model.name`` gets, from what a job may train: a fine-tuned model of this server
+    (its run dir), a served model (the source it was loaded from), an embedded model, a
+    directory under ``settings.allow_base_dirs``, or a hub id.
+
+    Anything else is the same 404 whether or not such a path exists on the server, so that
+    the answer tells a client nothing about the server's files (a client that could name any
+    directory could also train on, and so read, any model or data the server can)."""
+    found = paths.resolve_model_name(settings.data_dir, model)
     if found is not None:
         return str(found)
+    handle = served.get(model)
+    if handle is not None:
+        if handle.kind != "lm":
+            raise APIError(400, f"Model {model} is a classifier; fine-tuning jobs train chat "
+                           "models.", param="model", code="invalid_model")
+        return str(handle.source)
     if model in EMBEDDED:
         if EMBEDDED[model].kind != "causal-lm":
             raise APIError(400, f"Model {model} is an encoder; fine-tuning jobs train chat "
                            "models.", param="model", code="invalid_model")
         return model
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return str(path.resolve())
-    if _HUB_ID.match(model):
+    allowed = settings.allowed_base_dir(model)
+    if allowed is not None:
+        return str(allowed)
+    if looks_like_hub_id(model) and _REPO_CHARS.match(model):
         return model
     raise model_not_found(model)
 
@@ -234,15 +299,28 @@ def build_config(job_id: str, data_dir: Path, base: str, method: str,
         raw["train"]["lr"] = (BASE_LR[TASK_OF_METHOD[method]][cfg.method.type]
                               * hparams["learning_rate_multiplier"])
     cfg = _validate(raw)
+    per_epoch, total = _plan(train_file.rows, cfg)
     if "train.save_every" not in overrides:  # a resumable checkpoint per epoch, like OpenAI
-
-        per_epoch, total = plan_steps(train_file.rows, cfg)
         raw["train"]["save_every"] = max(1, min(per_epoch, total))
         raw["train"].setdefault("keep_last", 3)
         if val_file is not None and "train.eval_every" not in overrides:
             raw["train"]["eval_every"] = raw["train"]["save_every"]
         _validate(raw)
     return raw
+
+
+def _plan(n_train: int, cfg: RunConfig) -> tuple[int, int]:
+    """(steps per epoch, total steps); a job too long to count its steps is refused."""
+    try:
+        per_epoch, total = plan_steps(n_train, cfg)
+    except OverflowError:  # epochs x steps per epoch beyond a float
+        per_epoch, total = 0, MAX_STEPS + 1
+    if total > MAX_STEPS:
+        raise APIError(400, f"This job would take more than {MAX_STEPS} optimizer steps "
+                       f"(train.epochs {cfg.train.epochs:g}, train.max_steps "
+                       f"{cfg.train.max_steps}); lower them.", param="tunesmith",
+                       code="invalid_value")
+    return per_epoch, total
 
 
 def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
