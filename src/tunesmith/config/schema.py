@@ -24,6 +24,9 @@ class ModelConfig(_Section):
         "or a built-in name (`chatml`, `alpaca`)."))
     trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint "
                                     "to run. Off by default for safety.")
+    allow_pickle: bool = Field(False, description=(
+        "Load pickle weights (`*.bin`, `*.pt`, `*.pth`) when a model directory has no "
+        "safetensors, with `torch.load(weights_only=True)` and a warning. Off: refused."))
     attn_implementation: Literal["sdpa", "eager"] = Field("sdpa", description=(
         "Attention kernel."))
 

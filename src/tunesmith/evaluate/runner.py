@@ -24,7 +24,7 @@ from typing import Any
 
 from tunesmith.data.readers import read_rows
 from tunesmith.device import DTYPES, inference_dtype
-from tunesmith.errors import ConfigError, ModelError
+from tunesmith.errors import ConfigError
 from tunesmith.evaluate import tasks as T
 from tunesmith.evaluate.metrics import (
     INFO,
@@ -41,12 +41,13 @@ from tunesmith.io import atomic_directory, atomic_write_text
 from tunesmith.metrics.classification import ConfusionMatrix, MultiLabelCounts
 from tunesmith.models.artifacts import (
     adapter_base,
+    check_weights_safe,
     model_kind,
     read_classifier_info,
     resolve_artifact,
     run_dir_of,
 )
-from tunesmith.models.load import load_causal_lm, load_quantized, load_tokenizer
+from tunesmith.models.load import load_causal_lm, load_errors, load_quantized, load_tokenizer
 
 FAMILY = {"generation": "generation", "lm": "lm", "classification": "labels",
           "zero-shot": "labels", "multi-label": "multilabel"}
@@ -62,28 +63,36 @@ MULTILABEL_ACCURACY = "share of examples whose predicted label set is exactly th
 OnProgress = Callable[[str, int, int], None]
 
 
-def load_classifier(source: Path | str, dtype: str) -> Any:
+def load_classifier(source: Path | str, dtype: str, allow_pickle: bool = False) -> Any:
+    """A saved classifier, an int8 export or a classifier adapter (weights from safetensors
+    unless ``allow_pickle``: :func:`check_weights_safe`)."""
     # deferred: transformers is heavy and only this path needs it; may be missing: checked here
     from transformers import AutoModelForSequenceClassification
 
     src = Path(str(source))
-    try:
-        if (src / "adapter_config.json").exists():
-            from peft import PeftModel
+    what, fix = "cannot load classifier", ("point at a directory saved by `tunesmith train` "
+                                           "with task classify, or a hub classifier")
+    if (src / "adapter_config.json").exists():
+        # deferred: peft is heavy and only adapter directories need it
+        from peft import PeftModel
 
-            base_name = adapter_base(src)
-            cfg = json.loads((src / "config.json").read_text()) if (
-                src / "config.json").exists() else {}
+        base_name = adapter_base(src)
+        cfg = json.loads((src / "config.json").read_text()) if (
+            src / "config.json").exists() else {}
+        safe = check_weights_safe(base_name, allow_pickle)
+        check_weights_safe(src, allow_pickle)
+        with load_errors(what, str(source), fix):
             base = AutoModelForSequenceClassification.from_pretrained(
                 base_name, dtype=DTYPES[dtype], id2label=cfg.get("id2label"),
-                label2id=cfg.get("label2id"))
+                label2id=cfg.get("label2id"), **safe)
             return PeftModel.from_pretrained(base, str(src))
-        return load_quantized(source, "classifier") or \
-            AutoModelForSequenceClassification.from_pretrained(str(source), dtype=DTYPES[dtype])
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"cannot load classifier ({str(exc).splitlines()[0][:300]})",
-                         where=str(source), fix="point at a directory saved by "
-                         "`tunesmith train` with task classify, or a hub classifier") from None
+    quantized = load_quantized(source, "classifier")
+    if quantized is not None:
+        return quantized
+    safe = check_weights_safe(source, allow_pickle)
+    with load_errors(what, str(source), fix):
+        return AutoModelForSequenceClassification.from_pretrained(str(source),
+                                                                  dtype=DTYPES[dtype], **safe)
 
 
 def class_names(model: Any) -> list[str]:
@@ -140,11 +149,12 @@ def resolve_fields(s: T.EvalSettings, sources: Sequence[Path | str], kinds: Sequ
                    text_pair_field=s.text_pair_field or info.get("text_pair_field"))
 
 
-def load_model(name: str, kind: str, dtype: str) -> tuple[Any, Any, Path | str]:
+def load_model(name: str, kind: str, dtype: str, allow_pickle: bool = False
+               ) -> tuple[Any, Any, Path | str]:
     src = resolve_artifact(name)
     tok = load_tokenizer(src)
-    model = load_classifier(src, dtype) if kind == "classifier" else \
-        load_causal_lm(src, dtype=dtype)
+    model = load_classifier(src, dtype, allow_pickle) if kind == "classifier" else \
+        load_causal_lm(src, dtype=dtype, allow_pickle=allow_pickle)
     if kind == "classifier" and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id  # batched decoder classifiers need it
     model.eval()

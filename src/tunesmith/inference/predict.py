@@ -20,16 +20,17 @@ import torch
 
 from tunesmith.data.readers import read_rows
 from tunesmith.device import resolve_precision
-from tunesmith.errors import DataError, ModelError, first_line
+from tunesmith.errors import DataError, ModelError
 from tunesmith.metrics.classification import ConfusionMatrix, MultiLabelCounts
 from tunesmith.models.artifacts import (
     adapter_base,
+    check_weights_safe,
     is_classifier_architecture,
     read_classifier_info,
     resolve_artifact,
 )
 from tunesmith.models.classifier import load_classifier
-from tunesmith.models.load import load_quantized, load_tokenizer
+from tunesmith.models.load import load_errors, load_quantized, load_tokenizer
 from tunesmith.models.merge import merge_in_place
 from tunesmith.models.registry import resolve_model_dir
 
@@ -116,11 +117,12 @@ class Predictor:
         return results
 
 
-def load_predictor(name: str, precision: str = "auto") -> Predictor:
-    """A classifier ready for prediction from a run dir, model dir or adapter dir."""
-    # deferred: transformers is heavy and only this path needs it; peft is heavy and only this path needs it
+def load_predictor(name: str, precision: str = "auto", allow_pickle: bool = False
+                   ) -> Predictor:
+    """A classifier ready for prediction from a run dir, model dir or adapter dir (weights
+    from safetensors unless ``allow_pickle``: :func:`check_weights_safe`)."""
+    # deferred: transformers is heavy and only this path needs it
     from transformers import AutoConfig, AutoModelForSequenceClassification
-
 
     src = resolve_artifact(name)
     if not isinstance(src, Path):
@@ -130,27 +132,32 @@ def load_predictor(name: str, precision: str = "auto") -> Predictor:
     info = read_classifier_info(src)
     tok = load_tokenizer(src)
     if (src / "adapter_config.json").exists():
+        # deferred: peft is heavy and only adapter directories need it
         from peft import PeftModel
 
         if not info.get("labels"):
             raise ModelError("adapter directory has no label list (tunesmith_classifier.json)",
                              where=str(src), fix="predict with the run directory or its final/")
         model = load_classifier(resolve_model_dir(adapter_base(src)), info["labels"], info.get(
-            "multi_label", False), tok.pad_token_id)
-        model = merge_in_place(PeftModel.from_pretrained(model, str(src)))
+            "multi_label", False), tok.pad_token_id, allow_pickle=allow_pickle)
+        check_weights_safe(src, allow_pickle)
+        with load_errors("cannot load the classifier's adapter", str(src)):
+            model = merge_in_place(PeftModel.from_pretrained(model, str(src)))
     else:
-        try:
+        with load_errors("cannot load model config", str(src),
+                         "pass a run directory of a classification run"):
             config = AutoConfig.from_pretrained(str(src))
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load model config ({first_line(exc)})", where=str(src),
-                             fix="pass a run directory of a classification run") from None
         if not is_classifier_architecture(getattr(config, "architectures", None)):
             raise ModelError("this model has no classification head", where=str(src),
                              got=getattr(config, "architectures", None),
                              fix="train one with `task: classification` and pass its run "
                              "directory")
-        model = load_quantized(src, "classifier") or \
-            AutoModelForSequenceClassification.from_pretrained(str(src))
+        model = load_quantized(src, "classifier")
+        if model is None:
+            safe = check_weights_safe(src, allow_pickle)
+            with load_errors("cannot load the classifier", str(src),
+                             "pass a run directory of a classification run"):
+                model = AutoModelForSequenceClassification.from_pretrained(str(src), **safe)
     model.eval()
     id2label = model.config.id2label
     labels = [str(id2label[i]) for i in range(len(id2label))]

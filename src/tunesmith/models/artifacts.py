@@ -5,13 +5,17 @@
 * :func:`model_kind`: ``classifier`` or ``causal-lm``; :func:`is_adapter_dir` and
   :func:`adapter_base`: a LoRA adapter directory and the base model it needs;
 * the files tunesmith keeps beside weights (:data:`SIDECARS`), the classifier's
-  ``tunesmith_classifier.json``, and the generation-config fix every saved LM gets.
+  ``tunesmith_classifier.json``, and the generation-config fix every saved LM gets;
+* :func:`check_weights_safe`: weights load from safetensors only; a directory whose weights
+  are only pickle files is refused (unpickling can run code hidden in the file) unless the
+  user allows pickle, and then they are read with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +135,67 @@ def fix_generation_config(model: Any, tok: Any) -> None:
     if tok.pad_token_id is not None:
         gen.pad_token_id = tok.pad_token_id
         model.config.pad_token_id = tok.pad_token_id
+
+
+# -- weights: safetensors only ------------------------------------------------------------------
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+# pickle files of training state that sit beside the (safetensors) weights of a checkpoint
+TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "rng.pt", "scaler.pt", "training_args.bin")
+ALLOW_PICKLE = "model.allow_pickle"
+_warned_pickle: set[str] = set()
+
+
+def pickle_weight_files(directory: Path) -> list[str]:
+    """Names of the pickle files in ``directory`` that could hold weights."""
+    return sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES
+                  and p.name not in TRAINING_STATE and p.is_file())
+
+
+def check_weights_safe(source: Path | str, allow_pickle: bool = False) -> dict[str, Any]:
+    """The ``from_pretrained`` arguments that keep a load safe, after refusing a directory
+    whose weights are only pickle files (``*.bin``, ``*.pt``, ``*.pth``).
+
+    Unpickling can run any code the file's author put in it, so tunesmith reads safetensors
+    only (``use_safetensors=True``; a hub id without safetensors is refused by transformers).
+    With ``allow_pickle`` a pickle-only directory loads through
+    ``torch.load(weights_only=True)``, which admits tensors and plain containers and refuses
+    everything else unexecuted, with one warning per directory. Every tunesmith loader calls
+    this before ``from_pretrained`` (and before peft reads an adapter directory).
+    """
+    path = Path(str(source))
+    if not path.is_dir():  # a hub id: transformers chooses the file
+        return {"weights_only": True} if allow_pickle else {"use_safetensors": True}
+    pickles = pickle_weight_files(path)
+    if any(path.glob("*.safetensors")) or not pickles:
+        return {"use_safetensors": True}  # no weights at all: transformers says so
+    command = conversion_command(path, pickles)
+    if not allow_pickle:
+        raise ModelError(
+            "the model's weights are pickle files only, and tunesmith loads safetensors "
+            "weights only: unpickling a file can run code hidden in it", where=str(path),
+            got=", ".join(pickles),
+            fix=f"convert them once (this reads tensors only, never code): {command}; or, for "
+            f"files you trust, set {ALLOW_PICKLE}: true (read with torch.load(weights_only="
+            "True))")
+    if str(path) not in _warned_pickle:
+        _warned_pickle.add(str(path))
+        sys.stderr.write(f"warning: loading pickle weights ({', '.join(pickles)}) from {path} "
+                         f"because {ALLOW_PICKLE} is true, with torch.load(weights_only=True); "
+                         f"to load safetensors instead, convert them: {command}\n")
+    return {"use_safetensors": False, "weights_only": True}
+
+
+def conversion_command(path: Path, pickles: list[str]) -> str:
+    """A shell command that writes safetensors beside pickle weights, reading them with
+    ``weights_only=True`` (so a malicious file is refused by the conversion too)."""
+    if (path / ADAPTER_CONFIG).exists() and "adapter_model.bin" in pickles:
+        return ("python -c \"import torch; from safetensors.torch import save_file; "
+                f"save_file(torch.load({str(path / 'adapter_model.bin')!r}, weights_only=True), "
+                f"{str(path / 'adapter_model.safetensors')!r}, metadata={{'format': 'pt'}})\"")
+    archs = []
+    if (path / "config.json").exists():
+        archs = json.loads((path / "config.json").read_text()).get("architectures") or []
+    auto = ("AutoModelForSequenceClassification" if is_classifier_architecture(archs)
+            else "AutoModelForCausalLM")
+    return (f"python -c \"from transformers import {auto} as M; M.from_pretrained({str(path)!r}, "
+            f"use_safetensors=False, weights_only=True).save_pretrained({str(path)!r})\"")

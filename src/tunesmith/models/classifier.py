@@ -17,24 +17,22 @@ from typing import Any
 from torch import nn
 
 from tunesmith.device import DTYPES
-from tunesmith.errors import ModelError, first_line
 from tunesmith.models.adapters import layer_index
-from tunesmith.models.artifacts import is_classifier_architecture
+from tunesmith.models.artifacts import check_weights_safe, is_classifier_architecture
+from tunesmith.models.load import load_errors
 
 
 def load_classifier(source: Path | str, names: list[str], multi_label: bool, pad_token_id: int,
                     dtype: str = "float32", trust_remote_code: bool = False,
-                    attn_implementation: str = "sdpa") -> Any:
-    """Backbone weights from ``source`` plus a head for ``names`` (new unless it fits)."""
+                    attn_implementation: str = "sdpa", allow_pickle: bool = False) -> Any:
+    """Backbone weights from ``source`` plus a head for ``names`` (new unless it fits).
+    Weights come from safetensors unless ``allow_pickle`` (:func:`check_weights_safe`)."""
     # deferred: transformers is heavy and only this path needs it
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    try:
+    safe = check_weights_safe(source, allow_pickle)
+    with load_errors("cannot load model config", str(source)):
         config = AutoConfig.from_pretrained(str(source), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load model config ({first_line(exc)})", where=str(source),
-                         fix="use an embedded model (`tunesmith models list`), a local "
-                         "checkpoint directory, or a hub id while online") from None
     same_head = (list(getattr(config, "id2label", {}).values()) == list(names)
                  and is_classifier_architecture(getattr(config, "architectures", None)))
     config.num_labels = len(names)
@@ -49,16 +47,13 @@ def load_classifier(source: Path | str, names: list[str], multi_label: bool, pad
         config.pad_token_id = pad_token_id
     if hasattr(config, "use_cache"):
         config.use_cache = False
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+    with load_errors("cannot load a sequence-classification model", str(source),
+                     "use an encoder (BERT family) or a decoder (Llama, GPT-2 ...) checkpoint "
+                     "that transformers supports for AutoModelForSequenceClassification"):
+        return AutoModelForSequenceClassification.from_pretrained(
             str(source), config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
-            attn_implementation=attn_implementation, ignore_mismatched_sizes=not same_head)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load a sequence-classification model ({first_line(exc)})",
-                         where=str(source), fix="use an encoder (BERT family) or a decoder "
-                         "(Llama, GPT-2 ...) checkpoint that transformers supports for "
-                         "AutoModelForSequenceClassification") from None
-    return model
+            attn_implementation=attn_implementation, ignore_mismatched_sizes=not same_head,
+            **safe)
 
 
 def head_modules(model: nn.Module) -> list[str]:

@@ -3,18 +3,49 @@
 from __future__ import annotations
 
 import json
+import pickle
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from tunesmith.data.templates import resolve_chat_template
 from tunesmith.device import DTYPES, inference_dtype
 from tunesmith.errors import ModelError, first_line
-from tunesmith.models.artifacts import adapter_base, resolve_artifact
+from tunesmith.models.artifacts import adapter_base, check_weights_safe, resolve_artifact
 from tunesmith.models.int8 import is_int8_dir, load_int8
 from tunesmith.models.registry import resolve_model_dir
+
+# what transformers, peft, torch and safetensors raise about the files they are given
+LOAD_ERRORS = (OSError, ValueError, KeyError, EOFError, RuntimeError, SafetensorError)
+MODEL_FIX = ("use an embedded model (`tunesmith models list`), a local checkpoint directory, "
+             "or a hub id while online")
+
+
+@contextmanager
+def load_errors(what: str, where: str, fix: str = MODEL_FIX) -> Iterator[None]:
+    """One ``ModelError`` (exit 2) for whatever a library raises while reading model files:
+    ``what (the library's first line)``, where, fix. Running out of memory stays what it is
+    (a runtime failure); a pickle refused by ``torch.load(weights_only=True)`` says that it
+    held more than tensors and was not executed."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        culprit = next((line.strip() for line in text.splitlines() if "GLOBAL" in line), None)
+        raise ModelError(f"{what}: a pickle weights file holds more than tensors (code or "
+                         "objects), so torch.load(weights_only=True) refused it without running "
+                         "it", where=where, got=culprit or first_line(exc),
+                         fix="do not use this file; get the model's weights as safetensors from "
+                         "a source you trust") from None
+    except LOAD_ERRORS as exc:
+        raise ModelError(f"{what} ({first_line(exc)})", where=where, fix=fix) from None
 
 
 def load_tokenizer(source: Path | str, chat_template: str | None = None,
@@ -22,11 +53,9 @@ def load_tokenizer(source: Path | str, chat_template: str | None = None,
     # deferred: transformers is heavy and only this path needs it
     from transformers import AutoTokenizer
 
-    try:
+    with load_errors("cannot load tokenizer", str(source),
+                     "check the model directory holds tokenizer files"):
         tok = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load tokenizer ({first_line(exc)})", where=str(source),
-                         fix="check the model directory holds tokenizer files") from None
     if chat_template:
         tok.chat_template = resolve_chat_template(chat_template)
     if tok.pad_token_id is None:
@@ -37,8 +66,9 @@ def load_tokenizer(source: Path | str, chat_template: str | None = None,
 
 
 def load_causal_lm(source: Path | str, dtype: str = "float32", trust_remote_code: bool = False,
-                   attn_implementation: str = "sdpa") -> Any:
-    """Load a causal LM; a directory with ``adapter_config.json`` loads base + adapter."""
+                   attn_implementation: str = "sdpa", allow_pickle: bool = False) -> Any:
+    """Load a causal LM; a directory with ``adapter_config.json`` loads base + adapter.
+    Weights come from safetensors unless ``allow_pickle`` (:func:`check_weights_safe`)."""
     # deferred: transformers is heavy and only this path needs it; may be missing: checked here
     from transformers import AutoModelForCausalLM
 
@@ -48,18 +78,19 @@ def load_causal_lm(source: Path | str, dtype: str = "float32", trust_remote_code
         return quantized
     kwargs = dict(dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
                   attn_implementation=attn_implementation)
-    try:
-        if src.is_dir() and (src / "adapter_config.json").exists():
-            from peft import PeftModel
+    if src.is_dir() and (src / "adapter_config.json").exists():
+        # deferred: peft is heavy and only adapter directories need it
+        from peft import PeftModel
 
-            base = AutoModelForCausalLM.from_pretrained(str(resolve_model_dir(adapter_base(src))),
-                                                        **kwargs)
-            return PeftModel.from_pretrained(base, str(src))
-        return AutoModelForCausalLM.from_pretrained(str(source), **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load model ({first_line(exc)})", where=str(source),
-                         fix="use an embedded model (`tunesmith models list`), a local "
-                         "checkpoint directory, or a hub id while online") from None
+        base = resolve_model_dir(adapter_base(src))
+        safe = check_weights_safe(base, allow_pickle)
+        check_weights_safe(src, allow_pickle)
+        with load_errors("cannot load model", str(source)):
+            return PeftModel.from_pretrained(
+                AutoModelForCausalLM.from_pretrained(str(base), **kwargs, **safe), str(src))
+    safe = check_weights_safe(src, allow_pickle)
+    with load_errors("cannot load model", str(source)):
+        return AutoModelForCausalLM.from_pretrained(str(source), **kwargs, **safe)
 
 
 def load_quantized(source: Path | str, kind: str = "causal-lm") -> Any | None:

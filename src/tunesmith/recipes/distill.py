@@ -21,9 +21,9 @@ from tunesmith.config.schema import RunConfig
 from tunesmith.data.classification import prepare_classification
 from tunesmith.data.pipeline import prepare_data
 from tunesmith.device import DTYPES
-from tunesmith.errors import ConfigError, ModelError, first_line
-from tunesmith.models.artifacts import resolve_artifact
-from tunesmith.models.load import load_causal_lm, load_tokenizer
+from tunesmith.errors import ConfigError, ModelError
+from tunesmith.models.artifacts import check_weights_safe, resolve_artifact
+from tunesmith.models.load import load_causal_lm, load_errors, load_tokenizer
 from tunesmith.models.student import keep_layers
 from tunesmith.recipes import common
 from tunesmith.train.engine import LoopResult, StepCallback, TrainLoop
@@ -72,14 +72,12 @@ def load_teacher_classifier(source: Path | str, names: list[str], cfg: RunConfig
     # deferred: transformers is heavy and only this path needs it
     from transformers import AutoModelForSequenceClassification
 
-    try:
+    safe = check_weights_safe(source, cfg.model.allow_pickle)
+    with load_errors("cannot load the teacher classifier", f"distill.teacher {source}",
+                     "point distill.teacher at a trained classification run or checkpoint"):
         teacher = AutoModelForSequenceClassification.from_pretrained(
             str(source), dtype=DTYPES[cfg.model.dtype],
-            trust_remote_code=cfg.model.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the teacher classifier ({first_line(exc)})",
-                         where=f"distill.teacher {source}", fix="point distill.teacher at a "
-                         "trained classification run or checkpoint") from None
+            trust_remote_code=cfg.model.trust_remote_code, **safe)
     labels = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
     if labels != list(names):
         raise ModelError("the teacher's labels differ from the data's", where="distill.teacher",
@@ -124,7 +122,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
         data = prepare_data(cfg.data, tok, cfg.train.seed)  # before any model loads
         model, tok, unfreezer = common.build_causal_lm(cfg, tok, cut)
         teacher = load_causal_lm(teacher_src, cfg.model.dtype, cfg.model.trust_remote_code,
-                                 cfg.model.attn_implementation)
+                                 cfg.model.attn_implementation, cfg.model.allow_pickle)
         _check_output_sizes(model, teacher)
         objective = CausalDistillObjective(model, teacher, tok, data.train, data.validation, cfg)
         examples = {"train": len(data.train), "validation": len(data.validation)}
