@@ -20,7 +20,13 @@ from rich.table import Table
 from typer.exceptions import TyperException
 
 from tunesmith.data.prepare.cli import register as register_data
-from tunesmith.errors import TunesmithError, UsageError
+from tunesmith.errors import (
+    TrainingInterrupted,
+    TunesmithError,
+    UsageError,
+    from_os_error,
+    is_user_os_error,
+)
 from tunesmith.evaluate.cli import register as register_eval
 from tunesmith.export.cli import register as register_export
 from tunesmith.inference.predict_cli import register as register_predict
@@ -75,14 +81,25 @@ def _quiet_libraries() -> None:
 def train(config: ConfigArg, overrides: Overrides = None,
           resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
           overwrite: Annotated[bool, typer.Option(help="Replace an existing run.")] = False,
+          allow_config_change: Annotated[bool, typer.Option(
+              help="With --resume: accept settings or data that differ from the run's "
+              "(recorded in its manifest).")] = False,
           ) -> None:
     """Fine-tune a model as the config says; outputs go to <output.dir>/<name>/."""
     # deferred: torch and the config schema (pydantic); keeps `tunesmith --help` fast
     from tunesmith.config import load_config
     from tunesmith.recipes import run_task
+    from tunesmith.train.run_state import read_status
 
     cfg = load_config(config, overrides)
-    result = run_task(cfg, resume=resume, overwrite=overwrite)
+    run_dir = Path(cfg.output.dir) / cfg.name
+    status = read_status(run_dir) or {}
+    if resume and status.get("state") == "completed" and (run_dir / "final").is_dir():
+        out.print(f"{run_dir} is already completed ({status.get('steps')} steps): nothing to "
+                  f"resume. Its model is in {run_dir / 'final'}.")
+        return
+    result = run_task(cfg, resume=resume, overwrite=overwrite,
+                      allow_config_change=allow_config_change)
     if not hasattr(result, "loop"):
         out.print(f"[green]done[/] → {result.run_dir}")
         return
@@ -249,9 +266,18 @@ def main(argv: list[str] | None = None) -> None:
     _quiet_libraries()
     try:
         rv = app(args=argv, standalone_mode=False)
+    except TrainingInterrupted as exc:
+        err.print(f"[bold yellow]Interrupted:[/] {escape(exc.render())}", highlight=False)
+        sys.exit(exc.exit_code)
     except TunesmithError as exc:
         err.print(f"[bold red]Error:[/] {escape(exc.render())}", highlight=False)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if not is_user_os_error(exc):
+            raise  # a bug keeps its traceback
+        error = from_os_error(exc)
+        err.print(f"[bold red]Error:[/] {escape(error.render())}", highlight=False)
+        sys.exit(error.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)

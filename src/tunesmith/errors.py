@@ -7,6 +7,9 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class TunesmithError(Exception):
     """Base class for user-facing errors.
@@ -78,6 +81,59 @@ class TrainingError(TunesmithError):
 
 class MissingDependency(TunesmithError):
     """An optional dependency is not installed (exit code 1)."""
+
+
+class RunBusyError(TunesmithError):
+    """Another process is writing the run directory (exit code 1: wait, or pick another)."""
+
+
+class TrainingInterrupted(TunesmithError):
+    """Training stopped on SIGINT/SIGTERM at a safe point (exit 130 or 143, as shells expect
+    of a process ended by that signal)."""
+
+    def __init__(self, what: str, *, signum: int, **kw: object) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(what, **kw)  # type: ignore[arg-type]
+
+
+# What to do about an operating-system error a user can cause (errno name → fix).
+_OS_FIXES = {
+    "ENOSPC": "free some space on that filesystem, or write elsewhere (output.dir=..., -o ...)",
+    "EDQUOT": "free some space within your disk quota, or write elsewhere",
+    "EROFS": "the filesystem is read-only: write to a writable directory (output.dir=..., -o ...)",
+    "EACCES": "you may not write there: choose a directory you own, or fix its permissions",
+    "EPERM": "you may not write there: choose a directory you own, or fix its permissions",
+    "ENOTDIR": "a part of that path is a regular file, not a directory: choose another path",
+    "EISDIR": "that path is a directory: give a file name",
+    "ENAMETOOLONG": "shorten the path (the run name or output directory)",
+    "EMFILE": "too many open files: raise the limit (ulimit -n) or close other programs",
+    "ENOENT": "check the path exists",
+}
+
+
+class SystemResourceError(TunesmithError):
+    """The machine refused a file operation: disk full, read-only, no permission (exit 1)."""
+
+
+def is_user_os_error(exc: OSError) -> bool:
+    """An OSError the machine or the user's paths caused (disk full, read-only, permissions,
+    a file where a directory should be, a name too long), as opposed to a bug."""
+    return errno.errorcode.get(exc.errno or 0, "") in _OS_FIXES
+
+
+def from_os_error(exc: OSError) -> SystemResourceError:
+    """One ``Error:`` block for an OSError: what (the system's words), where (the path),
+    and a fix chosen by its errno."""
+    name = errno.errorcode.get(exc.errno or 0, "")
+    what = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+    where = exc.filename if exc.filename is not None else None
+    if exc.filename2 is not None:
+        where = f"{exc.filename} -> {exc.filename2}"
+    return SystemResourceError(f"a file operation failed: {what}", where=str(where)
+                               if where is not None else None, got=name or None,
+                               fix=_OS_FIXES.get(name, "check the path, the disk and the "
+                                                 "permissions, then run the command again"))
 
 
 def _short(value: object, limit: int = 200) -> str:

@@ -264,4 +264,4 @@ def test_interrupted_training_exits_130(case: dict[str, Any], capsys: pytest.Cap
     assert "Traceback" not in err
     run_dir = case["run_dir"]
     assert not (run_dir / "final").exists()
-    assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"

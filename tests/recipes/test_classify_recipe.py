@@ -196,7 +196,7 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path: Path, bert_dir: Pa
     cfg = _cfg(tmp_path, bert_dir, train, val, name="resumed", train={"dropout": 0.1})
     with pytest.raises(KeyboardInterrupt):
         run(cfg, progress=False, callbacks=[stop])
-    assert json.loads((tmp_path / "runs/resumed/status.json").read_text())["state"] == "failed"
+    assert json.loads((tmp_path / "runs/resumed/status.json").read_text())["state"] == "interrupted"
     resumed = run(cfg, resume=True, progress=False)
     a, b = losses(straight.run_dir), losses(resumed.run_dir)
     assert sorted(b) == [1, 2, 3, 4, 5, 6]

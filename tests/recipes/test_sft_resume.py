@@ -54,7 +54,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir: Path, alpaca_fi
         sft.run(cfg_b, progress=False, callbacks=[first])
     run_b = tmp_path / "b" / "t"
     assert not (run_b / "final").exists()
-    assert json.loads((run_b / "status.json").read_text())["state"] == "failed"
+    assert json.loads((run_b / "status.json").read_text())["state"] == "interrupted"
     last_saved = stop_after - stop_after % 2
     assert (run_b / "checkpoints" / f"step-{last_saved}").is_dir()
 

@@ -186,6 +186,9 @@ class TrainConfig(_Section):
     save_every: int | None = Field(None, ge=1, description=(
         "Write a resumable checkpoint every N optimizer steps (defaults to `eval_every`)."))
     keep_last: int = Field(2, ge=1, description="Checkpoints kept under `checkpoints/`.")
+    checkpoint_on_signal: bool = Field(True, description=(
+        "On SIGTERM or Ctrl-C, finish the current step and write a resumable checkpoint "
+        "before exiting (status `interrupted`; resume with `--resume`)."))
     log_every: int = Field(1, ge=1, description="Log metrics every N optimizer steps.")
     seed: int = Field(42, description="Seed for data order, initialisation and dropout.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description=(

@@ -29,6 +29,7 @@ from tunesmith.export.source import ExportSource, resolve_source
 from tunesmith.io import atomic_directory
 from tunesmith.models.artifacts import SIDECARS
 from tunesmith.models.int8 import WEIGHTS
+from tunesmith.train.run_state import LOCK_FILE, STATUS_FILE, is_locked, read_holder
 
 HF_QUANT = {"none": None, "f32": None, "int8": None, "f16": torch.float16,
             "bf16": torch.bfloat16}
@@ -42,6 +43,25 @@ class ExportResult:
     out_dir: Path
     files: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def check_destination(out: Path, source: ExportSource) -> None:
+    """Refuse an output directory that is a training run, or holds or sits inside the
+    source: ``--overwrite`` there would delete what is being exported."""
+    target = out.resolve()
+    model, run = source.path.resolve(), source.run_dir.resolve() if source.run_dir else None
+    for p in [model] + ([run] if run else []):
+        if p.is_relative_to(target) or (p == model and target.is_relative_to(model)):
+            raise UsageError("the output directory would overwrite the model being exported",
+                             where="-o/--output", got=str(out),
+                             fix=f"export to a directory outside {p}")
+    if (target / "manifest.json").exists() or (target / LOCK_FILE).exists() or \
+            (target / STATUS_FILE).exists():
+        holder = f" (being written by {read_holder(target).describe()})" if is_locked(target) \
+            else ""
+        raise UsageError(f"the output directory is a training run{holder}", where="-o/--output",
+                         got=str(out), fix="export to a new directory; runs are never replaced "
+                         "by an export")
 
 
 def check_args(fmt: str, quantize: str | None, out: Path, overwrite: bool,
@@ -81,6 +101,7 @@ def export(name: str, fmt: str = "hf", merge: bool = False, quantize: str | None
                          got=",".join(keep_float) or "none", fix="add --quantize int8 or drop "
                          "--keep-float")
     source = resolve_source(name)
+    check_destination(out, source)
     if fmt == "gguf":
         check_supported(source)
     if source.is_adapter and not merge and (fmt == "hf" and q not in ("none", "f32")):

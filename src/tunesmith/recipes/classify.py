@@ -35,7 +35,8 @@ class ClassifyResult:
 
 
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
-        callbacks: list[StepCallback] | None = None) -> ClassifyResult:
+        callbacks: list[StepCallback] | None = None, allow_config_change: bool = False
+        ) -> ClassifyResult:
     console = Console(stderr=True)
     precision, accelerator = common.setup(cfg)
     source = resolve_artifact(cfg.model.name)
@@ -49,15 +50,15 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
             console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
 
     stats = {k: v.as_dict() for k, v in data.stats.items()}
-    run_dir, resume_from = common.open_run(cfg, resume, overwrite, tok, model, stats, {
+    run = common.open_run(cfg, resume, overwrite, tok, model, stats, {
         "precision": precision,
         "examples": {"train": len(data.train), "validation": len(data.validation)},
         "labels": names, "multi_label": data.labels.multi_label, "warnings": data.warnings,
-        **chosen})
+        **chosen}, allow_config_change)
     objective = ClassifyObjective(model, tok, data.train, data.validation, data.labels, cfg,
                                   common.classifier_info(cfg, names))
-    _, result = common.train_and_finish(run_dir, lambda: TrainLoop(
-        objective, tok, cfg, run_dir, accelerator, unfreezer, progress, callbacks), resume_from)
+    _, result = common.train_and_finish(run, lambda: TrainLoop(
+        objective, tok, cfg, run.dir, accelerator, unfreezer, progress, callbacks))
     if progress and accelerator.is_main_process and result.last_eval and objective.last_report:
         console.print(format_report(objective.last_report), highlight=False, markup=False)
-    return ClassifyResult(run_dir, result, run_dir / "final", names, data.warnings)
+    return ClassifyResult(run.dir, result, run.dir / "final", names, data.warnings)

@@ -7,14 +7,17 @@ directory, write the manifest, train, write ``final/`` and the status (``running
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tunesmith.config.load import config_to_yaml
 from tunesmith.config.schema import RunConfig
 from tunesmith.device import head_dtype_for, resolve_precision
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import ConfigError, TrainingInterrupted, TunesmithError
+from tunesmith.io import atomic_write_text
 from tunesmith.models import adapters
 from tunesmith.models.artifacts import resolve_artifact
 from tunesmith.models.attention import attend_short_in_fp32
@@ -25,6 +28,8 @@ from tunesmith.models.student import find_layer_list
 from tunesmith.recipes import run_dir as rd
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.engine import LoopResult, TrainLoop, make_accelerator
+from tunesmith.train.run_state import RunLock, read_status
+from tunesmith.train.signals import GracefulStop
 
 Prepare = Callable[[Any], Any]
 
@@ -139,33 +144,85 @@ def classifier_info(cfg: RunConfig, names: list[str]) -> dict[str, Any]:
 
 
 # -- the run lifecycle ----------------------------------------------------------------------
+@dataclass
+class OpenRun:
+    """A run directory this process holds the lock of, and where training starts."""
+
+    dir: Path
+    lock: RunLock
+    cfg: RunConfig
+    resume_from: Path | None
+
+
 def open_run(cfg: RunConfig, resume: bool, overwrite: bool, tok: Any, model: Any,
-             data_stats: dict[str, Any], extra: dict[str, Any]) -> tuple[Path, Path | None]:
-    """(run directory, checkpoint to resume from). The checkpoint is looked up before the
-    directory is touched: a failed ``--resume`` must not leave a fresh, empty-looking run."""
-    resume_from = ckpt.latest_checkpoint(rd.run_dir_for(cfg)) if resume else None
-    run_dir = rd.open_run_dir(cfg, resume, overwrite)
-    rd.write_manifest(run_dir, cfg, tok, data_stats, {
-        "trainable": adapters.trainable_summary(model), **extra})
-    rd.write_status(run_dir, "running", resumed_from=str(resume_from) if resume_from else None)
-    return run_dir, resume_from
+             data_stats: dict[str, Any], extra: dict[str, Any],
+             allow_config_change: bool = False) -> OpenRun:
+    """Lock and open the run directory; with ``resume``, check what is resumed.
 
-
-def train_and_finish(run_dir: Path, make_loop: Callable[[], TrainLoop],
-                     resume_from: Path | None, **status: Any) -> tuple[TrainLoop, LoopResult]:
-    """Build the loop, train, save ``final/``; the status records success or the failure."""
+    The checkpoint is looked up before the directory is touched (a failed ``--resume`` must
+    not leave a fresh, empty-looking run); a completed run is not retrained; a resume whose
+    config or data differ in ways that change training is refused (``run_dir.check_resume``).
+    """
+    path = rd.run_dir_for(cfg)
+    if resume:
+        status = read_status(path) or {}
+        if status.get("state") == "completed" and (path / "final").is_dir():
+            raise ConfigError("the run is already completed: there is nothing to resume",
+                              where=str(path), got=f"{status.get('steps')} steps",
+                              fix="use its final/ as it is, train a new run (name=...), or "
+                              "--overwrite to train it again")
+        ckpt.latest_checkpoint(path)  # a clear error before anything is written
+    run_dir, lock = rd.open_run_dir(cfg, resume, overwrite)
     try:
-        loop = make_loop()
-        result = loop.run(resume_from)
-        loop.save_final(result)
-    except (TunesmithError, KeyboardInterrupt, Exception) as exc:
-        rd.write_status(run_dir, "failed", reason=f"{type(exc).__name__}: {exc}"[:2000])
+        resume_from = ckpt.latest_checkpoint(run_dir) if resume else None
+        if resume_from is not None:
+            changes = rd.check_resume(run_dir, cfg, data_stats, allow_config_change)
+            rd.record_resume(run_dir, int(resume_from.name.split("-")[1]), changes)
+        else:
+            rd.write_manifest(run_dir, cfg, tok, data_stats, {
+                "trainable": adapters.trainable_summary(model), **extra})
+        atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
+        rd.write_status(run_dir, "running",
+                        resumed_from=str(resume_from) if resume_from else None)
+    except BaseException:
+        lock.release()
+        raise
+    return OpenRun(run_dir, lock, cfg, resume_from)
+
+
+def train_and_finish(run: OpenRun, make_loop: Callable[[], TrainLoop], **status: Any
+                     ) -> tuple[TrainLoop, LoopResult]:
+    """Build the loop, train, save ``final/``; the status records success, the failure or the
+    interruption (SIGINT/SIGTERM stop at the next step with a checkpoint), and the lock is
+    released whatever happens."""
+    try:
+        with GracefulStop() as graceful:
+            loop = make_loop()
+            loop.graceful = graceful
+            result = loop.run(run.resume_from)
+            loop.save_final(result)
+    except (TrainingInterrupted, KeyboardInterrupt) as exc:
+        rd.write_status(run.dir, "interrupted", reason=_reason(exc),
+                        resume_command=rd.resume_command(run.cfg))
+        run.lock.release()
+        raise
+    except BaseException as exc:
+        rd.write_status(run.dir, "failed", reason=_reason(exc))
+        run.lock.release()
         raise
     rate = loop.obj.rate_name
     if rate:
         status[f"{rate}_per_s"] = round(result.units_per_s, 2)
-    rd.write_status(run_dir, "completed", steps=result.steps, stopped_early=result.stopped_early,
-                    best_step=result.best_step, best_metric=result.best_metric,
-                    last_eval=result.last_eval, tokens_per_s=round(result.tokens_per_s, 2),
-                    **status)
+    try:
+        rd.write_status(run.dir, "completed", steps=result.steps,
+                        stopped_early=result.stopped_early, best_step=result.best_step,
+                        best_metric=result.best_metric, last_eval=result.last_eval,
+                        tokens_per_s=round(result.tokens_per_s, 2), **status)
+    finally:
+        run.lock.release()
     return loop, result
+
+
+def _reason(exc: BaseException) -> str:
+    text = exc.render() if isinstance(exc, TunesmithError) else str(exc)
+    return f"{type(exc).__name__}: {text}"[:2000]

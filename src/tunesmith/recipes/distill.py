@@ -87,7 +87,8 @@ def load_teacher_classifier(source: Path | str, names: list[str], cfg: RunConfig
 
 
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
-        callbacks: list[StepCallback] | None = None) -> DistillResult:
+        callbacks: list[StepCallback] | None = None, allow_config_change: bool = False
+        ) -> DistillResult:
     precision, accelerator = common.setup(cfg)
     d = cfg.distill
     assert d.teacher is not None  # the schema requires it for task distill
@@ -134,10 +135,10 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
         cached = objective.cache_teacher(accelerator, bs, key)
 
     stats = {k: v.as_dict() for k, v in data.stats.items()}
-    run_dir, resume_from = common.open_run(cfg, resume, overwrite, tok, model, stats, {
+    run = common.open_run(cfg, resume, overwrite, tok, model, stats, {
         "precision": precision, "examples": examples, "teacher": str(teacher_src),
         "student_layers": kept or None, "teacher_cached": cached,
-        "distill": d.model_dump()})
-    _, result = common.train_and_finish(run_dir, lambda: TrainLoop(
-        objective, tok, cfg, run_dir, accelerator, unfreezer, progress, callbacks), resume_from)
-    return DistillResult(run_dir, result, run_dir / "final", kept or None, cached)
+        "distill": d.model_dump()}, allow_config_change)
+    _, result = common.train_and_finish(run, lambda: TrainLoop(
+        objective, tok, cfg, run.dir, accelerator, unfreezer, progress, callbacks))
+    return DistillResult(run.dir, result, run.dir / "final", kept or None, cached)

@@ -30,7 +30,8 @@ class DPOResult:
 
 
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
-        callbacks: list[StepCallback] | None = None) -> DPOResult:
+        callbacks: list[StepCallback] | None = None, allow_config_change: bool = False
+        ) -> DPOResult:
     precision, accelerator = common.setup(cfg)
     tok = common.build_tokenizer(cfg)
     data = prepare_preference(cfg.data, cfg.dpo, tok, cfg.train.seed)  # before the model loads
@@ -44,11 +45,11 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
             accelerator, cfg.train.eval_batch_size or cfg.train.batch_size, key)
 
     stats = {k: v.as_dict() for k, v in data.stats.items()}
-    run_dir, resume_from = common.open_run(cfg, resume, overwrite, tok, model, stats, {
+    run = common.open_run(cfg, resume, overwrite, tok, model, stats, {
         "precision": precision, "reference": reference, "reference_cached": cached,
         "examples": {"train_pairs": len(data.train), "validation_pairs": len(data.validation)},
-        "dpo": cfg.dpo.model_dump()})
-    _, result = common.train_and_finish(run_dir, lambda: TrainLoop(
-        objective, tok, cfg, run_dir, accelerator, unfreezer, progress, callbacks), resume_from,
+        "dpo": cfg.dpo.model_dump()}, allow_config_change)
+    _, result = common.train_and_finish(run, lambda: TrainLoop(
+        objective, tok, cfg, run.dir, accelerator, unfreezer, progress, callbacks),
         reference=reference)
-    return DPOResult(run_dir, result, run_dir / "final", reference, cached)
+    return DPOResult(run.dir, result, run.dir / "final", reference, cached)

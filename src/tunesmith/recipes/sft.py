@@ -26,7 +26,8 @@ class SFTResult:
 
 
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
-        callbacks: list[StepCallback] | None = None) -> SFTResult:
+        callbacks: list[StepCallback] | None = None, allow_config_change: bool = False
+        ) -> SFTResult:
     precision, accelerator = common.setup(cfg)
     tok = common.build_tokenizer(cfg)
     mix = cfg.data.mixture
@@ -48,9 +49,10 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
     stats = {k: v.as_dict() for k, v in data.stats.items()}
     batching = padding_stats([len(e.input_ids) for e in data.train], cfg.train.batch_size,
                              cfg.train.seed, cfg.train.group_by_length)
-    run_dir, resume_from = common.open_run(cfg, resume, overwrite, tok, model, stats, {
+    run = common.open_run(cfg, resume, overwrite, tok, model, stats, {
         "data_card": data.data_card, "batching": batching, "precision": precision,
-        "examples": {"train": len(data.train), "validation": len(data.validation)}, **extra})
-    _, result = common.train_and_finish(run_dir, lambda: TrainLoop(
-        objective, tok, cfg, run_dir, accelerator, unfreezer, progress, callbacks), resume_from)
-    return SFTResult(run_dir, result, run_dir / "final")
+        "examples": {"train": len(data.train), "validation": len(data.validation)}, **extra},
+        allow_config_change)
+    _, result = common.train_and_finish(run, lambda: TrainLoop(
+        objective, tok, cfg, run.dir, accelerator, unfreezer, progress, callbacks))
+    return SFTResult(run.dir, result, run.dir / "final")

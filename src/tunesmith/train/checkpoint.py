@@ -1,26 +1,33 @@
 """Atomic, resumable checkpoints.
 
 ``checkpoints/step-N/`` holds the weights (adapter or full, safetensors), the tokenizer,
-optimizer + scheduler state, RNG states and ``trainer_state.json`` (step, epoch, data
-position, best metric, early-stopping and unfreezing state). The directory is written through
+optimizer + scheduler state, RNG states, ``trainer_state.json`` (step, epoch, data
+position, best metric, early-stopping and unfreezing state) and ``checksums.json`` (the
+sha256 of every file: a checkpoint damaged since it was written is detected on resume and
+the one before it is used). The directory is written through
 ``io.atomic_directory``, so a killed run never leaves a half-written checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
-from tunesmith.errors import CheckpointError
-from tunesmith.io import atomic_directory
+from tunesmith.errors import CheckpointError, first_line
+from tunesmith.io import atomic_directory, file_sha256
 
 STATE_FILE = "trainer_state.json"
+CHECKSUMS = "checksums.json"
 
 
 def save_weights(model: nn.Module, tokenizer: Any, out: Path) -> None:
@@ -37,6 +44,7 @@ def save_checkpoint(path: Path, model: nn.Module, tokenizer: Any, optimizer: Any
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        write_checksums(tmp)
 
 
 def rotate(checkpoints: Path, keep: int) -> None:
@@ -50,23 +58,74 @@ def list_checkpoints(checkpoints: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+def write_checksums(directory: Path) -> None:
+    """``checksums.json``: the sha256 of every file of a checkpoint, checked on resume."""
+    sums = {p.relative_to(directory).as_posix(): file_sha256(p)
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != CHECKSUMS}
+    (directory / CHECKSUMS).write_text(json.dumps(sums, indent=1))
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """What is wrong with a checkpoint (a missing or damaged file), or None when it is whole.
+    A checkpoint written before checksums existed is taken as whole."""
+    if not (path / STATE_FILE).exists():
+        return f"{STATE_FILE} is missing"
+    try:
+        recorded = json.loads((path / CHECKSUMS).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return f"{CHECKSUMS} is unreadable"
+    for rel, digest in recorded.items():
+        f = path / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        if file_sha256(f) != digest:
+            return f"{rel} is damaged (its sha256 differs from the one written with it)"
+    return None
+
+
 def latest_checkpoint(run_dir: Path) -> Path:
+    """The newest checkpoint that verifies; a damaged newer one is reported and skipped."""
     steps = list_checkpoints(run_dir / "checkpoints")
     if not steps:
         raise CheckpointError("nothing to resume: the run has no complete checkpoint",
                               where=str(run_dir / "checkpoints"),
                               fix="set train.save_every (or train.eval_every) so checkpoints are "
                               "written, or start without --resume")
-    return steps[-1]
+    damaged: list[str] = []
+    for path in reversed(steps):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            if damaged:
+                sys.stderr.write(f"warning: skipping damaged checkpoint(s) "
+                                 f"{'; '.join(damaged)}; resuming from {path.name}\n")
+            return path
+        damaged.append(f"{path.name}: {problem}")
+    raise CheckpointError("every checkpoint of the run is damaged", where=str(run_dir),
+                          got="; ".join(damaged), fix="start the run again (--overwrite), or "
+                          "restore the checkpoints directory from a backup")
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: Any, scheduler: Any
                     ) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNG; return the trainer state."""
-    # deferred: safetensors is heavy and only this path needs it; peft is heavy and only this path needs it
-    from safetensors.torch import load_file
+    """Restore weights, optimizer, scheduler and RNG; return the trainer state.
 
+    A file that cannot be read (a checkpoint written before checksums, damaged since) is one
+    CheckpointError naming it, with the fix: remove that checkpoint to resume from the one
+    before."""
+    try:
+        return _load(path, model, optimizer, scheduler)
+    except (RuntimeError, EOFError, ValueError, KeyError, pickle.UnpicklingError,
+            SafetensorError) as exc:
+        raise CheckpointError(f"cannot read the checkpoint ({first_line(exc)})",
+                              where=str(path), fix=f"delete {path} to resume from the "
+                              "checkpoint before it, or start again with --overwrite") from None
+
+
+def _load(path: Path, model: nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
     if (path / "adapter_model.safetensors").exists():
+        # deferred: peft is heavy and only adapters need it
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))

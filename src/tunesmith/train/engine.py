@@ -25,7 +25,7 @@ from torch import nn
 from tunesmith.config.schema import RunConfig
 from tunesmith.data.collate import epoch_batches
 from tunesmith.device import accelerate_mixed_precision
-from tunesmith.errors import TrainingError
+from tunesmith.errors import TrainingError, TrainingInterrupted
 from tunesmith.io import atomic_directory
 from tunesmith.models.adapters import GradualUnfreezer
 from tunesmith.models.artifacts import EVAL_FILE
@@ -34,6 +34,7 @@ from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.early_stopping import check_metric_available, is_improvement
 from tunesmith.train.optim import build_optimizer, build_scheduler
 from tunesmith.train.progress import ProgressView
+from tunesmith.train.signals import GracefulStop
 from tunesmith.train.tracking import Tracker, truncate_after
 
 StepCallback = Callable[[int, dict[str, Any]], None]
@@ -171,6 +172,7 @@ class TrainLoop:
         check_metric_available(cfg.train.early_stopping.metric, objective.metrics,
                                objective.task)
         self.callbacks = callbacks or []
+        self.graceful: GracefulStop | None = None  # set by the caller to stop on SIGTERM
         self.show_progress = show_progress and accelerator.is_main_process
         self.module = objective.module
         self.optimizer = build_optimizer(self.module.model, self.tc,
@@ -248,6 +250,9 @@ class TrainLoop:
                     self._save(step, state)
                 for cb in self.callbacks:
                     cb(step, dict(values, **state))
+                if self.graceful is not None and self.graceful.requested and step < self.total:
+                    self._interrupt(step, state, saved=bool(save_every and
+                                                            step % save_every == 0))
                 if stop:
                     result.stopped_early = True
                     view.note(f"early stopping at step {step}: no improvement of "
@@ -262,6 +267,21 @@ class TrainLoop:
         result.tokens_per_s = tokens_seen / max(train_time, 1e-9)
         result.units_per_s = units_seen / max(train_time, 1e-9)
         return result
+
+    def _interrupt(self, step: int, state: dict[str, Any], saved: bool) -> None:
+        """Stop after ``step`` on a signal: a resumable checkpoint first (unless this step
+        just wrote one, or ``train.checkpoint_on_signal`` is off)."""
+        assert self.graceful is not None
+        path = self.run_dir / "checkpoints" / f"step-{step}"
+        if self.tc.checkpoint_on_signal and not saved:
+            self._save(step, state)
+        kept = path if self.tc.checkpoint_on_signal or saved else None
+        raise TrainingInterrupted(
+            f"training stopped by {self.graceful.name()} after step {step} of {self.total}",
+            signum=self.graceful.signum or 2, where=str(self.run_dir),
+            got=f"checkpoint {kept}" if kept else "no checkpoint written "
+            "(train.checkpoint_on_signal is off)",
+            fix="resume with the same command and --resume")
 
     # -- one optimizer step ---------------------------------------------------------------
     def _step(self, group: list[list[int]]

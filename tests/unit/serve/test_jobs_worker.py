@@ -179,6 +179,37 @@ def test_job_killed_with_the_server_resumes_from_its_checkpoint(jobs_env: JobsEn
     assert _metric_steps(env, job_id) == list(range(1, 31))  # no duplicate step events
 
 
+def test_stopping_the_worker_checkpoints_the_current_step_and_the_job_resumes_there(
+        jobs_env: JobsEnv, tiny_model_dir: Path) -> None:
+    """SIGTERM reaches the training process: it finishes its step and writes a checkpoint
+    although none was due (save_every far away), so nothing trained is lost."""
+    env = jobs_env
+    job_id = _create(env, tiny_model_dir, **{"train.max_steps": 40, "train.save_every": 1000})
+    worker = JobWorker(env.db, env.data_dir, poll=0.1)
+    worker.start()
+    _wait(lambda: len(_metric_steps(env, job_id)) >= 3, what="training steps")
+    worker.stop()
+    job = env.job(job_id)
+    assert job["status"] == "queued", job
+    last = env.events(job_id)[-1]["message"]
+    assert "SIGTERM" in last and "resumes from its last checkpoint" in last
+    run_dir = paths.job_run_dir(env.data_dir, job_id)
+    stopped_at = max(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").iterdir())
+    assert stopped_at >= 3 and json.loads((run_dir / "status.json").read_text())[
+        "state"] == "interrupted"
+
+    worker = JobWorker(env.db, env.data_dir, poll=0.1)
+    worker.start()
+    try:
+        job = env.wait(job_id)
+    finally:
+        worker.stop()
+    assert job["status"] == "succeeded", job["error"]
+    assert any(m == f"Resuming from the checkpoint at step {stopped_at}"
+               for m in (e["message"] for e in env.events(job_id)))
+    assert _metric_steps(env, job_id) == list(range(1, 41))  # each step once
+
+
 def test_recovery_gives_up_after_max_attempts(jobs_env: JobsEnv, tiny_model_dir: Path) -> None:
     env = jobs_env
     ids = [_create(env, tiny_model_dir) for _ in range(3)]

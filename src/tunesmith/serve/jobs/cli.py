@@ -7,6 +7,7 @@ PostgreSQL database and the data directory with a server elsewhere.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
@@ -59,16 +60,26 @@ def worker(data_dir: DataDir = Path("tunesmith-data"), db: DbUrl = None) -> None
     from tunesmith.serve.jobs.worker import JobWorker
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        if received:  # a second signal: stop waiting for the job's checkpoint
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        received.append(signum)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
     job_worker = JobWorker(_database(data_dir, db), data_dir)
     job_worker.start()
-    Console(stderr=True).print(f"training queued jobs of {data_dir} (Ctrl-C stops)")
-    try:
-        while not stop.wait(1.0):
-            pass
-    except KeyboardInterrupt:
+    console = Console(stderr=True)
+    console.print(f"training queued jobs of {data_dir} (Ctrl-C stops)")
+    while not stop.wait(1.0):
         pass
-    job_worker.stop()
+    console.print("stopping: the running job writes a checkpoint and goes back to the queue")
+    job_worker.stop(timeout=job_worker.kill_grace + 30)
+    raise typer.Exit(128 + received[0])
 
 
 def register(app: typer.Typer) -> None:

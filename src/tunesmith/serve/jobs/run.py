@@ -31,7 +31,7 @@ from sqlalchemy import select, update
 
 from tunesmith.config.load import validate_dict
 from tunesmith.data.readers import iter_rows
-from tunesmith.errors import CheckpointError, DataError, TunesmithError
+from tunesmith.errors import CheckpointError, DataError, TrainingInterrupted, TunesmithError
 from tunesmith.io import atomic_write_bytes, atomic_write_json
 from tunesmith.recipes import run_task
 from tunesmith.serve import paths
@@ -104,6 +104,9 @@ def train_job(db: Database, job_id: str, data_dir: Path) -> None:
                           progress=False, callbacks=[reporter])
     except JobCancelled:
         return
+    except TrainingInterrupted as exc:  # SIGTERM from the supervisor: a checkpoint was written
+        _requeue(db, job_id, exc.render())
+        sys.exit(exc.exit_code)
     except TunesmithError as exc:
         _fail(db, job_id, "invalid_training_file" if isinstance(exc, DataError)
               else "training_failed", exc.render())
@@ -295,6 +298,19 @@ def _results_file(db: Database, data_dir: Path, rows: list[dict[str, Any]]) -> s
                       purpose="fine-tune-results", status="processed", kind="results",
                       rows=len(by_step), sha256=hashlib.sha256(text).hexdigest()))
     return file_id
+
+
+def _requeue(db: Database, job_id: str, message: str) -> None:
+    """Back to the queue, to resume from the checkpoint the interruption wrote; a graceful
+    stop does not count as one of the job's attempts."""
+    with db.session() as s:
+        back = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
+                         .values(status="queued", resume=True, worker=None,
+                                 estimated_finish=None, attempts=JobRow.attempts - 1))
+        if back.rowcount == 1:
+            add_event(s, job_id, f"{message.splitlines()[0]}: the server or worker is shutting "
+                      "down; the job resumes from its last checkpoint when a worker starts "
+                      "again", level="warn")
 
 
 def _fail(db: Database, job_id: str, code: str, message: str) -> None:

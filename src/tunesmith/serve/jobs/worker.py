@@ -45,7 +45,7 @@ class JobWorker:
     """Supervises one training process at a time for the jobs in ``db``."""
 
     def __init__(self, db: Database, data_dir: Path, poll: float = 0.5, lease: float = 600.0,
-                 max_attempts: int = 3, kill_grace: float = 10.0) -> None:
+                 max_attempts: int = 3, kill_grace: float = 120.0) -> None:
         self.db, self.data_dir = db, Path(data_dir)
         self.poll, self.lease, self.max_attempts, self.kill_grace = (
             poll, lease, max_attempts, kill_grace)
@@ -145,6 +145,8 @@ class JobWorker:
         self.proc, self.job_id = None, None
 
     def _terminate(self) -> None:
+        """SIGTERM: the training finishes its step and writes a checkpoint (within
+        ``kill_grace`` seconds, else it is killed and resumes from its previous one)."""
         proc = self.proc
         proc.terminate()
         try:
