@@ -79,6 +79,25 @@ def test_cli_refuses_non_empty_output(lora_run: Path, tmp_path: Path,
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("target", ["run", "final", "parent"])
+def test_cli_never_exports_onto_its_source_or_a_run(lora_run: Path, target: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`--overwrite -o` pointing at the run being exported used to delete that run."""
+    out = {"run": lora_run, "final": lora_run / "final", "parent": lora_run.parent}[target]
+    before = sorted(p.name for p in lora_run.iterdir())
+    code, _, err = cli(["export", str(lora_run), "-o", str(out), "--overwrite"], capsys)
+    assert code == 2 and has(err, "-o/--output") and "Traceback" not in err
+    assert "overwrite the model being exported" in err or "is a training run" in err
+    assert sorted(p.name for p in lora_run.iterdir()) == before
+
+
+def test_cli_refuses_to_export_onto_another_run(lora_run: Path, cls_run: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(["export", str(lora_run), "-o", str(cls_run), "--overwrite"], capsys)
+    assert code == 2 and "is a training run" in err
+    assert (cls_run / "final").is_dir()
+
+
 def test_cli_missing_model_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = cli(["export", str(tmp_path / "nope"), "-o", str(tmp_path / "x")], capsys)
     assert code == 2 and "Error:" in err
