@@ -111,6 +111,12 @@ def train_job(db: Database, job_id: str, data_dir: Path) -> None:
         _fail(db, job_id, "invalid_training_file" if isinstance(exc, DataError)
               else "training_failed", exc.render())
         return
+    except OSError as exc:
+        if not is_user_os_error(exc):
+            traceback.print_exc()
+        _fail(db, job_id, "training_failed", from_os_error(exc).render()
+              if is_user_os_error(exc) else f"{type(exc).__name__}: {exc}")
+        return
     except Exception as exc:  # noqa: BLE001 - a bug: the job fails, the log keeps the traceback
         traceback.print_exc()
         _fail(db, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
