@@ -31,7 +31,14 @@ from sqlalchemy import select, update
 
 from tunesmith.config.load import validate_dict
 from tunesmith.data.readers import iter_rows
-from tunesmith.errors import CheckpointError, DataError, TrainingInterrupted, TunesmithError
+from tunesmith.errors import (
+    CheckpointError,
+    DataError,
+    TrainingInterrupted,
+    TunesmithError,
+    from_os_error,
+    is_user_os_error,
+)
 from tunesmith.io import atomic_write_bytes, atomic_write_json
 from tunesmith.recipes import run_task
 from tunesmith.serve import paths
