@@ -34,6 +34,7 @@ from tunesmith.io import atomic_write_text, looks_like_hub_id
 from tunesmith.models.registry import EMBEDDED, is_ready, package_path, pull, resolve_model_dir
 from tunesmith.serve.cli import register as register_serve
 from tunesmith.serve.jobs.cli import register as register_jobs
+from tunesmith.studio.cli import register as register_studio
 from tunesmith.sweep.cli import register as register_sweep
 
 app = typer.Typer(help="Fine-tune language models end to end.", no_args_is_help=True,
@@ -59,6 +60,7 @@ def _register_subcommands() -> None:
     register_export(app)
     register_jobs(app)  # jobs list / worker
     register_sweep(app)
+    register_studio(app)  # studio: the web UI over serve's app
 
 
 def _quiet_libraries() -> None:
@@ -113,9 +115,11 @@ def train(config: ConfigArg, overrides: Overrides = None,
 
 @app.command()
 def validate(config: ConfigArg, overrides: Overrides = None) -> None:
-    """Check a config (schema, combinations, data and model paths) without training."""
-    # deferred: building the config schema (pydantic) costs ~0.1 s at start-up
+    """Check a config (schema, combinations, paths, and the data: format, every row, the
+    template and label-mask checks) without training."""
+    # deferred: the config schema (pydantic) and the data pipeline; keeps `--help` fast
     from tunesmith.config.load import config_to_yaml, load_config
+    from tunesmith.recipes.checks import check_data
 
     cfg = load_config(config, overrides)
     problems = []
@@ -133,7 +137,11 @@ def validate(config: ConfigArg, overrides: Overrides = None) -> None:
     if problems:
         raise UsageError("config is valid but refers to missing files", where=str(config),
                          problems=problems)
+    summary = check_data(cfg) if cfg.data.train or cfg.data.mixture is not None else {}
     sys.stdout.write(config_to_yaml(cfg))
+    if summary:
+        err.print("data: " + ", ".join(f"{k} {v}" for k, v in summary.items()
+                                       if v not in (None, [])) + "; every row passed the checks")
     err.print(f"[green]valid[/] {config}")
 
 
