@@ -207,7 +207,8 @@ def test_validate_output_is_exactly_the_resolved_yaml(case: dict[str, Any],
 
     pattern = r"layers\.[a-z]+\.mlp\.down_proj_" + "x" * 90
     raw = dict(case["raw"], method={"type": "freeze", "freeze_patterns": [pattern]},
-               data=dict(case["raw"]["data"], system_prompt="You are [bold]terse[/bold]. " * 6))
+               data=dict(case["raw"]["data"], system_prompt="You are [bold]terse[/bold]. " * 6,
+                         max_length=512))  # validate checks the data: the prompt must fit
     cfg = write_config(case["tmp"] / "markup.yaml", raw)
     code, out, err = cli(["validate", str(cfg)], capsys)
     assert code == 0, err

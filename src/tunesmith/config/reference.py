@@ -6,7 +6,8 @@ checks the README lists every key.
 
 from __future__ import annotations
 
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -48,8 +49,28 @@ def _submodel(ann: Any) -> type[BaseModel] | None:
 
 
 def _type_name(ann: Any) -> str:
-    text = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
-    return text.replace("Literal", "one of ").replace("|", "/")
+    """A readable type: ``int (>= 8) or 'auto' or null``, never a raw typing repr."""
+    origin, args = get_origin(ann), get_args(ann)
+    if ann is type(None):
+        return "null"
+    if origin is Annotated:
+        bounds = [f"{sym} {getattr(m, attr)}" for m in args[1:] for attr, sym in _BOUNDS
+                  if hasattr(m, attr)]
+        return _type_name(args[0]) + (f" ({', '.join(bounds)})" if bounds else "")
+    if origin in (Union, UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (list, tuple, set):
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return "mapping"
+    if isinstance(ann, type):
+        return ann.__name__
+    return str(ann).replace("typing.", "")
+
+
+_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
 
 
 def _fmt(value: Any) -> str:

@@ -1,5 +1,6 @@
-"""The run configuration. Each field's description is its documentation (README and
-``tunesmith validate --explain`` print them); defaults here are the only defaults."""
+"""The run configuration. Each field's description is its documentation (the README's
+configuration reference is generated from them by ``python -m tunesmith.config.reference``);
+defaults here are the only defaults."""
 
 from __future__ import annotations
 

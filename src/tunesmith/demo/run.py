@@ -19,12 +19,13 @@ from tunesmith.models.load import load_for_inference
 from tunesmith.recipes import sft
 
 SEED = 1234
+MODEL = "smollm2-135m-instruct"
 N_TRAIN, N_VAL, N_TEST = 1200, 48, 64
 DEMO_CONFIG = """\
 # Written by `tunesmith demo`; rerun with: tunesmith train {path} --overwrite
 name: support-json
 model:
-  name: smollm2-135m-instruct
+  name: {model}
 method:
   type: lora
   r: 16
@@ -47,22 +48,26 @@ output:
 """
 
 
-def run_demo(output_dir: Path, steps: int | None = None) -> dict[str, object]:
+def run_demo(output_dir: Path, steps: int | None = None, model: str = MODEL,
+             sizes: tuple[int, int, int] = (N_TRAIN, N_VAL, N_TEST)) -> dict[str, object]:
+    """Generate the task's data and config under ``output_dir``, score ``model``, LoRA-tune
+    it, score it again; ``model`` and ``sizes`` (train, validation, test) exist for tests."""
     console = Console()
     t_start = time.time()
     steps = steps or 40
     data_dir = output_dir / "data"
-    splits = {"train": make_dataset(N_TRAIN, SEED), "validation": make_dataset(N_VAL, SEED + 1),
-              "test": make_dataset(N_TEST, SEED + 2)}
+    n_train, n_val, n_test = sizes
+    splits = {"train": make_dataset(n_train, SEED), "validation": make_dataset(n_val, SEED + 1),
+              "test": make_dataset(n_test, SEED + 2)}
     for split, tickets in splits.items():
         atomic_write_text(data_dir / f"{split}.jsonl", "".join(
             json.dumps(t.as_messages()) + "\n" for t in tickets))
     cfg_path = output_dir / "demo.yaml"
     atomic_write_text(cfg_path, DEMO_CONFIG.format(
-        path=cfg_path, data=data_dir.resolve(), steps=steps, eval_every=max(steps // 2, 1),
-        seed=SEED, runs=(output_dir / "runs").resolve()))
+        path=cfg_path, model=model, data=data_dir.resolve(), steps=steps,
+        eval_every=max(steps // 2, 1), seed=SEED, runs=(output_dir / "runs").resolve()))
     console.rule("[bold]tunesmith demo: support messages → JSON (SmolLM2-135M + LoRA)")
-    console.print(f"generated {N_TRAIN} train / {N_VAL} validation / {N_TEST} test examples "
+    console.print(f"generated {n_train} train / {n_val} validation / {n_test} test examples "
                   f"in {data_dir} (seed {SEED}); config: {cfg_path}")
 
     test = splits["test"]
@@ -72,7 +77,7 @@ def run_demo(output_dir: Path, steps: int | None = None) -> dict[str, object]:
     settings = GenerationSettings(max_new_tokens=44, batch_size=16)
 
     console.print("[bold]1/3[/] scoring the base model on the test set …")
-    base_model, tok = load_for_inference("smollm2-135m-instruct")
+    base_model, tok = load_for_inference(model)
     base_out = generate(base_model, tok, prompts, settings)
     base_scores = score(base_out, targets)
     del base_model
@@ -87,14 +92,14 @@ def run_demo(output_dir: Path, steps: int | None = None) -> dict[str, object]:
     tuned_out = generate(tuned_model, tok, prompts, settings)
     tuned_scores = score(tuned_out, targets)
 
-    table = Table(title=f"held-out test set ({N_TEST} messages)")
+    table = Table(title=f"held-out test set ({n_test} messages)")
     table.add_column("metric")
     table.add_column("base SmolLM2", justify="right")
     table.add_column("tuned (LoRA)", justify="right")
     for key in base_scores:
         table.add_row(key, f"{base_scores[key]:.3f}", f"{tuned_scores[key]:.3f}")
     console.print(table)
-    for i in range(3):
+    for i in range(min(3, n_test)):
         console.rule(f"sample {i + 1}")
         console.print(f"[bold]message:[/] {test[i].message}", highlight=False)
         console.print(f"[bold]expected:[/] {json.dumps(targets[i])}", highlight=False)

@@ -133,7 +133,8 @@ def write_manifest(path: Path, cfg: RunConfig, tokenizer: Any, data_stats: dict[
                            "pad": tokenizer.pad_token},
         "versions": {lib: _version(lib) for lib in LIBRARIES},
         "python": platform.python_version(),
-        "git_commit": _git_commit(),
+        "tunesmith_version": _version("tunesmith"),
+        "git_commit": _git_commit(),  # tunesmith's checkout, when installed from one
         **(extra or {}),
     }
     atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=1, default=str))
@@ -169,9 +170,14 @@ def _version(lib: str) -> str | None:
 
 
 def _git_commit() -> str | None:
+    """The commit of tunesmith's own checkout when it runs from one (an editable install),
+    else None: never the commit of whatever repository the user happens to run in."""
+    root = Path(__file__).resolve().parents[3]  # src/tunesmith/recipes/ → the checkout
+    if not (root / ".git").exists() or not (root / "src" / "tunesmith").is_dir():
+        return None
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=False)
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None

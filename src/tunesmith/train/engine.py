@@ -195,7 +195,8 @@ class TrainLoop:
             if acc.is_main_process:
                 truncate_after(self.run_dir / "metrics.jsonl", state["step"])
                 self.obj.on_resume(self.run_dir, state["step"])
-        tracker = Tracker(self.run_dir, self.cfg.output.tensorboard, acc.is_main_process)
+        tracker = Tracker(self.run_dir, self.cfg.output.tensorboard, acc.is_main_process,
+                          resumed_at=state["step"] if resume_from is not None else None)
         view = ProgressView(self.total, state["step"], self.show_progress)
         result = LoopResult(steps=state["step"])
         micro_per_step = tc.grad_accum * acc.num_processes

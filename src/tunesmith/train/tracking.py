@@ -11,7 +11,12 @@ from tunesmith.io import atomic_write_text
 
 
 class Tracker:
-    def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True) -> None:
+    """``resumed_at``: the checkpoint's step when resuming. TensorBoard is told to purge what
+    an interrupted process logged after it (``purge_step``), so no step appears twice, as
+    ``truncate_after`` does for ``metrics.jsonl``."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True,
+                 resumed_at: int | None = None) -> None:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
@@ -20,7 +25,8 @@ class Tracker:
                 # deferred: may be missing: checked here
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(run_dir / "tb"))
+                self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=(
+                    resumed_at + 1 if resumed_at is not None else None))
             except ImportError:  # tensorboard is a dependency, but keep training without it
                 self.tb = None
 
