@@ -21,6 +21,7 @@ from typing import Any
 
 from tunesmith.config.schema import ClassificationConfig, DataConfig
 from tunesmith.data.readers import Row, read_rows
+from tunesmith.data.templates import too_long_fix
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.io import file_sha256
 
@@ -241,11 +242,15 @@ def build_label_space(train: Sequence[Record], ccfg: ClassificationConfig) -> La
             ints = sorted(set(ints) | {int(s) for s in strs})
             strs = []
         else:
-            raise DataError("the training labels mix integers and names",
-                            where=f"field `{ccfg.label_field}`",
-                            got=f"integers {ints[:5]}, names {strs[:5]}",
-                            fix="use one kind, or list the class names in classification.labels "
-                            "(integers then index that list)")
+            first = next(r for r in train if any(
+                isinstance(v, str) and not v.lstrip("-").isdigit()
+                for v in label_values(r.raw_label, ccfg) or []))
+            raise DataError(f"the training labels mix integers and names (integers "
+                            f"{ints[:5]}, names {strs[:5]}); the first name is here",
+                            where=f"{first.where} field `{ccfg.label_field}`",
+                            got=first.raw_label,
+                            fix="use one kind (e.g. 1 rather than \"1.0\"), or list the class "
+                            "names in classification.labels (integers then index that list)")
     if strs and all(s.lstrip("-").isdigit() for s in strs):
         ints, strs = sorted({int(s) for s in strs}), []
     names = [str(i) for i in ints] if ints else strs
@@ -457,7 +462,8 @@ def prepare_classification(data: DataConfig, ccfg: ClassificationConfig, tokeniz
     if not train:
         raise DataError("no training examples are left after classification.max_length",
                         where=data.train, got=f"{tstats.dropped_too_long} too long",
-                        fix="raise classification.max_length or use data.truncation: truncate")
+                        fix=too_long_fix("classification.max_length", ccfg.max_length,
+                                         data.truncation))
     for name, st in stats.items():
         if st.dropped_too_long:
             warnings.append(f"{st.dropped_too_long} {name} texts longer than "

@@ -23,7 +23,13 @@ from tunesmith.data.collate import epoch_batches
 from tunesmith.data.formats import detect_training_format, to_example
 from tunesmith.data.prepare.card import card_hashes, prepared_split_path, read_card
 from tunesmith.data.readers import read_rows
-from tunesmith.data.templates import Encoded, Encoder, check_encoded, raise_on_failures
+from tunesmith.data.templates import (
+    Encoded,
+    Encoder,
+    check_encoded,
+    raise_on_failures,
+    too_long_fix,
+)
 from tunesmith.errors import DataError
 from tunesmith.io import cache_root, file_sha256
 
@@ -170,10 +176,15 @@ def encode_file(path: str, cfg: DataConfig, encoder: Encoder, limit: int | None 
         kept.append(fitted)
     stats.kept = len(kept)
     if not kept:
+        fixes = []
+        if stats.dropped_too_long:
+            fixes.append(too_long_fix("data.max_length", cfg.max_length, cfg.truncation))
+        if stats.dropped_no_target:
+            fixes.append("give every example an answer to train on (a non-empty completion, "
+                         "an assistant message with weight 1)")
         raise DataError("no usable examples are left after applying data.max_length",
                         where=path, got=f"{stats.dropped_too_long} too long, "
-                        f"{stats.dropped_no_target} with nothing to train",
-                        fix="raise data.max_length or use data.truncation: truncate")
+                        f"{stats.dropped_no_target} with nothing to train", fix="; ".join(fixes))
     if cfg.cache:
         _save_cache(cache_file, kept, stats)
     return kept, stats

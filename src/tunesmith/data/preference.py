@@ -27,7 +27,14 @@ from tunesmith.config.schema import DataConfig, DPOConfig
 from tunesmith.data.formats import Example, check_messages
 from tunesmith.data.pipeline import SplitStats, split_off
 from tunesmith.data.readers import Row, read_rows
-from tunesmith.data.templates import IGNORE, Encoded, Encoder, check_encoded, raise_on_failures
+from tunesmith.data.templates import (
+    IGNORE,
+    Encoded,
+    Encoder,
+    check_encoded,
+    raise_on_failures,
+    too_long_fix,
+)
 from tunesmith.errors import DataError
 from tunesmith.io import file_sha256
 
@@ -189,7 +196,8 @@ def encode_preference_file(path: str, dcfg: DPOConfig, data: DataConfig, encoder
     if not kept:
         raise DataError("no preference pair is left after applying data.max_length",
                         where=path, got=f"{stats.dropped_too_long} pairs too long",
-                        fix="raise data.max_length or shorten the prompts")
+                        fix=too_long_fix("data.max_length", data.max_length,
+                                         data.truncation))
     return kept, stats
 
 

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tunesmith.errors import DataError
 from tunesmith.io import looks_like_hub_id
@@ -86,8 +86,18 @@ def _iter_jsonl(path: Path) -> Iterator[Row]:
 
 
 def _iter_json(path: Path) -> Iterator[Row]:
+    data = path.read_bytes()
+    data = data[len(BOM):] if data.startswith(BOM) else data
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        start = data.rfind(b"\n", 0, exc.start) + 1  # the line holding the bad byte
+        end = data.find(b"\n", exc.start)
+        line = data[start:end if end >= 0 else len(data)]
+        lineno = data.count(b"\n", 0, exc.start) + 1
+        raise invalid_utf8(f"{path}:{lineno}", line, exc.start - start).to_error() from None
+    try:
+        obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"file is not valid JSON ({exc.msg})", where=f"{path}:{exc.lineno}",
                         fix="a .json data file holds one list of objects; for one object per "
@@ -110,16 +120,30 @@ def _iter_json(path: Path) -> Iterator[Row]:
 
 
 def _iter_csv(path: Path) -> Iterator[Row]:
-    with path.open("r", encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
+    with path.open("rb") as fh:
+        reader = csv.DictReader(_utf8_lines(path, fh))
         if not reader.fieldnames:
             return
-        for i, rec in enumerate(reader, start=2):  # line 1 is the header
+        line = 1  # the header's last line
+        for rec in reader:
+            first, line = line + 1, reader.line_num  # a quoted value may span lines
             if None in rec:
                 raise DataError("row has more values than the header has columns",
-                                where=f"{path}:{i}", got=rec[None],  # type: ignore[index]
+                                where=f"{path}:{first}", got=rec[None],  # type: ignore[index]
                                 fix="quote values containing commas")
-            yield Row(dict(rec), f"{path}:{i}")
+            yield Row(dict(rec), f"{path}:{first}")
+
+
+def _utf8_lines(path: Path, fh: IO[bytes]) -> Iterator[str]:
+    """The lines of a binary file decoded one by one: an invalid UTF-8 byte is a DataError
+    at its own line (a text-mode reader fails a whole buffered block, at no line at all)."""
+    for lineno, raw in enumerate(fh, start=1):
+        if lineno == 1 and raw.startswith(BOM):
+            raw = raw[len(BOM):]
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise invalid_utf8(f"{path}:{lineno}", raw, exc.start).to_error() from None
 
 
 def _iter_parquet(path: Path) -> Iterator[Row]:
@@ -203,6 +227,15 @@ class BadRow:
                          fix=JSONL_FIXES.get(self.reason, "fix or remove that row"))
 
 
+BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark some editors add
+
+
+def invalid_utf8(where: str, line: bytes, start: int) -> BadRow:
+    """A line whose byte at offset ``start`` is not valid UTF-8, with the bytes around it."""
+    return BadRow(where, "invalid_utf8", f"line is not valid UTF-8 (byte {line[start]:#04x} "
+                  f"at column {start + 1})", repr(line[max(0, start - 20):start + 21]))
+
+
 def iter_jsonl(path: Path) -> Iterator[Row | BadRow]:
     """Every line of a JSONL file as a ``Row``, or a ``BadRow`` saying why it is unreadable.
 
@@ -211,15 +244,13 @@ def iter_jsonl(path: Path) -> Iterator[Row | BadRow]:
     block, at the block's first line)."""
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]  # a UTF-8 byte-order mark some editors add
+            if lineno == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
             where = f"{path}:{lineno}"
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                bad = raw[max(0, exc.start - 20):exc.end + 20]
-                yield BadRow(where, "invalid_utf8", f"line is not valid UTF-8 (byte "
-                             f"{raw[exc.start]:#04x} at column {exc.start + 1})", repr(bad))
+                yield invalid_utf8(where, raw, exc.start)
                 continue
             if not line.strip():
                 continue

@@ -241,3 +241,14 @@ def raise_on_failures(rep: CheckReport, source: str) -> None:
     raise DataError("template / label-mask check failed before training", where=source,
                     fix="see `tunesmith data preview CONFIG` for the rendered samples\n" +
                     "\n".join(f"  - {p}" for p in problems))
+
+
+def too_long_fix(max_key: str, max_length: int, truncation: str) -> str:
+    """What to change when examples do not fit ``max_length``, given the settings in force
+    (a fix never asks for a setting the config already has)."""
+    if truncation == "truncate":
+        return (f"raise {max_key} (now {max_length}): truncation keeps the start of each "
+                f"example, so a prompt of {max_length} tokens or more leaves no answer to "
+                "train on; or shorten the prompts (data.system_prompt counts too)")
+    return (f"raise {max_key} (now {max_length}), or set data.truncation: truncate to cut long "
+            "examples instead of dropping them")

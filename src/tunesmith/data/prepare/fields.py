@@ -15,6 +15,7 @@ from typing import Any
 
 from tunesmith.data.formats import (
     REQUIRED_FIELDS,
+    ROLE_ALIASES,
     TEXT_FIELDS,
     Problem,
     detect_format,
@@ -69,6 +70,24 @@ def check_row(data: dict[str, Any], fmt: str, label_field: str = "label") -> Pro
             return Problem("wrong_type", label_field, "label must be a string or a number, "
                            f"not {type(label).__name__}", label)
     return None
+
+
+def canonical_roles(data: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """``data`` with message roles in the one vocabulary training reads (``developer`` →
+    ``system``), so that a prepared file trains exactly as ``tunesmith train`` reads its
+    input; ``data`` itself is untouched, and returned as is when nothing changes."""
+    out = data
+    for name in TEXT_FIELDS[fmt]:
+        value = data.get(name)
+        if not isinstance(value, list) or not any(
+                isinstance(m, dict) and m.get("role") in ROLE_ALIASES for m in value):
+            continue
+        if out is data:
+            out = dict(data)
+        out[name] = [{**m, "role": ROLE_ALIASES[m["role"]]}
+                     if isinstance(m, dict) and m.get("role") in ROLE_ALIASES else m
+                     for m in value]
+    return out
 
 
 def iter_texts(data: dict[str, Any], fmt: str) -> Iterator[tuple[str, str]]:

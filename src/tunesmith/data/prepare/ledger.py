@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, overload
 
+from tunesmith.data.formats import ROLES, role_fix
 from tunesmith.data.prepare.card import short
 from tunesmith.data.prepare.writers import JsonlWriter
 from tunesmith.errors import DataError
@@ -25,12 +26,14 @@ _FIXES = {
     "schema_mismatch": "keep one record format per dataset ({fmt} here), or prepare the files "
                        "separately",
     "no_assistant": "add the assistant's reply to the conversation",
-    "bad_role": "use the roles system, user, assistant (or tool)",
 }
 
 
-def problem_fix(reason: str, fmt: str, label_field: str) -> str:
-    """The fix to suggest for a row that does not fit the dataset's format."""
+def problem_fix(reason: str, fmt: str, label_field: str, value: Any = None) -> str:
+    """The fix to suggest for a row that does not fit the dataset's format (for a role, the
+    same words training uses: ``function`` is told to become ``tool``)."""
+    if reason == "bad_role":
+        return f"use one of the roles {', '.join(ROLES)}{role_fix(value)}"
     template = _FIXES.get(reason, "give the row the fields of the {fmt} format with string "
                           "values")
     return template.format(fmt=fmt, label=label_field)

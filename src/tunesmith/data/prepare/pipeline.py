@@ -33,6 +33,7 @@ from tunesmith.data.prepare.config import PrepareConfig
 from tunesmith.data.prepare.contamination import EvalIndex, Hit, index_eval_file
 from tunesmith.data.prepare.dedup import ExactDeduper, NearDupIndex, NearDupResult, write_clusters
 from tunesmith.data.prepare.fields import (
+    canonical_roles,
     check_row,
     get_path,
     iter_texts,
@@ -201,7 +202,8 @@ class _Run:
         if problem is not None:
             err = DataError(problem.message, where=f"{where} (field '{problem.field}')",
                             got=problem.value, fix=problem_fix(problem.reason, self.fmt,
-                                                               self.cfg.label_field))
+                                                               self.cfg.label_field,
+                                                               problem.value))
             self.ledger.reject(si, where, problem.reason,
                                f"{problem.message} (field '{problem.field}')", problem.value, err)
             return
@@ -216,6 +218,7 @@ class _Run:
                 self.ledger.reject(si, where, "missing_group",
                                    f"group field '{field_name}' has no value", None, err)
                 return
+        data = canonical_roles(data, self.fmt)  # developer → system, as training reads it
         data, reason, detail = self.cleaner.clean_row(data)
         if reason:
             self.ledger.remove(where, "clean", reason, detail=detail)

@@ -2,9 +2,9 @@
 
 Everything is written into a hidden sibling of the output directory (``io.atomic_directory``)
 and renamed over it at the very end, so an interrupted or failed run leaves either the
-previous output or nothing, never a half-written dataset. Parquet is written from the finished JSONL in two streaming
-passes: the first unifies the schema of every batch (a field that is null in the first
-rows must not fix its type to null), the second writes.
+previous output or nothing, never a half-written dataset. Parquet is written from the
+finished JSONL in two streaming passes: the first unifies the schema of every batch (a field
+that is null in the first rows must not fix its type to null), the second writes.
 """
 
 from __future__ import annotations
