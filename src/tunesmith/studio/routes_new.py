@@ -1,9 +1,153 @@
-"""Studio screen: new (being built)."""
+"""New run: the form (from the config schema), checked on every change, launched as a job.
+
+The form's state is kept on the server (``<data_dir>/studio/draft.json``, written on every
+check), so a refresh, a closed tab or a restart gives the same form back, and two tabs see
+the same draft. Launching queues the validated config as a job (``launch.submit_config``)
+and goes to its run page.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import json
+from pathlib import Path
+from typing import Any
 
-from tunesmith.studio.render import StudioRoute
+import yaml
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, Response
+
+from tunesmith.errors import ConfigError, UsageError
+from tunesmith.io import atomic_write_text
+from tunesmith.models.registry import EMBEDDED
+from tunesmith.studio import form, launch
+from tunesmith.studio.datasets import dataset_paths
+from tunesmith.studio.render import StudioRoute, fragment, go, page
+from tunesmith.studio.runs import find_run, list_runs
 
 router = APIRouter(prefix="/studio", route_class=StudioRoute, include_in_schema=False)
+SKIP_CONFIG_DIRS = ("accelerate", "data")  # launcher and `data prepare` configs
+
+
+def shipped_configs(configs_dirs: list[Path]) -> list[str]:
+    out = []
+    for root in configs_dirs:
+        for path in sorted(root.rglob("*.yaml")):
+            if path.relative_to(root).parts[0] not in SKIP_CONFIG_DIRS:
+                out.append(_shown(path))
+    return out
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _draft_path(request: Request) -> Path:
+    return Path(request.app.state.settings.data_dir) / "studio" / "draft.json"
+
+
+def load_start(request: Request, start: str | None) -> tuple[str | None, dict[str, Any]]:
+    """(path shown in the command, raw config) of a starting point; ConfigError if unknown."""
+    if not start:
+        return None, {}
+    state = request.app.state
+    if start.startswith("run:"):
+        info = find_run(state.db, Path(state.settings.data_dir), state.studio.runs_dirs,
+                        start[4:])
+        if info is None or info.dir is None or not (info.dir / "config.yaml").is_file():
+            raise UsageError("that run has no config.yaml to start from", where=start,
+                             fix="pick another run or a shipped config")
+        path = info.dir / "config.yaml"
+    else:
+        if start not in shipped_configs(state.studio.configs_dirs):
+            raise UsageError("not one of the shipped configs", where="start", got=start,
+                             fix="pick a config from the list")
+        path = Path(start)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError("config must be a mapping of sections", where=str(path))
+    return _shown(path), raw
+
+
+def _choices(request: Request) -> dict[str, Any]:
+    state = request.app.state
+    data_dir = Path(state.settings.data_dir)
+    runs = [r for r in list_runs(state.db, data_dir, state.studio.runs_dirs)
+            if r.dir is not None and (r.dir / "config.yaml").is_file()]
+    served = list(getattr(state.pool, "handles", {}) or {})
+    return {"configs": shipped_configs(state.studio.configs_dirs), "runs": runs[:50],
+            "datasets": [str(p) for p in dataset_paths(data_dir)],
+            "models": sorted(set(EMBEDDED) | set(served))}
+
+
+def _render(request: Request, start: str | None, values: dict[str, str],
+            launched_error: Any = None, full: bool = True) -> HTMLResponse:
+    shown, raw = load_start(request, start)
+    result = form.evaluate(shown, raw, values)
+    base = form.start_values(raw)
+    current = {**base, **{k: v for k, v in values.items() if k in form.FIELDS}}
+    task = (result.raw or raw).get("task", "sft") if isinstance(result.raw or raw, dict) else "sft"
+    ctx = dict(sections=form.SECTIONS, values=current, base=base, result=result,
+               start=start or "", shown=shown, task=task, open_sections=form.OPEN_SECTIONS,
+               task_section=form.TASK_SECTIONS.get(task), launch_error=launched_error,
+               choices=_choices(request))
+    if full:
+        return page(request, "new.html", title="New run", active="new", **ctx)
+    return fragment("new_form.html", **ctx)
+
+
+def _save_draft(request: Request, start: str | None, values: dict[str, str]) -> None:
+    _, raw = load_start(request, start)
+    base = form.start_values(raw)
+    changed = {k: v for k, v in values.items() if k in base and v.strip() != base[k]}
+    atomic_write_text(_draft_path(request), json.dumps({"start": start, "values": changed}))
+
+
+def _read_draft(request: Request) -> tuple[str | None, dict[str, str]]:
+    try:
+        draft = json.loads(_draft_path(request).read_text(encoding="utf-8"))
+        return draft.get("start"), dict(draft.get("values") or {})
+    except (OSError, ValueError):
+        return None, {}
+
+
+@router.get("/new")
+async def new_run(request: Request, start: str | None = None) -> HTMLResponse:
+    if start is None:  # the draft (as it was left, in any tab, before any restart)
+        start, values = await run_in_threadpool(_read_draft, request)
+    else:
+        values = {}
+        await run_in_threadpool(_save_draft, request, start, values)
+    return await run_in_threadpool(_render, request, start, values)
+
+
+async def _form_values(request: Request) -> tuple[str | None, dict[str, str]]:
+    data = await request.form()
+    start = str(data.get("_start") or "") or None
+    values = {k: str(v) for k, v in data.items() if k in form.FIELDS}
+    return start, values
+
+
+@router.post("/new/check")
+async def check(request: Request) -> HTMLResponse:
+    start, values = await _form_values(request)
+    await run_in_threadpool(_save_draft, request, start, values)
+    return await run_in_threadpool(_render, request, start, values, None, False)
+
+
+@router.post("/new/launch")
+async def launch_run(request: Request) -> Response:
+    start, values = await _form_values(request)
+    await run_in_threadpool(_save_draft, request, start, values)
+    shown, raw = await run_in_threadpool(load_start, request, start)
+    result = await run_in_threadpool(form.evaluate, shown, raw, values)
+    if not result.ok or result.raw is None:
+        return await run_in_threadpool(_render, request, start, values, None, False)
+    state = request.app.state
+    job_id, _ = await run_in_threadpool(launch.submit_config, state.db,
+                                        Path(state.settings.data_dir), result.raw)
+    await run_in_threadpool(_draft_path(request).unlink, True)
+    return go(request, f"/studio/runs/{job_id}")
