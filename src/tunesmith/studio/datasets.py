@@ -153,4 +153,4 @@ def run_prepare(data_dir: Path, path: Path, options: dict[str, Any]) -> dict[str
     cfg = build_config(raw, source="studio prepare form")
     if not cfg.inputs:
         raise UsageError("no input files given", fix="pick a dataset")
-    return prepare(cfg).card
+    return {**prepare(cfg).card, "output_dir": out}

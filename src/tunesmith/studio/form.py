@@ -127,27 +127,23 @@ SECTIONS = build_sections()
 FIELDS = {f.path: f for s in SECTIONS for f in s.fields}
 
 
+_ABSENT = object()
+
+
 def _get(raw: Any, path: str) -> Any:
+    """The value at a dotted path, or ``_ABSENT``."""
     node = raw
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
-            return None
+            return _ABSENT
         node = node[part]
     return node
 
 
-def _has(raw: Any, path: str) -> bool:
-    node = raw
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
 def start_values(raw: dict[str, Any]) -> dict[str, str]:
     """The text each input shows for a starting config: its value there, else the default."""
-    return {p: yaml_text(_get(raw, p)) if _has(raw, p) else f.default_text
+    values = {p: _get(raw, p) for p in FIELDS}
+    return {p: f.default_text if values[p] is _ABSENT else yaml_text(values[p])
             for p, f in FIELDS.items()}
 
 

@@ -8,7 +8,6 @@ and goes to its run page.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 
 from tunesmith.errors import ConfigError, UsageError
-from tunesmith.io import atomic_write_text
 from tunesmith.models.registry import EMBEDDED
 from tunesmith.studio import form, launch
 from tunesmith.studio.datasets import dataset_paths
+from tunesmith.studio.drafts import clear_draft, read_draft, write_draft
 from tunesmith.studio.render import StudioRoute, fragment, go, page
 from tunesmith.studio.runs import find_run, list_runs
 
@@ -45,8 +44,8 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _draft_path(request: Request) -> Path:
-    return Path(request.app.state.settings.data_dir) / "studio" / "draft.json"
+def _data_dir(request: Request) -> Path:
+    return Path(request.app.state.settings.data_dir)
 
 
 def load_start(request: Request, start: str | None) -> tuple[str | None, dict[str, Any]]:
@@ -103,21 +102,13 @@ def _save_draft(request: Request, start: str | None, values: dict[str, str]) -> 
     _, raw = load_start(request, start)
     base = form.start_values(raw)
     changed = {k: v for k, v in values.items() if k in base and v.strip() != base[k]}
-    atomic_write_text(_draft_path(request), json.dumps({"start": start, "values": changed}))
-
-
-def _read_draft(request: Request) -> tuple[str | None, dict[str, str]]:
-    try:
-        draft = json.loads(_draft_path(request).read_text(encoding="utf-8"))
-        return draft.get("start"), dict(draft.get("values") or {})
-    except (OSError, ValueError):
-        return None, {}
+    write_draft(_data_dir(request), start, changed)
 
 
 @router.get("/new")
 async def new_run(request: Request, start: str | None = None) -> HTMLResponse:
     if start is None:  # the draft (as it was left, in any tab, before any restart)
-        start, values = await run_in_threadpool(_read_draft, request)
+        start, values = await run_in_threadpool(read_draft, _data_dir(request))
     else:
         values = {}
         await run_in_threadpool(_save_draft, request, start, values)
@@ -149,5 +140,5 @@ async def launch_run(request: Request) -> Response:
     state = request.app.state
     job_id, _ = await run_in_threadpool(launch.submit_config, state.db,
                                         Path(state.settings.data_dir), result.raw)
-    await run_in_threadpool(_draft_path(request).unlink, True)
+    await run_in_threadpool(clear_draft, _data_dir(request))
     return go(request, f"/studio/runs/{job_id}")
