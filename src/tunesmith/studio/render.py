@@ -8,6 +8,7 @@ and where its log is — never a stack trace or a blank page.
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 import time
@@ -19,6 +20,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 
 from tunesmith.errors import TunesmithError
 
@@ -56,7 +58,13 @@ def _num(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-env.filters.update(when=_when, duration=_duration, num=_num, shquote=shlex.quote)
+def script_json(value: Any) -> Markup:
+    """JSON safe inside ``<script type="application/json">`` (no ``</script>`` break-out)."""
+    return Markup(json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e"))
+
+
+env.filters.update(when=_when, duration=_duration, num=_num, shquote=shlex.quote,
+                   script_json=script_json)
 
 
 def error_parts(exc: TunesmithError) -> dict[str, Any]:

@@ -71,7 +71,7 @@ async def run_page(request: Request, key: str) -> HTMLResponse:
     rows = await run_in_threadpool(metrics_rows, info.dir) if info.dir else []
     details = await run_in_threadpool(_details, db, data_dir, info)
     return page(request, "run.html", title=info.name, active="runs", run=info,
-                curves=CURVES, points=json.dumps(curve_points(rows)), count=len(rows),
+                curves=CURVES, points=curve_points(rows), count=len(rows),
                 **details)
 
 

@@ -92,5 +92,115 @@ function setupCopy() {
   });
 }
 
-document.addEventListener("DOMContentLoaded", () => { setupCharts(); setupCopy(); });
+/* ---- playground: two streamed chats over /v1/chat/completions --------------------------- */
+function setupPlayground() {
+  const form = document.getElementById("play-form");
+  if (!form) return;
+  let state = {};
+  try { state = JSON.parse(document.getElementById("play-saved").textContent || "{}"); } catch (e) { state = {}; }
+  const sides = ["a", "b"];
+  state.history = state.history || {a: [], b: []};
+  if (state.models) sides.forEach(s => { if (state.models[s]) document.getElementById(`model-${s}`).value = state.models[s]; });
+  if (state.settings) {
+    document.getElementById("play-system").value = state.settings.system || "";
+    document.getElementById("play-temperature").value = state.settings.temperature ?? "0";
+    document.getElementById("play-max-tokens").value = state.settings.max_tokens ?? "64";
+  }
+  const served = new URLSearchParams(location.search).get("served");
+  if (served) document.getElementById("model-b").value = served;
+
+  function render(side) {
+    const box = document.getElementById(`transcript-${side}`);
+    box.replaceChildren(...state.history[side].map(m => {
+      const d = document.createElement("div");
+      d.className = `msg ${m.role}${m.error ? " error" : ""}`;
+      d.textContent = m.content;
+      return d;
+    }));
+  }
+  sides.forEach(render);
+
+  function save() {
+    state.models = {a: document.getElementById("model-a").value, b: document.getElementById("model-b").value};
+    state.settings = {system: document.getElementById("play-system").value,
+                      temperature: document.getElementById("play-temperature").value,
+                      max_tokens: document.getElementById("play-max-tokens").value};
+    fetch("/studio/play/save", {method: "POST", headers: {"Content-Type": "application/json",
+          "X-CSRF-Token": csrfToken()}, body: JSON.stringify(state), credentials: "same-origin"});
+  }
+
+  function request(side) {
+    const sys = document.getElementById("play-system").value.trim();
+    const msgs = state.history[side].filter(m => !m.error).map(m => ({role: m.role, content: m.content}));
+    return {model: document.getElementById(`model-${side}`).value.trim(),
+            messages: sys ? [{role: "system", content: sys}, ...msgs] : msgs,
+            temperature: Number(document.getElementById("play-temperature").value || 0),
+            max_tokens: parseInt(document.getElementById("play-max-tokens").value || "64", 10),
+            stream: true};
+  }
+
+  async function stream(side, body) {
+    const out = {role: "assistant", content: ""};
+    state.history[side].push(out);
+    render(side);
+    const node = document.getElementById(`transcript-${side}`).lastChild;
+    try {
+      const resp = await fetch("/v1/chat/completions", {method: "POST", credentials: "same-origin",
+        headers: {"Content-Type": "application/json", "X-CSRF-Token": csrfToken()}, body: JSON.stringify(body)});
+      if (!resp.ok) {
+        let msg = `HTTP ${resp.status}`;
+        try { const j = await resp.json(); msg = j.error ? j.error.message : msg; } catch (e) { /* not JSON */ }
+        throw new Error(msg);
+      }
+      const reader = resp.body.getReader();
+      const dec = new TextDecoder();
+      let buf = "";
+      for (;;) {
+        const {value, done} = await reader.read();
+        if (done) break;
+        buf += dec.decode(value, {stream: true});
+        let cut;
+        while ((cut = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, cut); buf = buf.slice(cut + 2);
+          if (!block.startsWith("data: ")) continue;
+          const data = block.slice(6);
+          if (data === "[DONE]") continue;
+          const chunk = JSON.parse(data);
+          if (chunk.error) throw new Error(chunk.error.message);
+          const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+          if (delta && delta.content) { out.content += delta.content; node.textContent = out.content; }
+        }
+      }
+    } catch (err) {
+      out.error = true;
+      out.content = `Error: ${err.message}\n  where: model ${side.toUpperCase()} (${body.model || "none"})\n  fix: pick a model listed by GET /v1/models, or serve a run below`;
+      node.className = "msg assistant error"; node.textContent = out.content;
+    }
+  }
+
+  form.addEventListener("submit", async ev => {
+    ev.preventDefault();
+    const prompt = document.getElementById("play-prompt").value;
+    if (!prompt.trim()) return;
+    const button = document.getElementById("play-send");
+    button.disabled = true;
+    sides.forEach(s => { state.history[s].push({role: "user", content: prompt}); render(s); });
+    const bodies = Object.fromEntries(sides.map(s => [s, request(s)]));
+    document.getElementById("play-cmd").textContent = sides.map(s =>
+      `curl -N ${location.origin}/v1/chat/completions -H 'Content-Type: application/json'` +
+      (document.querySelector("button[hx-post='/studio/logout']") ? " -H 'Authorization: Bearer KEY'" : "") +
+      ` -d '${JSON.stringify(bodies[s]).replace(/'/g, "'\\''")}'`).join("\n\n");
+    document.getElementById("play-prompt").value = "";
+    save();
+    await Promise.all(sides.map(s => stream(s, bodies[s])));
+    button.disabled = false;
+    document.body.dataset.playDone = String(Number(document.body.dataset.playDone || 0) + 1);
+    save();
+  });
+  document.getElementById("play-clear").addEventListener("click", () => {
+    state.history = {a: [], b: []}; sides.forEach(render); save();
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => { setupCharts(); setupCopy(); setupPlayground(); });
 document.addEventListener("htmx:afterSwap", setupCopy);
