@@ -53,10 +53,43 @@ def test_lm_eval_harness_loads_final(tiny_model_dir: Path, alpaca_file: Path,
         [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
          f"pretrained={final},dtype=float32", "--tasks", "tunesmith_local_mc",
          "--include_path", str(tasks), "--device", "cpu", "--batch_size", "4",
-         "--output_path", str(out)], env=env, capture_output=True, text=True, timeout=540)
+         "--log_samples", "--output_path", str(out)], env=env, capture_output=True, text=True,
+        timeout=540)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     results = [json.loads(p.read_text()) for p in out.rglob("results*.json")]
     assert results, f"no results under {out}"
     acc = results[0]["results"]["tunesmith_local_mc"]["acc,none"]
-    assert 0.0 <= acc <= 1.0
     assert results[0]["n-samples"]["tunesmith_local_mc"]["effective"] == len(rows)
+    # the harness scored the same model tunesmith trained: its per-choice log-likelihoods
+    # equal ours, computed on final/ directly, and so does the accuracy
+    samples = [json.loads(line) for p in out.rglob("samples_*.jsonl")
+               for line in p.read_text().splitlines() if line.strip()]
+    ours = _loglikelihoods(final, rows)
+    assert len(samples) == len(rows)
+    for sample in samples:
+        theirs = [float(r[0][0]) for r in sample["resps"]]
+        assert theirs == pytest.approx(ours[sample["doc_id"]], abs=1e-3)
+    our_acc = sum(max(range(2), key=lambda k: ll[k]) == 0 for ll in ours) / len(rows)
+    assert acc == pytest.approx(our_acc)
+
+
+def _loglikelihoods(final: Path, rows: list[dict]) -> list[list[float]]:
+    """Sum of log-probs of `" " + choice` after the question, per row and choice (what the
+    harness computes for multiple_choice with its default target delimiter)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(final)
+    model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32).eval()
+    out = []
+    for row in rows:
+        scores = []
+        for choice in row["choices"]:
+            ctx = tok(row["question"], add_special_tokens=False).input_ids
+            whole = tok(row["question"] + " " + choice, add_special_tokens=False).input_ids
+            with torch.no_grad():
+                logits = model(torch.tensor([whole])).logits[0].log_softmax(-1)
+            scores.append(sum(float(logits[i - 1, whole[i]]) for i in range(len(ctx),
+                                                                             len(whole))))
+        out.append(scores)
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from tests.helpers.tiny import build_tokenizer
@@ -69,3 +70,17 @@ def test_epoch_batches_deterministic_and_complete() -> None:
     assert a == epoch_batches(lengths, 3, seed=1, epoch=0)
     assert a != epoch_batches(lengths, 3, seed=1, epoch=1)
     assert sorted(i for b in a for i in b) == list(range(len(lengths)))
+
+
+@pytest.mark.parametrize(("lengths", "batch_size", "expected"), [
+    ([3, 5, 8, 16], 4, 1 - 32 / 64),    # one batch padded to 16
+    ([3, 8], 1, 1 - 11 / 16),           # each padded up to a multiple of 8
+    ([8, 16, 24], 1, 0.0),              # multiples of 8: no padding at all
+])
+def test_padding_fraction_is_exact(lengths: list[int], batch_size: int,
+                                   expected: float) -> None:
+    from tunesmith.data.pipeline import padding_stats
+
+    got = padding_stats(lengths, batch_size, seed=0, group_by_length=False)
+    assert got["padding_fraction"] == pytest.approx(round(expected, 4))
+    assert got["tokens"] == sum(lengths)

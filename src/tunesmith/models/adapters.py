@@ -12,6 +12,7 @@ from torch import nn
 
 from tunesmith.config.schema import MethodConfig
 from tunesmith.errors import ConfigError, MissingDependency
+from tunesmith.models.artifacts import check_weights_safe
 from tunesmith.models.load import read_safetensors
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
@@ -87,7 +88,8 @@ def load_qlora_base(source: Any, model_cfg: Any) -> nn.Module:
     return AutoModelForCausalLM.from_pretrained(
         str(source), quantization_config=quant, dtype=torch.bfloat16,
         trust_remote_code=model_cfg.trust_remote_code,
-        attn_implementation=model_cfg.attn_implementation)
+        attn_implementation=model_cfg.attn_implementation,
+        **check_weights_safe(source, getattr(model_cfg, "allow_pickle", False)))
 
 
 def freeze_by_rule(model: nn.Module, first_layers: int, patterns: list[str]) -> list[str]:

@@ -79,7 +79,7 @@ def build_causal_lm(cfg: RunConfig, tok: Any = None, prepare: Prepare | None = N
         model = adapters.load_qlora_base(source, cfg.model)
     else:
         model = load_causal_lm(source, cfg.model.dtype, cfg.model.trust_remote_code,
-                               cfg.model.attn_implementation)
+                               cfg.model.attn_implementation, cfg.model.allow_pickle)
     prepare_model(model, cfg, precision, lora, prepare)
     model.config.use_cache = False
     if cfg.train.compile:
@@ -110,7 +110,7 @@ def build_classifier(cfg: RunConfig, tok: Any, source: Path | str, names: list[s
     precision = resolve_precision(cfg.train.precision)
     model = load_classifier(source, names, cfg.classification.multi_label, tok.pad_token_id,
                             cfg.model.dtype, cfg.model.trust_remote_code,
-                            cfg.model.attn_implementation)
+                            cfg.model.attn_implementation, cfg.model.allow_pickle)
     prepare_model(model, cfg, precision, cfg.method.type == "lora", prepare)
     chosen: dict[str, Any] = {"head": head_modules(model)}
     unfreezer = None

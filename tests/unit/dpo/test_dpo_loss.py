@@ -115,3 +115,14 @@ def test_sequence_logps_match_full_logits(tiny_model_dir: Any) -> None:
     assert got.tolist() == pytest.approx(want, abs=1e-4)
     got.sum().backward()  # checkpointed chunks give gradients
     assert model.model.embed_tokens.weight.grad is not None
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5])
+def test_ipo_by_hand(beta: float) -> None:
+    """IPO: (Δ̄ − 1/(2β))² per pair, Δ̄ the policy-minus-reference log-ratio difference
+    averaged per response token (Azar et al., 2023, as TRL computes it)."""
+    ours = dpo_loss(PC, PR, RC, RR, beta, "ipo", chosen_tokens=NC, rejected_tokens=NR)
+    for i in range(len(PC)):
+        delta = (float(PC[i]) - float(RC[i])) / int(NC[i]) \
+            - (float(PR[i]) - float(RR[i])) / int(NR[i])
+        assert float(ours.losses[i]) == pytest.approx((delta - 1 / (2 * beta)) ** 2, rel=1e-12)
