@@ -138,6 +138,7 @@ SFT_METRICS = ("val_loss", "val_perplexity", "val_token_accuracy")
 CLASSIFICATION_METRICS = ("val_loss", "val_accuracy", "val_macro_f1", "val_micro_f1",
                           "val_weighted_f1", "val_macro_precision", "val_macro_recall")
 DPO_METRICS = ("val_loss", "val_reward_accuracy", "val_reward_margin")
+KTO_METRICS = ("val_loss", "val_reward_margin")
 DISTILL_METRICS = ("val_loss", "val_distill_loss", "val_token_accuracy", "val_accuracy",
                    "val_macro_f1")
 
@@ -286,6 +287,42 @@ class DPOConfig(_Section):
         "on disk, keyed by data and model). `auto`: adapter for LoRA, else precompute."))
 
 
+class KTOConfig(_Section):
+    beta: float = Field(0.1, gt=0, description=(
+        "β: strength of the pull toward the reference model (higher = closer)."))
+    desirable_weight: float = Field(1.0, gt=0, description=(
+        "Weight of the loss of desirable rows (thumbs up). With unequal counts, keep "
+        "desirable_weight·n_desirable / (undesirable_weight·n_undesirable) in [1, 4/3]."))
+    undesirable_weight: float = Field(1.0, gt=0, description=(
+        "Weight of the loss of undesirable rows (thumbs down)."))
+    prompt_field: str = Field("prompt", description=(
+        "Field holding the prompt: a string or a list of chat messages."))
+    completion_field: str = Field("completion", description=(
+        "Field holding the rated response: a string, an assistant message or a list of them."))
+    label_field: str = Field("label", description=(
+        "Field holding the rating: true/false, 1/0, or \"desirable\"/\"undesirable\"."))
+    reference: Literal["auto", "adapter", "precompute"] = Field("auto", description=(
+        "Reference log-probabilities, as `dpo.reference`: `adapter` (LoRA: adapter "
+        "disabled), `precompute` (once before training, cached on disk), `auto`."))
+
+
+class ORPOConfig(_Section):
+    beta: float = Field(0.1, gt=0, description=(
+        "λ: weight of the odds-ratio term added to the NLL of the chosen response "
+        "(TRL's ORPOConfig.beta)."))
+
+
+class SimPOConfig(_Section):
+    beta: float = Field(2.0, gt=0, description=(
+        "β: scale of the length-normalised reward (mean log-probability per token)."))
+    gamma: float = Field(1.0, ge=0, description=(
+        "γ: target reward margin; the loss is -log σ(β·Δ̄ - γ) (TRL's CPOConfig.simpo_gamma)."))
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description=(
+        "Assumed probability that a preference label is flipped."))
+    sft_weight: float = Field(0.0, ge=0, description=(
+        "Weight of an added NLL of the chosen response (TRL's CPOConfig.cpo_alpha)."))
+
+
 class DistillConfig(_Section):
     teacher: str | None = Field(None, description=(
         "Teacher: an embedded model, checkpoint directory or tunesmith run directory. Its "
@@ -321,10 +358,13 @@ class OutputConfig(_Section):
 class RunConfig(_Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description=(
         "Run name; outputs go to `<output.dir>/<name>/`."))
-    task: Literal["sft", "classification", "dpo", "distill"] = Field("sft", description=(
-        "What to train: `sft` (causal LM on chat/instruction data), `classification` "
-        "(a sequence-classification head on an encoder or decoder model), `dpo` (preference "
-        "tuning on chosen/rejected pairs) or `distill` (a student learns from a teacher)."))
+    task: Literal["sft", "classification", "dpo", "distill", "kto", "orpo", "simpo"] = Field(
+        "sft", description=(
+            "What to train: `sft` (causal LM on chat/instruction data), `classification` "
+            "(a sequence-classification head on an encoder or decoder model), `dpo` "
+            "(preference tuning on chosen/rejected pairs), `distill` (a student learns from "
+            "a teacher), `kto` (single thumbs up/down ratings), `orpo` or `simpo` "
+            "(chosen/rejected pairs without a reference model)."))
     model: ModelConfig = Field(default_factory=ModelConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -334,6 +374,11 @@ class RunConfig(_Section):
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="Settings for `task: dpo`.")
     distill: DistillConfig = Field(default_factory=DistillConfig,
                                    description="Settings for `task: distill`.")
+    kto: KTOConfig = Field(default_factory=KTOConfig, description="Settings for `task: kto`.")
+    orpo: ORPOConfig = Field(default_factory=ORPOConfig,
+                             description="Settings for `task: orpo` (pairs read as `dpo:`).")
+    simpo: SimPOConfig = Field(default_factory=SimPOConfig,
+                               description="Settings for `task: simpo` (pairs read as `dpo:`).")
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -353,7 +398,8 @@ class RunConfig(_Section):
                             "data.val_split")
         metric = self.train.early_stopping.metric
         allowed = {"classification": CLASSIFICATION_METRICS, "dpo": DPO_METRICS,
-                   "distill": DISTILL_METRICS}.get(self.task, SFT_METRICS)
+                   "distill": DISTILL_METRICS, "kto": KTO_METRICS, "orpo": DPO_METRICS,
+                   "simpo": DPO_METRICS}.get(self.task, SFT_METRICS)
         if metric not in allowed:
             problems.append(f"train.early_stopping.metric {metric} is not computed by task "
                             f"{self.task}; use one of {', '.join(allowed)}")
@@ -372,9 +418,10 @@ class RunConfig(_Section):
         problems = []
         if self.task == "distill" and not self.distill.teacher:
             problems.append("task distill needs distill.teacher (a model name or run directory)")
-        if self.dpo.reference == "adapter" and self.method.type != "lora":
-            problems.append("dpo.reference adapter needs method.type lora (with full or freeze "
-                            "fine-tuning use dpo.reference precompute)")
+        for section in ("dpo", "kto"):
+            if getattr(self, section).reference == "adapter" and self.method.type != "lora":
+                problems.append(f"{section}.reference adapter needs method.type lora (with full "
+                                f"or freeze fine-tuning use {section}.reference precompute)")
         if self.data.mixture is not None:
             if self.task != "sft":
                 problems.append(f"data.mixture works with task sft, not {self.task}")

@@ -119,6 +119,19 @@ def to_pair(row: Row, fmt: str, dcfg: DPOConfig, system_prompt: str | None = Non
             _chat(context, rejected, row.where, names[2]))
 
 
+def response_example(prompt: Any, response: Any, where: str, names: tuple[str, str],
+                     system_prompt: str | None = None) -> Example:
+    """One (prompt, response) record as an Example, read as one side of a pair is: raw text
+    when both are strings, else through the chat template (KTO's unpaired rows)."""
+    if isinstance(prompt, str) and isinstance(response, str):
+        if not response.strip():
+            raise DataError("response is empty", where=f"{where} field {names[1]}",
+                            got=response, fix="give the response text, or drop the record")
+        return Example("completion", where, prompt=prompt, completion=response)
+    context = _prompt_messages(prompt, where, names[0], system_prompt)
+    return _chat(context, response, where, names[1])
+
+
 def _as_text(value: Any) -> str:
     if isinstance(value, str):
         return value.strip()

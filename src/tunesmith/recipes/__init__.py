@@ -10,13 +10,14 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from tunesmith.recipes import classify, distill, dpo, sft
+from tunesmith.recipes import classify, distill, dpo, kto, sft
 
 RECIPES: dict[str, ModuleType] = {
     "sft": sft,
     "classification": classify,
     "dpo": dpo,
     "distill": distill,
+    "kto": kto,
 }
 
 

@@ -105,7 +105,8 @@ def feedback_export(output: Annotated[Path, typer.Option("-o", "--output",
                                                          help="JSONL file to write.")],
                     data_dir: DataDir = Path(DEFAULT_DATA_DIR), db: DbUrl = None,
                     format: Annotated[str, typer.Option(
-                        "--format", help="sft (messages) or dpo (prompt/chosen/rejected).")
+                        "--format", help="sft (messages), dpo (prompt/chosen/rejected) or "
+                        "kto (prompt/completion/label: every rating).")
                                       ] = "sft",
                     model: Annotated[Optional[str], typer.Option(
                         help="Only completions of this served model.")] = None,
@@ -113,12 +114,14 @@ def feedback_export(output: Annotated[Path, typer.Option("-o", "--output",
                         help="chat (/v1/chat/completions) or text (/v1/completions).")
                                     ] = "chat",
                     ) -> None:
-    """Turn feedback into the next training set (SFT corrections/upvotes, or DPO pairs)."""
+    """Turn feedback into the next training set (SFT corrections/upvotes, DPO pairs, or KTO
+    rows)."""
     # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.serve.feedback.export import export_feedback
 
-    if format not in ("sft", "dpo"):
-        raise UsageError("unknown --format", where="--format", got=format, fix="use sft or dpo")
+    if format not in ("sft", "dpo", "kto"):
+        raise UsageError("unknown --format", where="--format", got=format,
+                         fix="use sft, dpo or kto")
     if kind not in ("chat", "text"):
         raise UsageError("unknown --kind", where="--kind", got=kind, fix="use chat or text")
     n = export_feedback(_db_url(data_dir, db), output, format, model=model, kind=kind)

@@ -13,6 +13,10 @@ at least 0.5) and *bad* when rated down (or scored below 0.5).
   group: ``{"prompt": [...messages...], "chosen": [{"role": "assistant", ...}],
   "rejected": [...]}`` (TRL's conversational preference format; plain strings for text
   completions).
+- ``kto``: one row per rated choice — ``{"prompt", "completion", "label"}`` with ``label``
+  true for a good choice, false for a bad one — plus a desirable row per correction (TRL's
+  unpaired preference format, what ``task: kto`` reads). Single ratings need no pairing,
+  so nothing rated is lost.
 
 Every row carries ``provenance`` (completion ids, feedback ids, model, time) so a
 training example can be traced back to the requests that produced it.
@@ -142,6 +146,25 @@ def dpo_rows(items: list[ChoiceFeedback]) -> list[dict[str, Any]]:
     return rows
 
 
+def kto_rows(items: list[ChoiceFeedback]) -> list[dict[str, Any]]:
+    rows = []
+    for cf in items:
+        prompt = list(cf.prompt) if cf.kind == "chat" else cf.prompt
+        rated = [(cf.output, cf.good, "upvoted" if cf.good else "downvoted")] \
+            if cf.rating is not None and cf.output.strip() else []
+        if cf.correction and cf.correction.strip():
+            rated.append((cf.correction, True, "correction"))
+        for text, good, how in rated:
+            completion: Any = [{"role": "assistant", "content": text}] \
+                if cf.kind == "chat" else text
+            rows.append({"prompt": prompt, "completion": completion, "label": good,
+                         "provenance": {**cf.provenance(), "source": how}})
+    return rows
+
+
+ROWS = {"sft": sft_rows, "dpo": dpo_rows, "kto": kto_rows}
+
+
 def export_feedback(db_url: str, output: Path, fmt: str, model: str | None = None,
                     kind: str = "chat") -> int:
     """Write the rows (atomically) and return how many there are."""
@@ -150,7 +173,7 @@ def export_feedback(db_url: str, output: Path, fmt: str, model: str | None = Non
         items = collect(db, model, kind)
     finally:
         db.dispose()
-    rows = sft_rows(items) if fmt == "sft" else dpo_rows(items)
+    rows = ROWS[fmt](items)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return len(rows)
