@@ -15,7 +15,7 @@ tokenizers, UTF-8 encoders and PostgreSQL refuse. The server's own limits (``max
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 

@@ -20,9 +20,9 @@ from sqlalchemy import Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 from starlette.concurrency import run_in_threadpool
 
+from tunesmith.serve.api import schemas
 from tunesmith.serve.api.completions import CompletionRecord, new_id
 from tunesmith.serve.api.errors import APIError
-from tunesmith.serve.api import schemas
 from tunesmith.serve.db import Base, Database
 
 

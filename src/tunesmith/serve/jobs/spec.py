@@ -8,9 +8,11 @@ The request has OpenAI's shape (``model``, ``training_file``, ``validation_file`
 
 ``"auto"`` hyperparameters resolve to documented defaults once the training file's size is
 known: ``n_epochs`` 3, ``batch_size`` min(8, examples), ``learning_rate_multiplier`` 1 (times
-the base rate in ``config.schema.BASE_LR``: supervised 2e-4 for LoRA, 2e-5 for full/freeze; dpo 5e-5 for
-LoRA, 1e-6 for full/freeze), ``beta`` 0.1. Every problem becomes an ``APIError`` (400,
-or 404 for an unknown model or file) naming the parameter.
+the base rate in ``config.schema.BASE_LR``: supervised 2e-4 for LoRA, 2e-5 for full/freeze;
+dpo 5e-5 for LoRA, 1e-6 for full/freeze), ``beta`` 0.1. Every problem becomes an ``APIError``
+(400, or 404 for an unknown model or file) naming the parameter. Every value is bounded
+(lengths, counts, finite numbers, storable text), and the base model is one the server may
+train (:func:`resolve_base`).
 """
 
 from __future__ import annotations
