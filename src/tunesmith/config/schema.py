@@ -141,6 +141,10 @@ DPO_METRICS = ("val_loss", "val_reward_accuracy", "val_reward_margin")
 KTO_METRICS = ("val_loss", "val_reward_margin")
 DISTILL_METRICS = ("val_loss", "val_distill_loss", "val_token_accuracy", "val_accuracy",
                    "val_macro_f1")
+TOKEN_CLASSIFICATION_METRICS = ("val_loss", "val_entity_f1", "val_entity_precision",
+                                "val_entity_recall", "val_entity_macro_f1",
+                                "val_token_accuracy")
+QA_METRICS = ("val_loss", "val_exact_match", "val_f1")
 
 
 class EarlyStoppingConfig(_Section):
@@ -149,15 +153,19 @@ class EarlyStoppingConfig(_Section):
     metric: Literal["val_loss", "val_perplexity", "val_token_accuracy", "val_accuracy",
                     "val_macro_f1", "val_micro_f1", "val_weighted_f1", "val_macro_precision",
                     "val_macro_recall", "val_reward_accuracy", "val_reward_margin",
-                    "val_distill_loss"] = Field(
+                    "val_distill_loss", "val_entity_f1", "val_entity_precision",
+                    "val_entity_recall", "val_entity_macro_f1", "val_exact_match",
+                    "val_f1"] = Field(
         "val_loss", description=(
             "Metric watched for early stopping and `best/`. `sft`: val_loss, val_perplexity, "
             "val_token_accuracy. `classification`: val_loss, val_accuracy, val_macro_f1, "
             "val_micro_f1, val_weighted_f1, val_macro_precision, val_macro_recall. `dpo`: "
             "val_loss, val_reward_accuracy, val_reward_margin. `distill`: val_loss, "
             "val_distill_loss, and val_token_accuracy (causal LM) or val_accuracy, "
-            "val_macro_f1 (classifier). Losses and perplexity improve downward, the others "
-            "upward."))
+            "val_macro_f1 (classifier). `token_classification`: val_loss, val_entity_f1, "
+            "val_entity_precision, val_entity_recall, val_entity_macro_f1, "
+            "val_token_accuracy. `extractive_qa`: val_loss, val_exact_match, val_f1. Losses "
+            "and perplexity improve downward, the others upward."))
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
 
 
@@ -350,6 +358,62 @@ class DistillConfig(_Section):
         "(0-based indices, or `every_other`), initialised from its weights."))
 
 
+class TokenClassificationConfig(_Section):
+    tokens_field: str = Field("tokens", description=(
+        "Field holding the sentence as a list of words."))
+    tags_field: str = Field("ner_tags", description=(
+        "Field holding one tag per word: names (`B-PER`) or integer ids into `labels`."))
+    labels: list[str] | None = Field(None, description=(
+        "Tag names in id order (a hub dataset's `ner_tags` feature names); needed when the "
+        "tags are integer ids, and tag names must then be in it. Unset: the entity types "
+        "come from the training data."))
+    scheme: Literal["auto", "iob2", "iob1", "iobes"] = Field("auto", description=(
+        "Tag scheme of the data, converted to IOB2 (what the model learns and predicts). "
+        "`auto`: IOBES when E-/S- tags occur, IOB1 when entities open with I- and B- only "
+        "separates neighbours, else IOB2."))
+    invalid_tags: Literal["repair", "error"] = Field("repair", description=(
+        "An `I-X` (IOBES: also `E-X`) that does not continue an `X` entity: `repair` reads "
+        "it as `B-X` (counted, with a warning naming the first), `error` stops with its "
+        "file:line."))
+    subword_labels: Literal["first", "all"] = Field("first", description=(
+        "Which sub-tokens of a word carry its tag in training: `first` (the others are "
+        "masked from the loss) or `all` (the continuations of a `B-X` word get `I-X`). "
+        "Prediction and metrics read each word's first sub-token."))
+    class_weights: Literal["none", "balanced"] | list[float] = Field("none", description=(
+        "Loss weight per tag: `none`, `balanced` (n / (n_tags * count) over the labelled "
+        "training sub-tokens, as scikit-learn) or one positive weight per tag in label "
+        "order (`O` first, then `B-`/`I-` per type)."))
+    max_length: int = Field(256, ge=8, description=(
+        "Maximum tokens per sentence; longer ones are cut (their later words count as "
+        "predicted `O`) or dropped with `data.truncation: drop`, counted either way."))
+
+
+class ExtractiveQAConfig(_Section):
+    context_field: str = Field("context", description="Field holding the passage.")
+    question_field: str = Field("question", description="Field holding the question.")
+    answers_field: str = Field("answers", description=(
+        "Field holding the answers: `{text: [...], answer_start: [...]}` (the hub's SQuAD) "
+        "or a list of `{text, answer_start}`; empty for an unanswerable question. SQuAD's "
+        "own JSON file (`data` > `paragraphs` > `qas`) is read as well."))
+    id_field: str = Field("id", description="Field holding the question id (optional).")
+    max_length: int = Field(384, ge=32, description=(
+        "Tokens per window (question, context part and special tokens)."))
+    doc_stride: int = Field(128, ge=0, description=(
+        "Tokens shared by consecutive windows of a context longer than one window, so an "
+        "answer cut by one window's edge lies whole in the next."))
+    max_answer_length: int = Field(30, ge=1, description=(
+        "Longest answer considered, in tokens."))
+    n_best: int = Field(20, ge=1, description=(
+        "Start and end candidates per window in the best-span search."))
+    allow_no_answer: bool | None = Field(None, description=(
+        "SQuAD v2-style: a question may have no answer (predicted when the no-answer score "
+        "beats the best span by more than `null_threshold`). Unset: on when any training "
+        "or validation question has no answer."))
+    null_threshold: float | None = Field(None, description=(
+        "No answer when (no-answer score - best span score) exceeds this. Unset: chosen on "
+        "the validation set (the SQuAD v2 script's best-F1 threshold), else 0."))
+
+
 class OutputConfig(_Section):
     dir: str = Field("runs", description="Parent directory of run directories.")
     tensorboard: bool = Field(True, description="Write TensorBoard logs under `tb/`.")
@@ -358,13 +422,17 @@ class OutputConfig(_Section):
 class RunConfig(_Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description=(
         "Run name; outputs go to `<output.dir>/<name>/`."))
-    task: Literal["sft", "classification", "dpo", "distill", "kto", "orpo", "simpo"] = Field(
+    task: Literal["sft", "classification", "dpo", "distill", "kto", "orpo", "simpo",
+                  "token_classification", "extractive_qa"] = Field(
         "sft", description=(
             "What to train: `sft` (causal LM on chat/instruction data), `classification` "
             "(a sequence-classification head on an encoder or decoder model), `dpo` "
             "(preference tuning on chosen/rejected pairs), `distill` (a student learns from "
             "a teacher), `kto` (single thumbs up/down ratings), `orpo` or `simpo` "
-            "(chosen/rejected pairs without a reference model)."))
+            "(chosen/rejected pairs without a reference model). "
+            "`token_classification` (a tag per word: NER) and `extractive_qa` (answer "
+            "spans in a context, SQuAD-style) put a token or span head on an "
+            "encoder or decoder."))
     model: ModelConfig = Field(default_factory=ModelConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -374,6 +442,11 @@ class RunConfig(_Section):
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="Settings for `task: dpo`.")
     distill: DistillConfig = Field(default_factory=DistillConfig,
                                    description="Settings for `task: distill`.")
+    token_classification: TokenClassificationConfig = Field(
+        default_factory=TokenClassificationConfig,
+        description="Settings for `task: token_classification`.")
+    extractive_qa: ExtractiveQAConfig = Field(default_factory=ExtractiveQAConfig,
+                                              description="Settings for `task: extractive_qa`.")
     kto: KTOConfig = Field(default_factory=KTOConfig, description="Settings for `task: kto`.")
     orpo: ORPOConfig = Field(default_factory=ORPOConfig,
                              description="Settings for `task: orpo` (pairs read as `dpo:`).")
@@ -387,9 +460,11 @@ class RunConfig(_Section):
         if self.method.unfreeze is not None and self.method.type in ("lora", "qlora"):
             problems.append("method.unfreeze works with method.type full or freeze, not "
                             f"{self.method.type}")
-        if self.method.type == "qlora" and self.task == "classification":
+        if self.method.type == "qlora" and self.task in ("classification",
+                                                         "token_classification",
+                                                         "extractive_qa"):
             problems.append("method.type qlora is for causal LMs (task sft, dpo, distill), "
-                            "not classification; use lora")
+                            f"not {self.task}; use lora")
         if self.method.unfreeze is not None and not (
                 self.method.unfreeze.every_steps or self.method.unfreeze.per_epoch):
             problems.append("method.unfreeze needs every_steps: N or per_epoch: true")
@@ -397,7 +472,9 @@ class RunConfig(_Section):
             problems.append("train.early_stopping.patience needs data.validation or "
                             "data.val_split")
         metric = self.train.early_stopping.metric
-        allowed = {"classification": CLASSIFICATION_METRICS, "dpo": DPO_METRICS,
+        allowed = {"token_classification": TOKEN_CLASSIFICATION_METRICS,
+                   "extractive_qa": QA_METRICS,
+                   "classification": CLASSIFICATION_METRICS, "dpo": DPO_METRICS,
                    "distill": DISTILL_METRICS, "kto": KTO_METRICS, "orpo": DPO_METRICS,
                    "simpo": DPO_METRICS}.get(self.task, SFT_METRICS)
         if metric not in allowed:
