@@ -10,7 +10,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from tunesmith.recipes import classify, distill, dpo, kto, sft
+from tunesmith.recipes import classify, distill, dpo, kto, preference_free, sft
 
 RECIPES: dict[str, ModuleType] = {
     "sft": sft,
@@ -18,6 +18,8 @@ RECIPES: dict[str, ModuleType] = {
     "dpo": dpo,
     "distill": distill,
     "kto": kto,
+    "orpo": preference_free,
+    "simpo": preference_free,
 }
 
 
