@@ -27,15 +27,16 @@ def _form(html: str) -> dict[str, str]:
 
 
 def _field(html: str, path: str) -> str:
+    """The problems shown beside a field (in the page, or as an out-of-band swap)."""
     fid = path.replace(".", "--")
-    return html.split(f'id="f-{fid}"', 1)[1].split('<div class="field', 1)[0]
+    return html.split(f'id="pr-{fid}"', 1)[1].split("</div>\n", 1)[0]
 
 
 def test_form_is_generated_from_the_schema(studio: StudioClient) -> None:
     from tunesmith.config.schema import TrainConfig
 
     html = studio.get("/studio/new").text
-    lr = _field(html, "train.lr")
+    lr = html.split('id="f-train--lr"', 1)[1].split('<div class="field', 1)[0]
     assert TrainConfig.model_fields["lr"].description in lr
     assert f"default: <code>{TrainConfig.model_fields['lr'].default}" in lr
     assert 'data-section="classification"' in html and 'data-section="dpo"' in html

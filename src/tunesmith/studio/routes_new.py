@@ -95,7 +95,7 @@ def _render(request: Request, start: str | None, values: dict[str, str],
                choices=_choices(request))
     if full:
         return page(request, "new.html", title="New run", active="new", **ctx)
-    return fragment("new_form.html", **ctx)
+    return fragment("new_check.html", fields=list(form.FIELDS), **ctx)
 
 
 def _save_draft(request: Request, start: str | None, values: dict[str, str]) -> None:
