@@ -91,3 +91,10 @@ def runs_dir(tmp_path: Path) -> Path:
 def studio(tmp_path: Path, runs_dir: Path) -> Iterator[StudioClient]:
     with make_studio(tmp_path / "data", runs_dir) as client:
         yield StudioClient(client)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.helpers.tiny import build_tiny_model_dir
+
+    return build_tiny_model_dir(tmp_path_factory.mktemp("studio-tiny") / "tiny")
