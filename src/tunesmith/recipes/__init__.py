@@ -10,11 +10,13 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from tunesmith.recipes import classify, distill, dpo, kto, preference_free, sft
+from tunesmith.recipes import classify, distill, dpo, kto, preference_free, qa, sft, token_classify
 
 RECIPES: dict[str, ModuleType] = {
     "sft": sft,
     "classification": classify,
+    "token_classification": token_classify,
+    "extractive_qa": qa,
     "dpo": dpo,
     "distill": distill,
     "kto": kto,
