@@ -8,6 +8,7 @@ serve`` never calls this, so it keeps working without the UI.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from tunesmith.studio import (
     routes_runs,
 )
 from tunesmith.studio.auth import Sessions, StudioGate, load_secret
-from tunesmith.studio.render import static_dir
+from tunesmith.studio.render import compile_templates, static_dir
+from tunesmith.studio.runs import list_runs
 
 REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
@@ -51,11 +53,21 @@ class StudioState:
                     self.configs_dirs.append(c)
 
 
+def _read_runs_once(app: FastAPI) -> None:
+    """Read every run directory once in the background at start-up, so that the first
+    Runs page does not pay for the first look at hundreds of directories."""
+    state = app.state
+    threading.Thread(target=list_runs, args=(state.db, Path(state.settings.data_dir),
+                                             state.studio.runs_dirs),
+                     name="studio-warm-up", daemon=True).start()
+
+
 def create_studio_app(settings: ServeSettings, studio: StudioState | None = None,
                       pool: ModelPool | None = None) -> FastAPI:
     """serve's app with the studio included (routes, static files, sessions)."""
     app = create_app(settings, pool=pool)
     app.state.studio = studio or StudioState()
+    compile_templates()
     (Path(settings.data_dir) / "studio").mkdir(parents=True, exist_ok=True)
     app.mount("/studio/static", StaticFiles(directory=static_dir()), name="studio-static")
     for module in (routes_login, routes_runs, routes_new, routes_data, routes_eval,
@@ -67,6 +79,7 @@ def create_studio_app(settings: ServeSettings, studio: StudioState | None = None
         return RedirectResponse("/studio/runs", status_code=303)
 
     app.include_router(routes_login.fallback)  # last: unknown studio URLs get a page
+    app.state.startup.append(lambda: _read_runs_once(app))
     sessions = Sessions(load_secret(settings.data_dir), settings.api_key)
     app.state.studio_sessions = sessions
     app.add_middleware(StudioGate, sessions=sessions, api_key=settings.api_key)

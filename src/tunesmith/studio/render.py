@@ -126,5 +126,11 @@ class StudioRoute(APIRoute):
         return guarded
 
 
+def compile_templates() -> None:
+    """Compile every template once at start-up, not on the first request of each page."""
+    for name in env.list_templates(extensions=["html"]):
+        env.get_template(name)
+
+
 def static_dir() -> Path:
     return Path(__file__).parent / "static"

@@ -53,19 +53,78 @@ class MetricsTail:
             chunk = fh.read(st.st_size - self.offset)
         complete = chunk[:chunk.rfind(b"\n") + 1]
         self.offset += len(complete)
-        new = []
-        for line in complete.splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("step"), int):
-                new.append(row)
+        lines = [line for line in complete.splitlines() if line.strip()]
+        try:  # one parse for the whole chunk: 200 runs' files read cold in well under 1 s
+            parsed = json.loads(b"[" + b",".join(lines) + b"]")
+        except ValueError:  # a damaged line: keep the others
+            parsed = [_loads(line) for line in lines]
+        new = [row for row in parsed
+               if isinstance(row, dict) and isinstance(row.get("step"), int)]
         self.rows.extend(new)
         return new
 
 
+@dataclass
+class MetricsSummary:
+    """What the runs list needs of a ``metrics.jsonl`` — the last trained step, the best
+    validation loss, the first and last times — read incrementally, parsing only the lines
+    that carry them (the list reads 200 runs' files; the run page parses one in full)."""
+
+    ident: tuple[int, int] = (0, 0)
+    offset: int = 0
+    first: dict[str, Any] | None = None
+    last: dict[str, Any] | None = None
+    best: dict[str, Any] | None = None
+
+    def refresh(self, path: Path) -> MetricsSummary:
+        try:
+            st = path.stat()
+        except OSError:
+            return self
+        if (st.st_dev, st.st_ino) != self.ident or st.st_size < self.offset:
+            self.__init__((st.st_dev, st.st_ino))  # type: ignore[misc]
+        if st.st_size == self.offset:
+            return self
+        with path.open("rb") as fh:
+            fh.seek(self.offset)
+            chunk = fh.read(st.st_size - self.offset)
+        complete = chunk[:chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        lines = complete.splitlines()
+        trained = [ln for ln in lines if b'"loss"' in ln]
+        for line in trained[:1] if self.first is None else []:
+            self.first = _loads(line)
+        for line in reversed(trained):
+            row = _loads(line)
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                self.last = row
+                break
+        for line in lines:
+            if b'"val_loss"' in line:
+                row = _loads(line)
+                if isinstance(row, dict) and isinstance(row.get("val_loss"), (int, float)) \
+                        and (self.best is None or row["val_loss"] < self.best["val_loss"]):
+                    self.best = row
+        return self
+
+
+_SUMMARIES: dict[Path, MetricsSummary] = {}
+
+
+def metrics_summary(run_dir: Path) -> MetricsSummary:
+    path = Path(run_dir) / "metrics.jsonl"
+    return _SUMMARIES.setdefault(path, MetricsSummary()).refresh(path)
+
+
+def _loads(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
 _TAILS: dict[Path, MetricsTail] = {}
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
 _CONFIGS: dict[Path, tuple[float, dict[str, Any]]] = {}
 
 
@@ -96,7 +155,7 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     if cached and cached[0] == mtime:
         return cached[1]
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER) or {}
     except (OSError, yaml.YAMLError):
         data = {}
     _CONFIGS[path] = (mtime, data)
@@ -142,13 +201,12 @@ def summarize(info: RunInfo) -> RunInfo:
     """Fill step, best metric and (for CLI runs) status from the run directory."""
     if info.dir is None or not info.dir.is_dir():
         return info
-    rows = metrics_rows(info.dir)
-    steps = [r["step"] for r in rows if "loss" in r]
-    info.step = steps[-1] if steps else info.step
-    evals = [r for r in rows if "val_loss" in r]
-    if evals:
-        best = min(evals, key=lambda r: r["val_loss"])
-        info.best = {"metric": "val_loss", "value": best["val_loss"], "step": best["step"]}
+    summary = metrics_summary(info.dir)
+    if summary.last is not None:
+        info.step = summary.last["step"]
+    if summary.best is not None:
+        info.best = {"metric": "val_loss", "value": summary.best["val_loss"],
+                     "step": summary.best["step"]}
     cfg = read_config(info.dir)
     info.task = info.task or cfg.get("task")
     info.model = info.model or (cfg.get("model") or {}).get("name")
@@ -160,9 +218,11 @@ def summarize(info: RunInfo) -> RunInfo:
         info.reason = info.status_info.get("reason")
         if info.status == "completed" and info.step:
             info.total = info.step
-        if info.status == "running" and info.total and rows and len(steps) > 1:
-            per_step = (rows[-1]["time"] - rows[0]["time"]) / max(1, steps[-1] - steps[0])
-            info.eta_s = per_step * max(0, info.total - steps[-1])
+        first, last = summary.first, summary.last
+        if info.status == "running" and info.total and first and last and \
+                last["step"] > first["step"] and "time" in first and "time" in last:
+            per_step = (last["time"] - first["time"]) / (last["step"] - first["step"])
+            info.eta_s = per_step * max(0, info.total - last["step"])
     return info
 
 
