@@ -32,6 +32,7 @@ from tunesmith.export.cli import register as register_export
 from tunesmith.inference.predict_cli import register as register_predict
 from tunesmith.io import atomic_write_text, looks_like_hub_id
 from tunesmith.models.registry import EMBEDDED, is_ready, package_path, pull, resolve_model_dir
+from tunesmith.rag.cli import register as register_rag
 from tunesmith.serve.cli import register as register_serve
 from tunesmith.serve.jobs.cli import register as register_jobs
 from tunesmith.studio.cli import register as register_studio
@@ -61,6 +62,7 @@ def _register_subcommands() -> None:
     register_jobs(app)  # jobs list / worker
     register_sweep(app)
     register_studio(app)  # studio: the web UI over serve's app
+    register_rag(app, data_app)  # rag index/query/eval, data rag-sft
 
 
 def _quiet_libraries() -> None:

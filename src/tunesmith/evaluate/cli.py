@@ -86,8 +86,23 @@ def eval_command(
     limit: Annotated[Optional[int], typer.Option(help="Use the first N rows.")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.")] = 1000,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    shots: Annotated[int, typer.Option(
+        help="Few-shot baseline: K solved examples from --shots-from as earlier chat turns "
+        "(generation and zero-shot).")] = 0,
+    shots_from: Annotated[Optional[str], typer.Option(
+        help="File of solved examples (the task's training rows) to draw shots from.")] = None,
+    shots_select: Annotated[str, typer.Option(
+        help="random (seeded), bm25 or embedding (nearest to the input).")] = "random",
+    rag: Annotated[Optional[str], typer.Option(
+        help="Retrieval baseline: an index from `tunesmith rag index`; top passages go "
+        "before the question.")] = None,
+    rag_k: Annotated[int, typer.Option(help="Passages retrieved per example.")] = 3,
+    embedder: Annotated[Optional[str], typer.Option(
+        help="Sentence encoder for --shots-select embedding (default minilm-l6).")] = None,
 ) -> None:
-    """Evaluate models on a file: metrics, predictions, side-by-side comparison, report."""
+    """Evaluate models on a file: metrics, predictions, side-by-side comparison, report.
+
+    Every eval reports prompt tokens and latency per example beside quality."""
     # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.evaluate.runner import run_eval
     from tunesmith.evaluate.tasks import EvalSettings
@@ -100,7 +115,8 @@ def eval_command(
                             normalize=normalize, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_p=top_p, seed=seed, system=system,
                             batch_size=batch_size, max_length=max_length, limit=limit,
-                            bootstrap=bootstrap, dtype=dtype)
+                            bootstrap=bootstrap, dtype=dtype, shots=shots, shots_from=shots_from,
+                            shots_select=shots_select, embedder=embedder, rag=rag, rag_k=rag_k)
     with _progress("eval") as update:
         summary = run_eval(models, data, output, settings, update)
     table = Table(title=f"{summary['task']} · {summary['examples']} examples",
@@ -110,6 +126,9 @@ def eval_command(
         table.add_column(escape(m["name"]), justify="right")
     for k in summary["models"][0]["metrics"]:
         table.add_row(k, *[f"{m['metrics'][k]:.4f}" for m in summary["models"]])
+    table.add_row("prompt tokens", *[f"{m['cost']['prompt_tokens']:.1f}"
+                                     for m in summary["models"]])
+    table.add_row("latency ms", *[f"{m['cost']['latency_ms']:.1f}" for m in summary["models"]])
     out.print(table)
     for c in summary["comparison"]:
         mark = "[bold]*[/]" if c["significant"] else " "

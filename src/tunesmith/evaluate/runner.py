@@ -26,6 +26,8 @@ from tunesmith.data.readers import read_rows
 from tunesmith.device import DTYPES, inference_dtype
 from tunesmith.errors import ConfigError
 from tunesmith.evaluate import tasks as T
+from tunesmith.evaluate.augment import prepare
+from tunesmith.evaluate.cost import cost_section, cost_summary
 from tunesmith.evaluate.metrics import (
     INFO,
     GenerationScorer,
@@ -257,6 +259,10 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
             T.build_labelled(rows, ml.get(src, replace(s, prompt_template=None)), known,
                              task == "multi-label")
 
+    # few-shot demonstrations and retrieved passages: chosen once, fitted per model
+    aug_task = next(iter(items), task_of[0])
+    aug = prepare(items.get(aug_task, []), s, aug_task,
+                  T.zero_shot_labels(rows, s) if aug_task == "zero-shot" else None)
     results, taken, signatures = [], set(), {}
     for name, src, kind, task in zip(models, sources, kinds, task_of):
         dirname = slug(name, taken)
@@ -275,7 +281,8 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
                 counts)
         elif task == "generation":
             scorer = GenerationScorer(metrics)
-            records = T.run_generation(model, tok, items["generation"], s, scorer, progress)
+            its = aug.apply(items["generation"], model, tok) if aug else items["generation"]
+            records = T.run_generation(model, tok, its, s, scorer, progress)
             signatures = scorer.signatures()
         elif task == "lm":
             records = T.run_lm(model, tok, items["lm"], s, progress)
@@ -287,7 +294,8 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
                                        progress, read_classifier_info(src).get("max_length") or 512)
         else:
             names = T.zero_shot_labels(rows, s)
-            records = T.run_zero_shot(model, tok, items["zero-shot"], s, names, progress)
+            its = aug.apply(items["zero-shot"], model, tok) if aug else items["zero-shot"]
+            records = T.run_zero_shot(model, tok, its, s, names, progress)
         T.check_finite(records, name)
         del model
         gc.collect()
@@ -330,7 +338,7 @@ def _summarise(label: str, name: str, dirname: str, path: str, task: str, metric
     run = run_dir_of(name)
     out: dict[str, Any] = {"name": label, "dir": dirname, "path": path, "task": task,
                            "run_dir": str(run) if run else None, "metrics": values, "ci95": ci,
-                           "records": records}
+                           "cost": cost_summary(records), "records": records}
     if counts is not None:  # multi-label: streamed batch by batch while predicting
         out["classification"] = counts.compute()
     elif names is not None:
@@ -388,6 +396,9 @@ def _write(out: Path, summary: dict[str, Any], results: list[dict[str, Any]]) ->
                 {**{k: v for k, v in r.items() if k != "records"}, "data": summary["data"],
                  "settings": summary["settings"]}, indent=1, default=str), encoding="utf-8")
         atomic_write_text(tmp / "metrics.json", json.dumps(summary, indent=1, default=str))
-        write_report(tmp, eval_report(summary, {r["name"]: r["records"] for r in results}))
+        rep = eval_report(summary, {r["name"]: r["records"] for r in results})
+        at = next((i + 1 for i, sec in enumerate(rep.sections) if sec.id == "metrics"), 0)
+        rep.sections.insert(at, cost_section(results))
+        write_report(tmp, rep)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import string
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,7 @@ from tunesmith.data.templates import Encoder
 from tunesmith.errors import ConfigError, DataError, TunesmithError
 from tunesmith.evaluate.metrics import GenerationScorer, example_f1
 from tunesmith.evaluate.scoring import score_encoded
-from tunesmith.inference.generate import GenerationSettings, Prompt, generate
+from tunesmith.inference.generate import GenerationSettings, Prompt, generate, render_prompt
 from tunesmith.inference.predict import Predictor
 from tunesmith.inference.prompts import prompt_of
 from tunesmith.train.loss import CausalLMLoss
@@ -66,6 +67,12 @@ class EvalSettings:
     limit: int | None = None
     bootstrap: int = 1000
     dtype: str = "auto"
+    shots: int = 0  # few-shot demonstrations (evaluate/shots.py)
+    shots_from: str | None = None
+    shots_select: str = "random"  # random | bm25 | embedding
+    embedder: str | None = None  # embedding shots' encoder (None: minilm-l6); --rag: checked
+    rag: str | None = None  # an index from `tunesmith rag index` (evaluate/augment.py)
+    rag_k: int = 3
 
 
 @dataclass
@@ -81,6 +88,7 @@ class Item:
     label: str | list[str] | None = None  # multi-label: the gold label set
     pair: str | None = None
     example: Example | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # shots, passages: into the record
 
 
 # -- building inputs (no model needed: bad data fails before any weights load) -------------
@@ -243,7 +251,15 @@ def build_labelled(rows: Sequence[Row], s: EvalSettings, names: Sequence[str],
 
 # -- running a model --------------------------------------------------------------------------
 def _base(item: Item) -> dict[str, Any]:
-    return {"index": item.index, "where": item.where, "input": item.input}
+    return {"index": item.index, "where": item.where, "input": item.input, **item.extra}
+
+
+def stamp(records: Sequence[dict[str, Any]], started: float, tokens: Sequence[int]) -> None:
+    """Cost beside quality: prompt tokens read and seconds per example (a batch's wall time
+    shared equally by its examples, since they ran together)."""
+    per = (time.perf_counter() - started) / max(len(records), 1)
+    for rec, n in zip(records, tokens):
+        rec["prompt_tokens"], rec["latency_s"] = int(n), per
 
 
 def run_generation(model: Any, tok: Any, items: Sequence[Item], s: EvalSettings,
@@ -257,11 +273,14 @@ def run_generation(model: Any, tok: Any, items: Sequence[Item], s: EvalSettings,
     step = s.batch_size * 4
     for start in range(0, len(order), step):
         chunk = [items[i] for i in order[start:start + step]]
+        started = time.perf_counter()
         texts = generate(model, tok, [it.prompt for it in chunk], settings)
         scored = scorer.score(texts, [it.references for it in chunk])
         for it, text, sc in zip(chunk, texts, scored):
             records[it.index] = {**_base(it), "reference": it.references, "prediction": text,
                                  **sc, "row": it.row}
+        stamp([records[it.index] for it in chunk], started,
+              [prompt_length(tok, it.prompt, s.system) for it in chunk])
         if progress:
             progress(min(start + step, len(order)), len(order))
     return records
@@ -274,7 +293,7 @@ def run_lm(model: Any, tok: Any, items: Sequence[Item], s: EvalSettings,
     lm_loss = CausalLMLoss(model)
     records, step = [], s.batch_size * 8
     for start in range(0, len(items), step):
-        chunk = items[start:start + step]
+        chunk, started = items[start:start + step], time.perf_counter()
         encs = []
         for it in chunk:
             enc = encoder.fit(encoder.encode(it.example))  # type: ignore[arg-type]
@@ -287,6 +306,7 @@ def run_lm(model: Any, tok: Any, items: Sequence[Item], s: EvalSettings,
                                                            s.batch_size)):
             records.append({**_base(it), "loss": nll / max(n, 1), "loss_sum": nll,
                             "tokens": n, "correct": hits, "row": it.row})
+        stamp(records[start:], started, [len(e.input_ids) for e in encs])
         if progress:
             progress(min(start + step, len(items)), len(items))
     return records
@@ -320,11 +340,12 @@ def run_classifier(model: Any, tok: Any, items: Sequence[Item], s: EvalSettings,
                    max_length: int = 512) -> list[dict[str, Any]]:
     records = []
     for start in range(0, len(items), s.batch_size):
-        chunk = items[start:start + s.batch_size]
+        chunk, started = items[start:start + s.batch_size], time.perf_counter()
         pairs = [it.pair or "" for it in chunk] if s.text_pair_field else None
         logp = classifier_logprobs(model, tok, [it.input for it in chunk],
                                    s.max_length or max_length, pairs)
         records += [_label_record(it, names, lp) for it, lp in zip(chunk, logp)]
+        stamp(records[start:], started, _lengths(tok, chunk, s.max_length or max_length))
         if progress:
             progress(min(start + s.batch_size, len(items)), len(items))
     return records
@@ -340,7 +361,7 @@ def run_multilabel(model: Any, tok: Any, items: Sequence[Item], s: EvalSettings,
                           max_length=s.max_length or max_length)
     records = []
     for start in range(0, len(items), s.batch_size):
-        chunk = items[start:start + s.batch_size]
+        chunk, started = items[start:start + s.batch_size], time.perf_counter()
         pairs = [it.pair or "" for it in chunk] if s.text_pair_field else None
         preds = predictor.predict([it.input for it in chunk], pairs, s.batch_size)
         batch = [_multilabel_record(it, names, p.probabilities, p.label, threshold)
@@ -349,6 +370,7 @@ def run_multilabel(model: Any, tok: Any, items: Sequence[Item], s: EvalSettings,
             counts.update(torch.tensor([r["pred_id"] for r in batch]),
                           torch.tensor([r["label_id"] for r in batch]))
         records += batch
+        stamp(batch, started, _lengths(tok, chunk, s.max_length or max_length))
         if progress:
             progress(min(start + s.batch_size, len(items)), len(items))
     return records
@@ -383,12 +405,14 @@ def run_zero_shot(model: Any, tok: Any, items: Sequence[Item], s: EvalSettings,
     records, step = [], max(1, s.batch_size * 4 // max(1, len(names)))
     system = [{"role": "system", "content": s.system}] if s.system else []
     for start in range(0, len(items), step):
-        chunk = items[start:start + step]
+        chunk, started = items[start:start + step], time.perf_counter()
         encs = []
         for it in chunk:
+            # with --shots the prompt is a conversation that already holds the system turn
+            turns = it.prompt if isinstance(it.prompt, list) else \
+                system + [{"role": "user", "content": it.input}]
             for name in names:
-                ex = Example("chat", it.where, messages=system + [
-                    {"role": "user", "content": it.input},
+                ex = Example("chat", it.where, messages=turns + [
                     {"role": "assistant", "content": name}])
                 enc = encoder.fit(encoder.encode(ex))
                 if enc is None or enc.truncated:
@@ -404,9 +428,23 @@ def run_zero_shot(model: Any, tok: Any, items: Sequence[Item], s: EvalSettings,
             logp = ll - torch.logsumexp(ll, 0)
             records.append(_label_record(it, names, logp, {
                 "label_loglik": {n: round(float(v), 4) for n, v in zip(names, ll)}}))
+        # prompt tokens: the shortest label's sequence minus its trained (label) tokens
+        stamp(records[start:], started, [min(
+            sum(lab == -100 for lab in e.labels) for e in encs[k * len(names):(k + 1) * len(names)])
+            for k in range(len(chunk))])
         if progress:
             progress(min(start + step, len(items)), len(items))
     return records
+
+
+def prompt_length(tok: Any, prompt: Prompt, system: str | None = None) -> int:
+    """Tokens the model reads for ``prompt`` (rendered with its chat template)."""
+    text = render_prompt(tok, prompt, system)
+    return len(tok(text, add_special_tokens=not getattr(tok, "chat_template", None)).input_ids)
+
+
+def _lengths(tok: Any, chunk: Sequence[Item], max_length: int) -> list[int]:
+    return [min(len(tok(it.input, it.pair).input_ids), max_length) for it in chunk]
 
 
 def check_finite(records: Sequence[dict[str, Any]], model_name: str) -> None:

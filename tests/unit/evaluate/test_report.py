@@ -16,8 +16,8 @@ from tests.helpers.tiny import write_jsonl
 from tunesmith.evaluate.report import Report, Section, render_html, render_markdown
 
 CHROMIUM = Path("/usr/bin/chromium")
-EVAL_SECTIONS = ("summary", "training-curves", "metrics", "comparison", "confusion-matrix",
-                 "worst-examples")
+EVAL_SECTIONS = ("summary", "training-curves", "metrics", "cost", "comparison",
+                 "confusion-matrix", "worst-examples")
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +63,8 @@ def test_eval_report_has_its_sections_and_is_self_contained(classifier_run_eval:
     assert "&lt;b&gt;&amp;amp;" in html  # user text is escaped
     md = (classifier_run_eval / "report.md").read_text(encoding="utf-8")
     assert [h[3:] for h in md.splitlines() if h.startswith("## ")] == [
-        "Summary", "Training curves", "Metrics", "Comparison", "Confusion matrix",
-        "Worst examples"]
+        "Summary", "Training curves", "Metrics", "Cost per example", "Comparison",
+        "Confusion matrix", "Worst examples"]
     for link in re.findall(r"\]\((figures/[^)]+)\)", md):
         assert (classifier_run_eval / link).is_file()
 
