@@ -5,7 +5,10 @@ optimizer + scheduler state, RNG states, ``trainer_state.json`` (step, epoch, da
 position, best metric, early-stopping and unfreezing state) and ``checksums.json`` (the
 sha256 of every file: a checkpoint damaged since it was written is detected on resume and
 the one before it is used). The directory is written through
-``io.atomic_directory``, so a killed run never leaves a half-written checkpoint.
+``io.atomic_directory``, so a killed run never leaves a half-written checkpoint, and before
+it is renamed into place its tensors are read back and compared with the in-memory ones
+(``train/verify.py``): a checkpoint that does not hold what was trained never becomes the
+latest.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch import nn
 
 from tunesmith.errors import CheckpointError, first_line
 from tunesmith.io import atomic_directory, file_sha256
+from tunesmith.train.verify import verify_optimizer, verify_weights
 
 STATE_FILE = "trainer_state.json"
 CHECKSUMS = "checksums.json"
@@ -38,12 +42,16 @@ def save_weights(model: nn.Module, tokenizer: Any, out: Path) -> None:
 
 def save_checkpoint(path: Path, model: nn.Module, tokenizer: Any, optimizer: Any,
                     scheduler: Any, state: dict[str, Any]) -> None:
+    """Write ``path`` atomically; raises ``CheckpointError`` naming the tensor (and leaves
+    no ``path``) when what was written differs from what is in memory."""
     with atomic_directory(path) as tmp:
         save_weights(model, tokenizer, tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        verify_weights(tmp, model, optimizer)
+        verify_optimizer(tmp / "optimizer.pt", optimizer)
         write_checksums(tmp)
 
 

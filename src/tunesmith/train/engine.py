@@ -390,13 +390,28 @@ class TrainLoop:
                 {"step": step, **metrics, **self.obj.eval_extra(step, metrics)}, indent=1))
 
     def _save(self, step: int, state: dict[str, Any]) -> None:
+        """Checkpoint ``step`` on the main process; older ones rotate out only after it was
+        verified. Every process learns whether it succeeded, so a failed save ends all of
+        them instead of leaving the others waiting in the next step's all-reduce."""
         self.acc.wait_for_everyone()
+        failure: Exception | None = None
         if self.acc.is_main_process:
             path = self.run_dir / "checkpoints" / f"step-{step}"
-            ckpt.save_checkpoint(path, self.acc.unwrap_model(self.wrapped).model, self.tok,
-                                 self.optimizer, self.scheduler, dict(state))
-            self.obj.on_checkpoint(path)
-            ckpt.rotate(self.run_dir / "checkpoints", self.tc.keep_last)
+            try:
+                ckpt.save_checkpoint(path, self.acc.unwrap_model(self.wrapped).model,
+                                     self.tok, self.optimizer, self.scheduler, dict(state))
+                self.obj.on_checkpoint(path)
+                ckpt.rotate(self.run_dir / "checkpoints", self.tc.keep_last)
+            except Exception as exc:  # re-raised below, after the other processes know
+                failure = exc
+        if self.acc.num_processes > 1:
+            flag = torch.tensor([1.0 if failure else 0.0], device=self.acc.device)
+            if float(self.acc.reduce(flag, reduction="sum")) and failure is None:
+                raise TrainingError(f"the main process failed to save checkpoint step-{step}",
+                                    where=str(self.run_dir), fix="see the main process's "
+                                    "error (rank 0)")
+        if failure is not None:
+            raise failure
 
 
 def make_accelerator(precision: str) -> Any:
