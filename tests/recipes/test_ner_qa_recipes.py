@@ -10,13 +10,25 @@ from typing import Any
 
 import pytest
 import torch
+import typer
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 from tests.helpers.tiny import write_jsonl
 from tests.helpers.tiny_cls import build_tiny_llama_cls_dir
 from tests.helpers.tiny_spans import build_tiny_bert_dir, ner_rows, qa_rows
 from tunesmith.config import validate_dict
+from tunesmith.errors import UsageError
+from tunesmith.inference.predict_cli import register
+from tunesmith.inference.spans import load_span_predictor
 from tunesmith.recipes import RECIPES, run_task
+
+
+def _cli(*args: str) -> Any:
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)  # a second command keeps `predict` a subcommand
+    return CliRunner().invoke(app, ["predict", *args])
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +83,25 @@ def test_ner_encoder_full_learns_and_keeps_best(tmp_path: Path, bert_dir: Path) 
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["entity_types"] == ["LOC", "PER"] and manifest["scheme"] == "iob2"
 
+    # predict: entities with offsets that slice the original text
+    p = load_span_predictor(str(run), precision="fp32")
+    text = "Yesterday  alice went to Paris, then (tokyo)."
+    (ents,) = p.entities([text])
+    assert ents, "the trained tagger finds entities"
+    for e in ents:
+        assert text[e.start:e.end] == e.text and e.type in ("PER", "LOC") and 0 < e.score <= 1
+    assert {e.text.lower() for e in ents} & {"alice", "paris", "tokyo"}
+    rows = write_jsonl(tmp_path / "in.jsonl", ner_rows(6, seed=3))
+    out = _cli(str(run), "--file", str(rows), "-o", str(tmp_path / "out.jsonl"),
+               "--precision", "fp32")
+    assert out.exit_code == 0, out.output
+    assert "entity F1" in out.output
+    first = json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])
+    joined = " ".join(first["tokens"])
+    assert all(joined[e["start"]:e["end"]] == e["text"] for e in first["entities"])
+    one = _cli(str(run / "best"), "--text", "bob met carol in rome", "--precision", "fp32")
+    assert one.exit_code == 0 and "entities" in json.loads(one.stdout)
+
 
 def test_ner_decoder_lora_trains_head_and_adapters(tmp_path: Path, llama_dir: Path) -> None:
     train = write_jsonl(tmp_path / "train.jsonl", ner_rows(48))
@@ -90,6 +121,13 @@ def test_ner_decoder_lora_trains_head_and_adapters(tmp_path: Path, llama_dir: Pa
     assert torch.equal(base["model.layers.0.mlp.up_proj.weight"],
                        final["model.layers.0.mlp.up_proj.weight"])
     assert sum(result.loop.losses[-4:]) < sum(result.loop.losses[:4])
+    # the adapter directory predicts like final/ (base + adapter merged on load)
+    text = ["alice went to paris today"]
+    a = load_span_predictor(str(run / "final"), precision="fp32").word_tags(
+        text, [[(0, 5), (6, 10), (11, 13), (14, 19), (20, 25)]])
+    b = load_span_predictor(str(run / "final/adapter"), precision="fp32").word_tags(
+        text, [[(0, 5), (6, 10), (11, 13), (14, 19), (20, 25)]])
+    assert a[0][0] == b[0][0] and a[0][1] == pytest.approx(b[0][1], abs=1e-4)
 
 
 def test_qa_encoder_learns_spans(tmp_path: Path, bert_dir: Path) -> None:
@@ -110,6 +148,19 @@ def test_qa_encoder_learns_spans(tmp_path: Path, bert_dir: Path) -> None:
     info = json.loads((run / "final/tunesmith_classifier.json").read_text())
     assert info["task"] == "extractive_qa" and info["null_threshold"] is None
 
+    p = load_span_predictor(str(run), precision="fp32")
+    context = "the city of rome saw dave today . dave went to berlin today ."
+    (ans,) = p.answers(["where did dave go ?"], [context])
+    assert not ans["no_answer"] and context[ans["start"]:ans["end"]] == ans["answer"]
+    assert 0 < ans["score"] <= 1
+    out = _cli(str(run), "--file", str(val), "--precision", "fp32")
+    assert out.exit_code == 0, out.output
+    assert "exact match" in out.output
+    row = json.loads(out.stdout.splitlines()[0])
+    assert row["context"][row["start"]:row["end"]] == row["answer"]
+    bad = _cli(str(run), "--text", "bob went to rome", "--precision", "fp32")
+    assert isinstance(bad.exception, UsageError) and "--question" in bad.exception.where
+
 
 def test_qa_decoder_freeze_with_unanswerable(tmp_path: Path, llama_dir: Path) -> None:
     train = write_jsonl(tmp_path / "train.jsonl", qa_rows(48, unanswerable=0.25))
@@ -122,3 +173,8 @@ def test_qa_decoder_freeze_with_unanswerable(tmp_path: Path, llama_dir: Path) ->
     assert info["allow_no_answer"] is True and isinstance(info["null_threshold"], float)
     config = json.loads((result.run_dir / "final/config.json").read_text())
     assert config["architectures"] == ["LlamaForQuestionAnswering"]
+    p = load_span_predictor(str(result.run_dir), precision="fp32")
+    # a threshold below every margin answers "no answer"; above every margin, never
+    never = p.answers(["who went to rome ?"], ["bob went to rome ."], null_threshold=1e9)[0]
+    always = p.answers(["who went to rome ?"], ["bob went to rome ."], null_threshold=-1e9)[0]
+    assert not never["no_answer"] and always["no_answer"] and always["start"] is None

@@ -21,7 +21,8 @@ def register(app: typer.Typer) -> None:
 
 def predict(
     model: Annotated[str, typer.Argument(
-        help="Run directory of a classification run, or a saved classifier directory.")],
+        help="Run directory of a classification, token_classification or extractive_qa run, "
+        "or a saved model directory.")],
     text: Annotated[Optional[str], typer.Option("--text", help="Classify one text.")] = None,
     file: Annotated[Optional[Path], typer.Option(
         "--file", help="JSONL/CSV/JSON/Parquet with one text per row.")] = None,
@@ -33,12 +34,16 @@ def predict(
         help="Field holding the text (default: the training run's text field).")] = None,
     threshold: Annotated[Optional[float], typer.Option(
         help="Multi-label: probability at or above which a class is predicted "
-        "(default: the training run's).")] = None,
+        "(default: the training run's). Extractive QA: the no-answer threshold "
+        "(no-answer minus best-span score; default: the one chosen on validation).")] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 32,
     precision: Annotated[str, typer.Option(
         help="auto (bf16 where the CPU/GPU runs it fast), fp32 or bf16.")] = "auto",
+    question: Annotated[Optional[str], typer.Option(
+        "--question", help="Extractive QA: the question; --text is the context.")] = None,
 ) -> None:
-    """Classify texts with a trained classifier: label and per-class probabilities (JSONL)."""
+    """Classify texts with a trained classifier: label and per-class probabilities (JSONL);
+    entities (NER) or answers (extractive QA) with character offsets for those models."""
     # Each output row is the input row plus `predicted_label` (`predicted_labels` for
     # multi-label models), `score` and `probabilities`. When the rows carry the training label
     # field, accuracy and macro-F1 go to standard error.
@@ -53,6 +58,12 @@ def predict(
     if precision not in ("auto", "fp32", "bf16"):
         raise UsageError("--precision must be auto, fp32 or bf16", where="--precision",
                          got=precision, fix="use --precision fp32 for exact float32 results")
+    from tunesmith.inference.spans_cli import predict_spans, span_task  # deferred: torch
+
+    if span_task(model) is not None:  # entities or answers, with character offsets
+        predict_spans(model, text, question, file, output, text_field, threshold, batch_size,
+                      precision)
+        return
     if threshold is not None and not 0 < threshold < 1:
         raise UsageError("--threshold must be between 0 and 1", where="--threshold",
                          got=threshold, fix="e.g. --threshold 0.5")
