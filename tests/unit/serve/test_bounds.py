@@ -87,6 +87,16 @@ def test_a_tiny_temperature_is_greedy(client: Any) -> None:
         assert r.json()["choices"][0]["message"] == greedy["choices"][0]["message"]
 
 
+def test_a_tiny_top_p_keeps_the_most_likely_token(client: Any) -> None:
+    greedy = client.post("/v1/completions", json={"model": "tiny", "prompt": "The quick",
+                                                  "max_tokens": 4, "temperature": 0}).json()
+    for top_p in (5e-324, 1e-300):  # 0 in float32: the nucleus is still its first token
+        r = client.post("/v1/completions", json={"model": "tiny", "prompt": "The quick",
+                                                 "max_tokens": 4, "top_p": top_p})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == greedy["choices"][0]["text"]
+
+
 @pytest.mark.parametrize("body, param", [
     ({"model": "m" * 201}, "model"),
     ({"user": "u" * 201}, "user"),

@@ -342,22 +342,19 @@ def run_route(fuzz: Fuzz, route: str, req: Req) -> None:
     assert follow.status_code == 200, (route, follow.text[:500])
 
 
-FUZZ_SETTINGS = {"deadline": None, "derandomize": True, "database": None,
-                 "suppress_health_check": list(HealthCheck)}
+def fuzz_test(examples: int) -> Any:
+    """A test that sends ``examples`` generated requests (and their follow-ups) per route."""
+
+    @pytest.mark.parametrize("route", sorted(ROUTES))
+    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def test(fuzz: Fuzz, route: str, data: st.DataObject) -> None:
+        run_route(fuzz, route, data.draw(ROUTES[route], label=route))
+
+    return test
 
 
-@pytest.mark.parametrize("route", sorted(ROUTES))
-@settings(max_examples=DEFAULT_EXAMPLES, **FUZZ_SETTINGS)
-@given(data=st.data())
-def test_no_generated_request_gets_a_server_error(fuzz: Fuzz, route: str,
-                                                  data: st.DataObject) -> None:
-    run_route(fuzz, route, data.draw(ROUTES[route], label=route))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("route", sorted(ROUTES))
-@settings(max_examples=LARGE_EXAMPLES, **FUZZ_SETTINGS)
-@given(data=st.data())
-def test_thousands_of_generated_requests_get_no_server_error(fuzz: Fuzz, route: str,
-                                                             data: st.DataObject) -> None:
-    run_route(fuzz, route, data.draw(ROUTES[route], label=route))
+test_no_generated_request_gets_a_server_error = fuzz_test(DEFAULT_EXAMPLES)
+test_thousands_of_generated_requests_get_no_server_error = pytest.mark.slow(
+    fuzz_test(LARGE_EXAMPLES))

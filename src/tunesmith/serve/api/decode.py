@@ -60,8 +60,10 @@ def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float,
     probs = torch.softmax(scaled, dim=-1)
     if top_p < 1.0:
         sorted_p, order = probs.sort(-1, descending=True)
-        # keep the smallest prefix whose mass reaches top_p (always the most likely token)
+        # keep the smallest prefix whose mass reaches top_p (always the most likely token,
+        # also when top_p is below float32's smallest number and compares as 0)
         drop = sorted_p.cumsum(-1) - sorted_p >= top_p
+        drop[..., 0] = False
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
