@@ -92,6 +92,7 @@ def _set(page: Any, path: str, value: str) -> None:
 
 def test_studio_end_to_end(studio: StudioProcess, tmp_path: Path) -> None:
     sync_playwright = _browser_or_skip()
+    from playwright.sync_api import Error as PlaywrightError
     base = studio.base
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
@@ -132,6 +133,7 @@ def test_studio_end_to_end(studio: StudioProcess, tmp_path: Path) -> None:
         assert "greater than 0" in problem.inner_text()
         assert page.locator("#launch").is_disabled()
         page.locator("#f-train--lr").scroll_into_view_if_needed()
+        page.evaluate("window.scrollBy(0, -120)")  # below the sticky navigation bar
         _shot(page, "new-run-invalid")
         _set(page, "train.lr", "0.003")
         assert page.locator("#pr-train--lr .problem").count() == 0
@@ -146,12 +148,17 @@ def test_studio_end_to_end(studio: StudioProcess, tmp_path: Path) -> None:
         seen: list[int] = []
         deadline = time.time() + 240
         while time.time() < deadline:
-            n = int(loss.get_attribute("data-points") or 0)
-            if not seen or n != seen[-1]:
-                seen.append(n)
-            if "succeeded" in page.inner_text("#run-status"):
-                break
+            try:
+                n = int(loss.get_attribute("data-points") or 0)
+                if not seen or n != seen[-1]:
+                    seen.append(n)
+                if "succeeded" in page.inner_text("#run-status"):
+                    break
+            except PlaywrightError:  # the page reloads itself once the job has finished
+                pass
             page.wait_for_timeout(100)
+        page.wait_for_timeout(1000)
+        page.wait_for_load_state("load")
         assert "succeeded" in page.inner_text("#run-status"), page.content()[-2000:]
         final = int(loss.get_attribute("data-points") or 0)
         assert final == 120

@@ -31,6 +31,7 @@ from tunesmith.studio.runs import (
     find_run,
     list_runs,
     metrics_rows,
+    read_config,
     read_json,
 )
 
@@ -70,9 +71,12 @@ async def run_page(request: Request, key: str) -> HTMLResponse:
     db, data_dir, _ = _ctx(request)
     rows = await run_in_threadpool(metrics_rows, info.dir) if info.dir else []
     details = await run_in_threadpool(_details, db, data_dir, info)
+    cfg_data = (read_config(info.dir) if info.dir else {}).get("data") or {}
+    has_validation = bool(cfg_data.get("validation") or cfg_data.get("val_split")
+                          or cfg_data.get("mixture"))
     return page(request, "run.html", title=info.name, active="runs", run=info,
                 curves=CURVES, points=curve_points(rows), count=len(rows),
-                **details)
+                has_validation=has_validation, **details)
 
 
 def _details(db: Any, data_dir: Path, info: RunInfo) -> dict[str, Any]:

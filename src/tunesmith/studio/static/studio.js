@@ -53,7 +53,16 @@ function setupCharts() {
     Object.keys(groups).forEach(draw);
   });
   es.addEventListener("reset", () => { for (const k of Object.keys(data)) delete data[k]; });
-  es.addEventListener("status", ev => showStatus(JSON.parse(ev.data)));
+  const ACTIVE = ["queued", "running", "validating_files"];
+  es.addEventListener("status", ev => {
+    const st = JSON.parse(ev.data);
+    showStatus(st);
+    // a job that just finished: show the page the server now has (actions, events, model)
+    if (ACTIVE.includes(root.dataset.status) && !ACTIVE.includes(st.status)) {
+      es.close(); setTimeout(() => location.reload(), 300);
+    }
+    root.dataset.status = st.status;
+  });
 }
 
 function fmtDuration(s) {
@@ -71,7 +80,7 @@ function showStatus(st) {
   }
   const set = (id, v) => { const e = document.getElementById(id); if (e) e.textContent = v; };
   set("stat-step", st.step ?? "—");
-  if (st.total) set("stat-total", st.total);
+  if (st.total) set("stat-total", ` / ${st.total}`);
   set("stat-eta", fmtDuration(st.eta_s));
   if (st.best) set("stat-best", `${st.best.metric} ${Number(st.best.value).toPrecision(4)} @ step ${st.best.step}`);
   const box = document.getElementById("failure");
