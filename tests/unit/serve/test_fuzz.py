@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from tests.unit.serve.jobs_support import chat_rows
 from tests.unit.serve.serve_support import make_client, serve_models, shared_pool  # noqa: F401
 
-DEFAULT_EXAMPLES = 150  # per route: 1,350 requests and their follow-ups, about half a minute
+DEFAULT_EXAMPLES = 200  # per route: 1,800 requests and their follow-ups, under a minute
 LARGE_EXAMPLES = 1500  # per route, -m slow
 
 # -- values ----------------------------------------------------------------------------------

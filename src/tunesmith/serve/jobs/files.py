@@ -15,7 +15,7 @@ them for training (``data.formats.to_example``), so a file that uploads also tra
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -47,17 +47,18 @@ def validate_jsonl(path: Path, display: str) -> FileSummary:
     while True:
         try:
             item = next(rows, None)
-        except (ValueError, RecursionError):  # past what json.loads reads: see below
+        except (ValueError, RecursionError):  # what json.loads cannot read at all
+            after = f"after line {line} " if line else ""
             raise DataError("line holds JSON nested too deeply or a number with too many "
-                            "digits to read", where=f"{display}, the first line after line "
-                            f"{line} that is not blank", fix="examples are flat objects of "
-                            "text; fix or delete that line") from None
+                            "digits to read", where=f"{display}, the first line {after}that "
+                            "is not blank", fix="examples are flat objects of text; fix or "
+                            "delete that line") from None
         if item is None:
             break
         where = item.where.replace(str(path), display, 1)
         line = int(where.rsplit(":", 1)[1])
         if isinstance(item, BadRow):
-            raise BadRow(where, item.reason, item.message, item.got).to_error()
+            raise replace(item, where=where).to_error()
         row = Row(item.data, where)
         row_kind = _kind_of(row)
         if kind is None:
