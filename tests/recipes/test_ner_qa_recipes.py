@@ -19,6 +19,9 @@ from tests.helpers.tiny_cls import build_tiny_llama_cls_dir
 from tests.helpers.tiny_spans import build_tiny_bert_dir, ner_rows, qa_rows
 from tunesmith.config import validate_dict
 from tunesmith.errors import UsageError
+from tunesmith.evaluate.analysis import run_analyze
+from tunesmith.evaluate.runner import run_eval
+from tunesmith.evaluate.tasks import EvalSettings
 from tunesmith.inference.predict_cli import register
 from tunesmith.inference.spans import load_span_predictor
 from tunesmith.recipes import RECIPES, run_task
@@ -102,6 +105,36 @@ def test_ner_encoder_full_learns_and_keeps_best(tmp_path: Path, bert_dir: Path) 
     one = _cli(str(run / "best"), "--text", "bob met carol in rome", "--precision", "fp32")
     assert one.exit_code == 0 and "entities" in json.loads(one.stdout)
 
+    # eval and analyze know the task: per-type figures, missed vs spurious, worst sentences
+    summary = run_eval([str(run)], str(val), tmp_path / "ev", EvalSettings())
+    m = summary["models"][0]
+    assert summary["task"] == "token_classification"
+    assert m["metrics"]["entity_f1"] == pytest.approx(last["val_entity_f1"], abs=1e-6)
+    analysis = run_analyze(tmp_path / "ev")
+    a = analysis["models"][str(run)]
+    assert set(a["per_type"]) == {"LOC", "PER"} and set(a["error_kinds"]) == {
+        "missed", "spurious", "type_confusion", "boundary"}
+    assert (tmp_path / "ev/analysis/errors.jsonl").exists()
+    assert all(w["errors"] for w in a["worst"])
+
+    # the serve route: entities with offsets into each input
+    from fastapi.testclient import TestClient
+
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.settings import ServeSettings
+
+    settings = ServeSettings(models=[f"ner={run}"], data_dir=tmp_path / "serve",
+                             preload=False)
+    client = TestClient(create_app(settings))
+    r = client.post("/v1/extract", json={"model": "ner", "input": [text, "bob saw rome"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["task"] == "token_classification" and len(body["data"]) == 2
+    for e in body["data"][0]["entities"]:
+        assert text[e["start"]:e["end"]] == e["text"]
+    assert client.post("/v1/extract", json={"model": "nope", "input": "x"}).status_code == 404
+    assert client.post("/v1/extract", json={"model": "ner"}).status_code == 400
+
 
 def test_ner_decoder_lora_trains_head_and_adapters(tmp_path: Path, llama_dir: Path) -> None:
     train = write_jsonl(tmp_path / "train.jsonl", ner_rows(48))
@@ -158,6 +191,11 @@ def test_qa_encoder_learns_spans(tmp_path: Path, bert_dir: Path) -> None:
     assert "exact match" in out.output
     row = json.loads(out.stdout.splitlines()[0])
     assert row["context"][row["start"]:row["end"]] == row["answer"]
+    summary = run_eval([str(run)], str(val), tmp_path / "ev", EvalSettings())
+    assert summary["models"][0]["metrics"]["f1"] == pytest.approx(last["val_f1"], abs=1e-6)
+    analysis = run_analyze(tmp_path / "ev")
+    worst = analysis["models"][str(run)]["worst"]
+    assert all(w["f1"] <= worst[-1]["f1"] for w in worst[:1])
     bad = _cli(str(run), "--text", "bob went to rome", "--precision", "fp32")
     assert isinstance(bad.exception, UsageError) and "--question" in bad.exception.where
 

@@ -57,6 +57,7 @@ from tunesmith.evaluate.report import (
     write_report,
 )
 from tunesmith.evaluate.results import load_eval_dir
+from tunesmith.evaluate.spans_eval import is_span_eval, run_span_analyze
 from tunesmith.io import atomic_directory
 
 SKIP_FIELDS = {"index", "id", "idx", "row", "url", "messages", "prompt", "completion",
@@ -280,6 +281,8 @@ def run_analyze(eval_dir: Path, out: Path | None = None, fields: Sequence[str] |
                 ) -> dict[str, Any]:
     """Analyse every model of ``eval_dir``; writes analysis.json, errors*.jsonl and reports."""
     summary, records = load_eval_dir(eval_dir)
+    if is_span_eval(summary):  # entities / answers: their own analysis
+        return run_span_analyze(eval_dir, summary, out, top)
     out = out or eval_dir / "analysis"
     if out.exists() and (not out.is_dir() or (any(out.iterdir())
                                               and not (out / "analysis.json").exists())):

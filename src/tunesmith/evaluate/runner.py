@@ -39,6 +39,8 @@ from tunesmith.evaluate.metrics import (
     stats_matrix,
 )
 from tunesmith.evaluate.report import eval_report, write_report
+from tunesmith.evaluate.spans_eval import run_span_eval
+from tunesmith.inference.spans import span_task
 from tunesmith.io import atomic_directory, atomic_write_text
 from tunesmith.metrics.classification import ConfusionMatrix, MultiLabelCounts
 from tunesmith.models.artifacts import (
@@ -226,6 +228,8 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
                           fix="tunesmith eval MODEL_OR_RUN [MORE...] --data FILE")
     out = out or default_out_dir(models, data)
     _check_out_dir(out)
+    if len(models) == 1 and (span := span_task(models[0])) is not None:
+        return run_span_eval(models[0], span, data, out, s.batch_size, s.limit)
     dtype = inference_dtype(s.dtype)
     rows = read_rows(data, limit=s.limit)
     sources = [resolve_artifact(m) for m in models]

@@ -29,6 +29,7 @@ from fastapi.responses import Response
 
 from tunesmith.serve.api.engines import ModelPool
 from tunesmith.serve.api.errors import install_error_handlers
+from tunesmith.serve.api.extract import build_extract_router
 from tunesmith.serve.api.routes import build_openai_router
 from tunesmith.serve.db import Database
 from tunesmith.serve.feedback.routes import build_feedback_router
@@ -71,6 +72,7 @@ def create_app(settings: ServeSettings, pool: ModelPool | None = None) -> FastAP
     app.state.metrics, app.state.startup, app.state.shutdown = metrics, [], []
     install_error_handlers(app)
     app.include_router(build_openai_router())
+    app.include_router(build_extract_router())  # entities and answers (NER, QA)
     app.include_router(build_feedback_router())
 
     @app.get("/metrics", include_in_schema=False)
