@@ -29,6 +29,7 @@ from tunesmith.errors import (
 )
 from tunesmith.evaluate.cli import register as register_eval
 from tunesmith.export.cli import register as register_export
+from tunesmith.humaneval.cli import register as register_humaneval
 from tunesmith.inference.predict_cli import register as register_predict
 from tunesmith.io import atomic_write_text, looks_like_hub_id
 from tunesmith.models.registry import EMBEDDED, is_ready, package_path, pull, resolve_model_dir
@@ -62,6 +63,7 @@ def _register_subcommands() -> None:
     register_jobs(app)  # jobs list / worker
     register_sweep(app)
     register_studio(app)  # studio: the web UI over serve's app
+    register_humaneval(app)  # humaneval (campaigns), annotate (queues)
     register_rag(app, data_app)  # rag index/query/eval, data rag-sft
 
 

@@ -68,7 +68,7 @@ class QueueInput:
     sha256: str | None = None
 
 
-def _answer_of(row: dict[str, Any]) -> str | None:
+def answer_of(row: dict[str, Any]) -> str | None:
     msgs = row.get("messages")
     if isinstance(msgs, list) and msgs and msgs[-1].get("role") == "assistant":
         return str(msgs[-1].get("content") or "")
@@ -107,7 +107,7 @@ def from_file(path: Path, task: str | None = None, text_field: str = "text",
             out.append(Source(i, row.where, d, text))
         else:
             prompt = prompt_of(d, row.where)
-            out.append(Source(i, row.where, d, _prompt_text(prompt), prompt, _answer_of(d)))
+            out.append(Source(i, row.where, d, _prompt_text(prompt), prompt, answer_of(d)))
     if not out:
         raise DataError("no rows to annotate: every row already has a label", where=str(path),
                         fix="pass --all to queue labelled rows too")
@@ -134,7 +134,7 @@ def from_relabel(path: Path) -> QueueInput:
                               probability=rv.get("confidence")))
         else:
             prompt = prompt_of(d, row.where)
-            out.append(Source(i, row.where, d, _prompt_text(prompt), prompt, _answer_of(d)))
+            out.append(Source(i, row.where, d, _prompt_text(prompt), prompt, answer_of(d)))
     return QueueInput(task, out, str(Path(path).resolve()), "relabel", sorted(labels),
                       sha256=file_sha256(path))
 

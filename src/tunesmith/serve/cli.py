@@ -113,6 +113,9 @@ def feedback_export(output: Annotated[Path, typer.Option("-o", "--output",
                     kind: Annotated[str, typer.Option(
                         help="chat (/v1/chat/completions) or text (/v1/completions).")
                                     ] = "chat",
+                    campaign: Annotated[Optional[str], typer.Option(
+                        help="A human evaluation campaign's ratings instead: dpo (preferred "
+                        "over the other answer), sft (corrections), kto.")] = None,
                     ) -> None:
     """Turn feedback into the next training set (SFT corrections/upvotes, DPO pairs, or KTO
     rows)."""
@@ -122,6 +125,13 @@ def feedback_export(output: Annotated[Path, typer.Option("-o", "--output",
     if format not in ("sft", "dpo", "kto"):
         raise UsageError("unknown --format", where="--format", got=format,
                          fix="use sft, dpo or kto")
+    if campaign is not None:
+        # deferred: SQLAlchemy (the serve extra); keeps `tunesmith --help` fast
+        from tunesmith.humaneval.export import export_campaign
+
+        n = export_campaign(_db_url(data_dir, db), campaign, output, format)
+        err.print(f"wrote {n} {format} rows from campaign {campaign} to {output}")
+        return
     if kind not in ("chat", "text"):
         raise UsageError("unknown --kind", where="--kind", got=kind, fix="use chat or text")
     n = export_feedback(_db_url(data_dir, db), output, format, model=model, kind=kind)
@@ -134,8 +144,9 @@ def promote(candidate: Annotated[str, typer.Argument(
             over: Annotated[str, typer.Option(
                 "--over", metavar="CURRENT", help="The model served now (its served name is "
                 "the default --name).")],
-            eval_file: Annotated[str, typer.Option(
-                "--eval", help="Held-out evaluation file (any format `tunesmith eval` reads).")],
+            eval_file: Annotated[Optional[str], typer.Option(
+                "--eval", help="Held-out evaluation file (any format `tunesmith eval` reads); "
+                "optional with --campaign.")] = None,
             metric: Annotated[Optional[str], typer.Option(
                 help="Decision metric (default: chrf for generation, perplexity for LM loss, "
                 "accuracy for labels).")] = None,
@@ -160,33 +171,50 @@ def promote(candidate: Annotated[str, typer.Argument(
             seed: int = 0,
             dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")
                              ] = "auto",
+            campaign: Annotated[Optional[str], typer.Option(
+                help="Also (or, without --eval, only) require reviewers to prefer the "
+                "candidate in this human evaluation campaign: the 95% lower bound of its "
+                "win rate over CURRENT >= 0.5 - --campaign-tolerance.")] = None,
+            campaign_tolerance: Annotated[float, typer.Option(
+                help="Win-rate margin for --campaign (0.1: refused only if it clearly wins "
+                "under 40%).")] = 0.0,
+            db: DbUrl = None,
             ) -> None:
     """Serve CANDIDATE under CURRENT's name only if its evaluation is not worse."""
     # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.evaluate.tasks import EvalSettings
     from tunesmith.serve.feedback.promote import PromoteRequest, run_promote
 
+    gates = []
+    if campaign is not None:
+        # deferred: SQLAlchemy (the serve extra); keeps `tunesmith --help` fast
+        from tunesmith.humaneval.gate import campaign_gate
+
+        gates.append(campaign_gate(_db_url(data_dir, db), campaign, candidate, over,
+                                   campaign_tolerance))
+
     settings = EvalSettings(task=task, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             limit=limit, bootstrap=bootstrap, seed=seed, dtype=dtype)
     req = PromoteRequest(candidate, over, eval_file, metric=metric, tolerance=tolerance,
                          data_dir=data_dir, name=name, output=output, dry_run=dry_run,
-                         settings=settings)
+                         settings=settings, gates=gates)
     result = run_promote(req)
-    d = result["decision"]
     if result["note"]:
         err.print(f"note: {escape(result['note'])}")
-    out.print(escape(d["reason"]))
+    for g in result["gates"]:
+        out.print(escape(g["reason"]))
     if result["promoted"]:
         out.print(f"[green]promoted[/] {escape(candidate)} → served as "
                   f"`{escape(result['name'])}` ({escape(result['alias_file'])})")
-    elif d["promote"]:
+    elif result["passed"]:
         out.print(f"[green]would promote[/] {escape(candidate)} as `{escape(result['name'])}` "
                   "(dry run: nothing changed)")
     else:
+        failed = ", ".join(g["metric"] for g in result["gates"] if not g["promote"])
         out.print(f"[red]refused[/]: {escape(candidate)} is worse than {escape(over)} on "
-                  f"{d['metric']} beyond the tolerance; nothing changed")
-    err.print(f"report: {result['report']}")
-    if not d["promote"]:
+                  f"{escape(failed)} beyond the tolerance; nothing changed")
+    err.print(f"report: {result['report'] or result['out_dir'] + '/promote.json'}")
+    if not result["passed"]:
         raise typer.Exit(1)
 
 

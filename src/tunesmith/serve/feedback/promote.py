@@ -59,7 +59,7 @@ class PromoteRequest:
 
     candidate: str
     current: str
-    eval_file: str
+    eval_file: str | None  # None: decided by ``gates`` alone
     metric: str | None = None
     tolerance: float = 0.0
     data_dir: Path = Path(DEFAULT_DATA_DIR)
@@ -67,6 +67,10 @@ class PromoteRequest:
     output: Path | None = None
     dry_run: bool = False
     settings: EvalSettings = field(default_factory=EvalSettings)
+    # more gates, all of which must pass: called with the resolved (candidate, current)
+    # sources, each returns a decision shaped like ``decide``'s (humaneval/gate.py: a
+    # campaign's human win rate)
+    gates: list[Callable[[str, str], dict[str, Any]]] = field(default_factory=list)
 
 
 # -- arguments ----------------------------------------------------------------------------------
@@ -87,6 +91,12 @@ def _check_arguments(req: PromoteRequest) -> None:
     if req.settings.bootstrap < 100:
         raise UsageError("too few bootstrap resamples for a 95% interval", where="--bootstrap",
                          got=req.settings.bootstrap, fix="use 1000 (the default) or more")
+    if req.eval_file is None:
+        if not req.gates:
+            raise UsageError("nothing to decide on", where="--eval",
+                             fix="give --eval FILE (an automatic metric), --campaign NAME (a "
+                             "human evaluation), or both")
+        return
     path = Path(req.eval_file)
     if not path.exists():
         raise UsageError("evaluation file not found", where="--eval", got=req.eval_file,
@@ -177,11 +187,11 @@ def _write_decision(out: Path, result: dict[str, Any]) -> None:
     rep = eval_report(summary, records)
     d = result["decision"]
     verdict = ("promoted" if result["promoted"] else "would be promoted (dry run)"
-               if d["promote"] else "refused")
+               if result["passed"] else "refused")
     sec = Section("promotion", "Promotion decision").verdicts(
-        [{"status": "pass" if d["promote"] else "fail",
+        [{"status": "pass" if g["promote"] else "fail",
           "text": f"{result['candidate']} over {result['current']} as "
-                  f"`{result['name']}`: {verdict}. {d['reason']}"}])
+                  f"`{result['name']}`: {verdict}. {g['reason']}"} for g in result["gates"]])
     sec.table(["", "value"], [["rule", RULE], ["metric", d["metric"]],
                               ["candidate", result["candidate_source"]],
                               ["current", result["current_source"]],
@@ -217,8 +227,12 @@ def run_promote(req: PromoteRequest,
     if candidate == current:
         raise UsageError("the candidate is the model already served", where="CANDIDATE",
                          got=candidate, fix=f"promote another model over `{served}`")
-    _check_metric_applies([current, candidate], req)
+    human = [gate(candidate, current) for gate in req.gates]  # before any model loads
     out = req.output or _default_out(data_dir, served)
+    if req.eval_file is None:
+        return _finish(req, served, candidate, current, note, out, human[0], human,
+                       task=None, examples=None)
+    _check_metric_applies([current, candidate], req)
     # the runner's default metrics of a task are all the metrics it has for that task
     summary = run_eval([current, candidate], req.eval_file, out,
                        replace(req.settings, metrics=[]), on_progress)
@@ -234,22 +248,39 @@ def run_promote(req: PromoteRequest,
                          where="CANDIDATE / --over", got=[m["name"] for m in summary["models"]],
                          fix="promote a classifier trained on the same labels")
     decision = decide(row, req.tolerance)
-    promoted = decision["promote"] and not req.dry_run
+    return _finish(req, served, candidate, current, note, out, decision, [decision, *human],
+                   task=task, examples=summary["examples"])
+
+
+def _finish(req: PromoteRequest, served: str, candidate: str, current: str, note: str | None,
+            out: Path, decision: dict[str, Any], gates: list[dict[str, Any]],
+            task: str | None, examples: int | None) -> dict[str, Any]:
+    """Every gate must pass; write the decision (and the alias when promoted)."""
+    passed = all(g["promote"] for g in gates)
+    promoted = passed and not req.dry_run
     result: dict[str, Any] = {
         "promoted": promoted, "dry_run": req.dry_run, "name": served, "task": task,
         "candidate": req.candidate, "current": req.current, "candidate_source": candidate,
-        "current_source": current, "eval": str(Path(req.eval_file).resolve()),
-        "examples": summary["examples"], "decision": decision, "note": note,
-        "out_dir": str(out), "report": str(out / "report.html")}
-    _write_decision(out, result)
+        "current_source": current,
+        "eval": str(Path(req.eval_file).resolve()) if req.eval_file else None,
+        "examples": examples, "decision": decision, "gates": gates, "passed": passed,
+        "note": note, "out_dir": str(out),
+        "report": str(out / "report.html") if req.eval_file else None}
+    if req.eval_file:
+        _write_decision(out, result)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "promote.json", json.dumps(result, indent=1, default=str)
+                          + "\n")
     if promoted:
         kind = "classifier" if task in ("classification", "multi-label") else "lm"
         record = {"source": candidate, "target": req.candidate, "over": req.current,
-                  "over_source": current, "kind": kind, "metric": metric,
+                  "over_source": current, "kind": kind, "metric": decision["metric"],
                   "candidate_value": decision["candidate_value"],
                   "current_value": decision["current_value"], "ci95": decision["ci95"],
-                  "tolerance": req.tolerance, "eval": result["eval"],
-                  "examples": summary["examples"], "report": result["report"],
+                  "tolerance": decision["tolerance"], "eval": result["eval"],
+                  "examples": examples, "report": result["report"],
+                  "gates": [g["reason"] for g in gates],
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "created": int(time.time())}
-        result["alias_file"] = str(set_alias(data_dir, served, record))
+        result["alias_file"] = str(set_alias(Path(req.data_dir), served, record))
     return result
