@@ -85,3 +85,30 @@ def test_a_cross_site_api_call_with_the_cookie_gets_no_key(tmp_path: Path,
         token = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
         resp = client.post("/v1/fine_tuning/jobs", json={}, headers={"X-CSRF-Token": token})
         assert resp.status_code == 400  # through the guard; the jobs API checks the body
+
+
+def test_studio_pages_are_not_recorded_as_api_requests(studio: StudioClient) -> None:
+    from sqlalchemy import select
+
+    from tunesmith.serve.ops.monitoring import RequestRecord
+
+    studio.get("/studio/runs")
+    studio.get("/studio/runs/table")
+    studio.client.get("/v1/models")
+    with studio.client.app.state.db.session() as s:
+        endpoints = [r.endpoint for r in s.scalars(select(RequestRecord))]
+    assert endpoints == ["/v1/models"]
+
+
+def test_studio_bodies_are_bounded(tmp_path: Path, runs_dir: Path) -> None:
+    with make_studio(tmp_path / "data", runs_dir, max_body_bytes=1000,
+                     max_upload_bytes=5000) as client:
+        studio = StudioClient(client)
+        big = studio.post("/studio/new/check", data={"name": "x" * 2000})
+        assert big.status_code == 413
+        ok = studio.post("/studio/data/upload",
+                         files={"file": ("a.jsonl", b'{"text": "' + b"y" * 2000 + b'"}\n')})
+        assert ok.status_code == 200 and ok.headers.get("HX-Redirect")
+        too_big = studio.post("/studio/data/upload",
+                              files={"file": ("b.jsonl", b'{"text": "' + b"y" * 6000 + b'"}\n')})
+        assert too_big.status_code == 413

@@ -119,3 +119,24 @@ def test_cancel_and_resume_a_job(studio: StudioClient, tmp_path: Path) -> None:
         assert row.status == "queued" and row.resume
     again = studio.post(f"/studio/runs/{job_id}/resume")
     assert "only a failed or cancelled job can be resumed" in again.text
+
+
+def test_runs_table_is_polled_for_live_progress(studio: StudioClient, runs_dir: Path) -> None:
+    page = studio.get("/studio/runs").text
+    assert 'hx-get="/studio/runs/table"' in page and 'hx-trigger="every 2s"' in page
+    run = write_run(runs_dir, "growing", state="running", steps=2, max_steps=9)
+    assert "2 / 9" in studio.get("/studio/runs/table").text
+    with (run / "metrics.jsonl").open("a") as fh:
+        fh.write(json.dumps({"step": 3, "time": time.time(), "loss": 0.4}) + "\n")
+    table = studio.get("/studio/runs/table").text
+    assert "3 / 9" in table and "<html" not in table
+
+
+def test_the_studio_command_is_registered() -> None:
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    result = CliRunner().invoke(app, ["studio", "--help"])
+    assert result.exit_code == 0 and "--api-key" in result.output and "127.0.0.1" in \
+        result.output

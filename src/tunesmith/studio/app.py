@@ -82,5 +82,7 @@ def create_studio_app(settings: ServeSettings, studio: StudioState | None = None
     app.state.startup.append(lambda: _read_runs_once(app))
     sessions = Sessions(load_secret(settings.data_dir), settings.api_key)
     app.state.studio_sessions = sessions
-    app.add_middleware(StudioGate, sessions=sessions, api_key=settings.api_key)
+    app.add_middleware(StudioGate, sessions=sessions, api_key=settings.api_key,
+                       max_body_bytes=settings.max_body_bytes,
+                       max_upload_bytes=settings.max_upload_bytes)
     return app

@@ -34,12 +34,17 @@ from urllib.parse import quote
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tunesmith.io import atomic_write_text
+from tunesmith.serve.api.guard import bounded_receive
+from tunesmith.serve.ops.monitoring import GuardAndRecord
 
 COOKIE = "tunesmith_studio"
 CSRF_HEADER = b"x-csrf-token"
 MAX_AGE = 30 * 24 * 3600
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-OPEN = ("/studio/static/", "/studio/login")  # reachable before signing in
+OPEN = ("/studio/static/", "/studio/login", "/studio/review/")  # reachable before signing in
+# (/studio/review: reviewers and annotators sign in with their own key; humaneval's routes
+# check it, and it opens nothing else)
+UPLOAD = "/studio/data/upload"
 
 
 def load_secret(data_dir: Path) -> bytes:
@@ -109,10 +114,16 @@ def _same_origin(headers: dict[bytes, bytes]) -> bool:
 
 
 class StudioGate:
-    """ASGI middleware: sessions, sign-in redirects, CSRF checks, the bearer header."""
+    """ASGI middleware: sessions, sign-in redirects, CSRF checks, the bearer header.
 
-    def __init__(self, app: ASGIApp, sessions: Sessions, api_key: str | None) -> None:
+    Studio pages skip serve's request recording (their page loads, polls and hour-long event
+    streams are not API traffic, and would skew ``tunesmith monitor``); the gate has checked
+    them itself and applies the same body-size limits (uploads: ``max_upload_bytes``)."""
+
+    def __init__(self, app: ASGIApp, sessions: Sessions, api_key: str | None,
+                 max_body_bytes: int = 1 << 20, max_upload_bytes: int = 512 << 20) -> None:
         self.app, self.sessions, self.api_key = app, sessions, api_key
+        self.limits = (max_body_bytes, max_upload_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -151,7 +162,14 @@ class StudioGate:
             scope["headers"] = [*(h for h in scope.get("headers") or []
                                   if h[0] != b"authorization"),
                                 (b"authorization", f"Bearer {self.api_key}".encode())]
-        await self.app(scope, receive, _with_cookie(send, new_cookie))
+        send = _with_cookie(send, new_cookie)
+        if studio and isinstance(self.app, GuardAndRecord):
+            limit = self.limits[1] if path == UPLOAD else self.limits[0]
+            bounded = await bounded_receive(scope, receive, send, {}, limit)
+            if bounded is not None:
+                await self.app.app(scope, bounded, send)
+            return
+        await self.app(scope, receive, send)
 
     @staticmethod
     def _csrf_ok(method: str, headers: dict[bytes, bytes], session: dict[str, Any] | None,

@@ -31,8 +31,7 @@ def studio(data_dir: DataDir = Path(DEFAULT_DATA_DIR),
                "--model", help="Models to serve for the playground and evaluation (as "
                "`tunesmith serve MODEL_OR_RUN`; NAME=PATH names them). Repeatable.")] = None,
            max_upload_mb: Annotated[float, typer.Option(
-               help="Largest request body, in MiB: dataset uploads on the Datasets page (a "
-               "larger file: give its path on the server instead).")] = 64.0,
+               help="Largest upload, in MiB (Datasets page and /v1/files).")] = 512.0,
            log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
            ) -> None:
     """Open the studio: datasets, runs with live curves, evaluation, playground, export."""
@@ -43,7 +42,7 @@ def studio(data_dir: DataDir = Path(DEFAULT_DATA_DIR),
 
     settings = ServeSettings(models=list(model or []), host=host, port=port, api_key=api_key,
                              data_dir=data_dir, db_url=db,
-                             max_body_bytes=int(max_upload_mb * (1 << 20)))
+                             max_upload_bytes=int(max_upload_mb * (1 << 20)))
     if host not in LOOPBACK and not settings.api_key:
         err.print(f"[yellow]warning:[/] the studio on {host} without --api-key lets anyone who "
                   "can reach this address train, delete and serve models")

@@ -23,7 +23,7 @@ from tunesmith.errors import UsageError
 from tunesmith.serve import paths
 from tunesmith.serve.jobs.models import EventRow
 from tunesmith.studio import launch
-from tunesmith.studio.render import StudioRoute, error_page, go, page
+from tunesmith.studio.render import StudioRoute, error_page, fragment, go, page
 from tunesmith.studio.runs import (
     CURVES,
     RunInfo,
@@ -61,6 +61,14 @@ async def runs_list(request: Request) -> HTMLResponse:
     runs = await run_in_threadpool(list_runs, db, data_dir, runs_dirs)
     return page(request, "runs.html", title="Runs", active="runs", runs=runs,
                 runs_dirs=runs_dirs, data_dir=data_dir)
+
+
+@router.get("/runs/table")
+async def runs_table(request: Request) -> HTMLResponse:
+    """The list alone, polled by the Runs page every 2 s (status, step, ETA move by)."""
+    db, data_dir, runs_dirs = _ctx(request)
+    runs = await run_in_threadpool(list_runs, db, data_dir, runs_dirs)
+    return fragment("runs_table.html", runs=runs)
 
 
 @router.get("/runs/{key}")
