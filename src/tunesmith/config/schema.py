@@ -199,6 +199,11 @@ class TrainConfig(_Section):
     checkpoint_on_signal: bool = Field(True, description=(
         "On SIGTERM or Ctrl-C, finish the current step and write a resumable checkpoint "
         "before exiting (status `interrupted`; resume with `--resume`)."))
+    general_eval: bool = Field(False, description=(
+        "After training, score the base model and final/ on the packaged general-ability "
+        "suite (HellaSwag, MMLU, PIQA samples; log-likelihood, as lm-eval) and record the "
+        "before/after with a paired-bootstrap 95% CI in manifest.json and "
+        "eval/general/report.html, to catch forgetting. Causal LMs only; adds minutes."))
     log_every: int = Field(1, ge=1, description="Log metrics every N optimizer steps.")
     seed: int = Field(42, description="Seed for data order, initialisation and dropout.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description=(

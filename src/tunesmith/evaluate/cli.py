@@ -45,8 +45,9 @@ def eval_command(
     models: Annotated[list[str], typer.Argument(
         help="Models: embedded names, checkpoint or run dirs, hub ids. The first is the "
         "baseline of the comparison.")],
-    data: Annotated[str, typer.Option("--data", "-d", help="Evaluation file (JSONL, CSV, "
-                                      "Parquet) in any training format or with custom fields.")],
+    data: Annotated[Optional[str], typer.Option(
+        "--data", "-d", help="Evaluation file (JSONL, CSV, Parquet) in any training format "
+        "or with custom fields.")] = None,
     task: Annotated[str, typer.Option(help="auto, generation, lm, classification or "
                                       "zero-shot.")] = "auto",
     metrics: Annotated[Optional[list[str]], typer.Option(
@@ -99,10 +100,17 @@ def eval_command(
     rag_k: Annotated[int, typer.Option(help="Passages retrieved per example.")] = 3,
     embedder: Annotated[Optional[str], typer.Option(
         help="Sentence encoder for --shots-select embedding (default minilm-l6).")] = None,
+    general: Annotated[bool, typer.Option(
+        help="Score the packaged general-ability suite (HellaSwag, MMLU, PIQA samples) "
+        "instead of --data; two or more models: each against the first.")] = False,
+    lm_eval_tasks: Annotated[Optional[Path], typer.Option(
+        help="With --general: also write the suite as local lm-eval tasks here.")] = None,
 ) -> None:
     """Evaluate models on a file: metrics, predictions, side-by-side comparison, report.
 
     Every eval reports prompt tokens and latency per example beside quality."""
+    if general or data is None:
+        return _general(models, general, output, limit, bootstrap, seed, dtype, lm_eval_tasks)
     # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.evaluate.runner import run_eval
     from tunesmith.evaluate.tasks import EvalSettings
@@ -135,6 +143,37 @@ def eval_command(
         out.print(f"{mark} {c['metric']}: {escape(c['model'])} − {escape(c['baseline'])} = "
                   f"{c['delta']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}] p={c['p_value']:.3f}")
     out.print(f"→ {summary['out_dir']}/report.html")
+
+
+def _general(models: list[str], general: bool, output: Optional[Path], limit: Optional[int],
+             bootstrap: int, seed: int, dtype: str, lm_eval_tasks: Optional[Path]) -> None:
+    """``eval --general``: the suite's scores (and lm-eval task files on request)."""
+    # deferred: loads torch; keeps `tunesmith --help` fast
+    from tunesmith.errors import UsageError
+    from tunesmith.evaluate.forgetting import run_general_eval
+    from tunesmith.evaluate.general import write_lm_eval_tasks
+    from tunesmith.evaluate.runner import default_out_dir
+
+    if not general:
+        raise UsageError("nothing to evaluate on", where="--data",
+                         fix="give --data FILE, or --general for the general-ability suite")
+    if lm_eval_tasks is not None:
+        names = write_lm_eval_tasks(lm_eval_tasks, limit=limit)
+        out.print(f"lm-eval tasks → {lm_eval_tasks}: lm_eval --model hf --model_args "
+                  f"pretrained=MODEL_DIR --tasks {','.join(names)} --include_path "
+                  f"{lm_eval_tasks}")
+    result = run_general_eval(models, output or default_out_dir(models, "general"),
+                              limit=limit, n_boot=bootstrap, seed=seed, dtype=dtype)
+    if "comparisons" in result:
+        for c in result["comparisons"]:
+            out.print(f"{escape(c['after_model'])}: {c['after']:.4f} vs {c['before']:.4f} → "
+                      f"{c['delta']:+.4f} [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]")
+    else:
+        lo, hi = result["ci95"]
+        out.print(f"general-ability accuracy {result['score']:.4f} [{lo:.4f}, {hi:.4f}] on "
+                  f"{result['items']} items; " + ", ".join(
+                      f"{n} {v['acc']:.4f}" for n, v in result["sets"].items()))
+    out.print(f"→ {result['out_dir']}/general.json")
 
 
 def analyze_command(

@@ -26,6 +26,7 @@ from tunesmith.models.fused_norm import fuse_rms_norms
 from tunesmith.models.load import load_causal_lm, load_tokenizer
 from tunesmith.models.student import find_layer_list
 from tunesmith.recipes import run_dir as rd
+from tunesmith.recipes.general_eval import record_general_eval
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.engine import LoopResult, TrainLoop, make_accelerator
 from tunesmith.train.run_state import RunLock, read_status
@@ -200,7 +201,9 @@ def train_and_finish(run: OpenRun, make_loop: Callable[[], TrainLoop], **status:
             loop = make_loop()
             loop.graceful = graceful
             result = loop.run(run.resume_from)
-            loop.save_final(result)
+            final = loop.save_final(result)
+            if run.cfg.train.general_eval and loop.acc.is_main_process:  # forgetting check
+                record_general_eval(run.dir, run.cfg.model.name, final)
     except (TrainingInterrupted, KeyboardInterrupt) as exc:
         rd.write_status(run.dir, "interrupted", reason=_reason(exc),
                         resume_command=rd.resume_command(run.cfg))
