@@ -4,7 +4,7 @@ defaults here are the only defaults."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -139,6 +139,7 @@ CLASSIFICATION_METRICS = ("val_loss", "val_accuracy", "val_macro_f1", "val_micro
                           "val_weighted_f1", "val_macro_precision", "val_macro_recall")
 DPO_METRICS = ("val_loss", "val_reward_accuracy", "val_reward_margin")
 KTO_METRICS = ("val_loss", "val_reward_margin")
+GRPO_METRICS = ("val_loss", "val_reward")  # grpo's val_loss is -val_reward (greedy samples)
 DISTILL_METRICS = ("val_loss", "val_distill_loss", "val_token_accuracy", "val_accuracy",
                    "val_macro_f1")
 TOKEN_CLASSIFICATION_METRICS = ("val_loss", "val_entity_f1", "val_entity_precision",
@@ -155,7 +156,7 @@ class EarlyStoppingConfig(_Section):
                     "val_macro_recall", "val_reward_accuracy", "val_reward_margin",
                     "val_distill_loss", "val_entity_f1", "val_entity_precision",
                     "val_entity_recall", "val_entity_macro_f1", "val_exact_match",
-                    "val_f1"] = Field(
+                    "val_f1", "val_reward"] = Field(
         "val_loss", description=(
             "Metric watched for early stopping and `best/`. `sft`: val_loss, val_perplexity, "
             "val_token_accuracy. `classification`: val_loss, val_accuracy, val_macro_f1, "
@@ -164,8 +165,9 @@ class EarlyStoppingConfig(_Section):
             "val_distill_loss, and val_token_accuracy (causal LM) or val_accuracy, "
             "val_macro_f1 (classifier). `token_classification`: val_loss, val_entity_f1, "
             "val_entity_precision, val_entity_recall, val_entity_macro_f1, "
-            "val_token_accuracy. `extractive_qa`: val_loss, val_exact_match, val_f1. Losses "
-            "and perplexity improve downward, the others upward."))
+            "val_token_accuracy. `extractive_qa`: val_loss, val_exact_match, val_f1. `kto`: "
+            "val_loss, val_reward_margin; `orpo`, `simpo`: as `dpo`; `grpo`: val_reward, val_loss (its negative). "
+            "Losses and perplexity improve downward, the others upward."))
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
 
 
@@ -336,6 +338,59 @@ class SimPOConfig(_Section):
         "Weight of an added NLL of the chosen response (TRL's CPOConfig.cpo_alpha)."))
 
 
+class GraderConfig(_Section):
+    type: Literal["exact", "regex", "json_valid", "json_schema", "json_fields", "numeric",
+                  "python"] = Field(..., description=(
+        "`exact`: the completion equals the row's `field` (stripped); `regex`: `pattern` is "
+        "found in the completion (with `field`: the first group equals it); `json_valid`: "
+        "the completion holds a JSON object; `json_schema`: it conforms to `schema`; "
+        "`json_fields`: share of the keys of the row's `field` (an object) matched; "
+        "`numeric`: the last number in the completion is within `tolerance` of `field`; "
+        "`python`: `function` (`module:name`, called as f(completion, row) -> float)."))
+    name: str | None = Field(None, description="Name in the logs (default: the type).")
+    weight: float = Field(1.0, description="Weight in the total reward (a weighted sum).")
+    field: str | None = Field(None, description="The prompt row's field holding the reference.")
+    pattern: str | None = Field(None, description="`regex`: a Python regular expression.")
+    json_schema: dict[str, Any] | None = Field(None, description=(
+        "`json_schema`: the JSON Schema the completion's object must conform to."))
+    tolerance: float = Field(0.0, ge=0, description="`numeric`: largest accepted |got - want|.")
+    ignore_case: bool = Field(False, description="`exact`, `regex`: compare case-blind.")
+    function: str | None = Field(None, description=(
+        "`python`: `package.module:function`, imported at start; returns a number."))
+
+
+class GRPOConfig(_Section):
+    prompt_field: str = Field("prompt", description=(
+        "Field of each prompts-file row holding the prompt: a string or chat messages "
+        "(rows with `messages` use them, without a final assistant turn). The whole row is "
+        "passed to the graders (reference answers live in its other fields)."))
+    num_generations: int = Field(8, ge=1, description=(
+        "G: completions sampled per prompt; advantages are normalised within each group, "
+        "so G must be at least 2. `train.batch_size` counts prompts."))
+    max_new_tokens: int = Field(128, ge=1, description="Longest completion sampled.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of the rollouts.")
+    beta: float = Field(0.04, ge=0, description=(
+        "KL coefficient toward the reference (k3 estimator, per token); 0 skips the "
+        "reference pass. LoRA: the adapter disabled; full: a frozen copy of the start model."))
+    epsilon: float = Field(0.2, gt=0, lt=1, description="Clip range: ratio in [1-ε, 1+ε_high].")
+    epsilon_high: float | None = Field(None, gt=0, description=(
+        "Upper clip ε_high (DAPO's clip-higher); unset: `epsilon`."))
+    loss: Literal["grpo", "dapo"] = Field("grpo", description=(
+        "`grpo`: each completion's token mean, averaged over completions; `dapo`: token-level "
+        "normalisation (sum over every completion token of the step / their count)."))
+    scale_rewards: bool = Field(True, description=(
+        "Divide advantages by the group's reward std (off: Dr. GRPO's unscaled advantages)."))
+    iterations: int = Field(1, ge=1, description=(
+        "μ: optimizer steps on each batch of rollouts (its old log-probs are kept, so the "
+        "clipped ratio departs from 1 after the first)."))
+    graders: list[GraderConfig] = Field(default_factory=list, description=(
+        "Reward: the weighted sum of these graders (see `grpo.graders[].type`)."))
+    max_grader_failures: int = Field(20, ge=0, description=(
+        "Stop the run after this many grader errors (each counts as reward 0; tracebacks "
+        "go to `grader_errors.log` in the run directory)."))
+
+
 class DistillConfig(_Section):
     teacher: str | None = Field(None, description=(
         "Teacher: an embedded model, checkpoint directory or tunesmith run directory. Its "
@@ -428,13 +483,14 @@ class RunConfig(_Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description=(
         "Run name; outputs go to `<output.dir>/<name>/`."))
     task: Literal["sft", "classification", "dpo", "distill", "kto", "orpo", "simpo",
-                  "token_classification", "extractive_qa"] = Field(
+                  "token_classification", "extractive_qa", "grpo"] = Field(
         "sft", description=(
             "What to train: `sft` (causal LM on chat/instruction data), `classification` "
             "(a sequence-classification head on an encoder or decoder model), `dpo` "
             "(preference tuning on chosen/rejected pairs), `distill` (a student learns from "
             "a teacher), `kto` (single thumbs up/down ratings), `orpo` or `simpo` "
-            "(chosen/rejected pairs without a reference model). "
+            "(chosen/rejected pairs without a reference model), `grpo` (online RL from "
+            "graded samples). "
             "`token_classification` (a tag per word: NER) and `extractive_qa` (answer "
             "spans in a context, SQuAD-style) put a token or span head on an "
             "encoder or decoder."))
@@ -457,6 +513,7 @@ class RunConfig(_Section):
                              description="Settings for `task: orpo` (pairs read as `dpo:`).")
     simpo: SimPOConfig = Field(default_factory=SimPOConfig,
                                description="Settings for `task: simpo` (pairs read as `dpo:`).")
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="Settings for `task: grpo`.")
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -481,7 +538,7 @@ class RunConfig(_Section):
                    "extractive_qa": QA_METRICS,
                    "classification": CLASSIFICATION_METRICS, "dpo": DPO_METRICS,
                    "distill": DISTILL_METRICS, "kto": KTO_METRICS, "orpo": DPO_METRICS,
-                   "simpo": DPO_METRICS}.get(self.task, SFT_METRICS)
+                   "simpo": DPO_METRICS, "grpo": GRPO_METRICS}.get(self.task, SFT_METRICS)
         if metric not in allowed:
             problems.append(f"train.early_stopping.metric {metric} is not computed by task "
                             f"{self.task}; use one of {', '.join(allowed)}")
@@ -498,6 +555,12 @@ class RunConfig(_Section):
     def _check_new_tasks(self) -> list[str]:
         """Combinations of `dpo`, `distill` and `data.mixture` settings."""
         problems = []
+        if self.task == "grpo":
+            if self.grpo.num_generations < 2:
+                problems.append("grpo.num_generations must be at least 2: advantages compare "
+                                "each completion with the others sampled for its prompt")
+            if not self.grpo.graders:
+                problems.append("task grpo needs grpo.graders (at least one reward)")
         if self.task == "distill" and not self.distill.teacher:
             problems.append("task distill needs distill.teacher (a model name or run directory)")
         for section in ("dpo", "kto"):

@@ -10,7 +10,17 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from tunesmith.recipes import classify, distill, dpo, kto, preference_free, qa, sft, token_classify
+from tunesmith.recipes import (
+    classify,
+    distill,
+    dpo,
+    grpo,
+    kto,
+    preference_free,
+    qa,
+    sft,
+    token_classify,
+)
 
 RECIPES: dict[str, ModuleType] = {
     "sft": sft,
@@ -22,6 +32,7 @@ RECIPES: dict[str, ModuleType] = {
     "kto": kto,
     "orpo": preference_free,
     "simpo": preference_free,
+    "grpo": grpo,
 }
 
 

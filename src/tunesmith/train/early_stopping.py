@@ -12,7 +12,7 @@ LOWER_IS_BETTER = frozenset({"val_loss", "val_perplexity", "val_distill_loss"})
 HIGHER_IS_BETTER = frozenset({"val_token_accuracy", "val_accuracy", "val_macro_f1",
                               "val_micro_f1", "val_weighted_f1", "val_macro_precision",
                               "val_macro_recall", "val_reward_accuracy",
-                              "val_reward_margin", "val_entity_f1", "val_entity_precision",
+                              "val_reward_margin", "val_reward", "val_entity_f1", "val_entity_precision",
                               "val_entity_recall", "val_entity_macro_f1", "val_exact_match",
                               "val_f1"})
 
