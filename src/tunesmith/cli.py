@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.exceptions import TyperException
 
+from tunesmith.advise.cli import register as register_advise
 from tunesmith.data.prepare.cli import register as register_data
 from tunesmith.errors import (
     TrainingInterrupted,
@@ -65,6 +66,7 @@ def _register_subcommands() -> None:
     register_studio(app)  # studio: the web UI over serve's app
     register_humaneval(app)  # humaneval (campaigns), annotate (queues)
     register_rag(app, data_app)  # rag index/query/eval, data rag-sft
+    register_advise(app)  # baseline: should I fine-tune at all?
 
 
 def _quiet_libraries() -> None:

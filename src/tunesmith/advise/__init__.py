@@ -1,0 +1,1 @@
+"""Advice before training: baselines against a fine-tune, base-model selection."""
