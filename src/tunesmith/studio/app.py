@@ -20,12 +20,15 @@ from tunesmith.serve.api.engines import ModelPool
 from tunesmith.serve.app import create_app
 from tunesmith.serve.settings import ServeSettings
 from tunesmith.studio import (
+    routes_annotate,
     routes_data,
     routes_eval,
+    routes_humaneval,
     routes_login,
     routes_models,
     routes_new,
     routes_play,
+    routes_review,
     routes_runs,
 )
 from tunesmith.studio.auth import Sessions, StudioGate, load_secret
@@ -72,6 +75,8 @@ def create_studio_app(settings: ServeSettings, studio: StudioState | None = None
     app.mount("/studio/static", StaticFiles(directory=static_dir()), name="studio-static")
     for module in (routes_login, routes_runs, routes_new, routes_data, routes_eval,
                    routes_play, routes_models):
+        app.include_router(module.router)
+    for module in (routes_humaneval, routes_annotate, routes_review):  # human evaluation
         app.include_router(module.router)
 
     @app.get("/studio", include_in_schema=False)
