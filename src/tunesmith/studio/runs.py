@@ -27,6 +27,7 @@ from tunesmith.train.run_state import read_status
 
 CURVES = ("loss", "val_loss", "lr", "tokens_per_s")  # the run page's charts, in order
 ACTIVE_JOB = ("validating_files", "queued", "running")
+RUN_MARKERS = ("config.yaml", "status.json", "manifest.json", "final")  # a run directory
 
 
 @dataclass
@@ -262,7 +263,7 @@ def cli_run_dirs(runs_dirs: list[Path], data_dir: Path) -> list[tuple[str, Path]
         if not root.is_dir() or root.resolve() in skip:
             continue
         for child in root.iterdir():
-            if (child / "config.yaml").is_file() or (child / "status.json").is_file():
+            if any((child / f).exists() for f in RUN_MARKERS):
                 found.append((f"d{i}:{child.name}", child))
     return found
 
