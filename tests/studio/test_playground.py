@@ -64,3 +64,10 @@ def test_the_conversation_is_kept_on_the_server(studio: StudioClient) -> None:
     html = studio.get("/studio/play").text
     saved = html.split('id="play-saved">')[1].split("</script>")[0]
     assert json.loads(saved) == state  # and the text cannot close the script element
+
+
+def test_evaluate_offers_served_models_by_their_source(studio_pool: StudioClient,
+                                                       serve_models: dict[str, Path]  # noqa: F811
+                                                       ) -> None:
+    html = studio_pool.get("/studio/eval").text
+    assert f'value="{serve_models["base"]}"' in html and "served as <code>tiny</code>" in html

@@ -15,9 +15,9 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from tunesmith.errors import TunesmithError, UsageError
 from tunesmith.studio import tasks
+from tunesmith.studio.catalog import servable_runs, served_sources
 from tunesmith.studio.datasets import dataset_paths, resolve_dataset
 from tunesmith.studio.render import StudioRoute, error_page, error_parts, fragment, go, page
-from tunesmith.studio.routes_play import servable_runs, served_models
 
 router = APIRouter(prefix="/studio", route_class=StudioRoute, include_in_schema=False)
 EVAL_TASKS = ("auto", "generation", "lm", "classification", "zero-shot")
@@ -31,7 +31,7 @@ def _data_dir(request: Request) -> Path:
 async def eval_page(request: Request) -> HTMLResponse:
     data_dir = _data_dir(request)
     runs = await run_in_threadpool(servable_runs, request)
-    models = await run_in_threadpool(served_models, request)
+    models = await run_in_threadpool(served_sources, request)
     return page(request, "eval.html", title="Evaluate", active="eval", runs=runs,
                 models=models, datasets=[str(p) for p in dataset_paths(data_dir)],
                 evals=await run_in_threadpool(tasks.list_tasks, data_dir, ("eval",)),

@@ -14,9 +14,9 @@ from fastapi.responses import HTMLResponse, Response
 
 from tunesmith.errors import TunesmithError, UsageError
 from tunesmith.studio import tasks
+from tunesmith.studio.catalog import servable_runs, served_models
 from tunesmith.studio.datasets import dataset_paths, resolve_dataset
 from tunesmith.studio.render import StudioRoute, error_parts, fragment, go, page
-from tunesmith.studio.routes_play import servable_runs, served_models
 
 router = APIRouter(prefix="/studio", route_class=StudioRoute, include_in_schema=False)
 FORMATS = {"hf": ("none", "int8", "f16", "bf16"),

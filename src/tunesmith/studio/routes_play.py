@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -20,8 +19,9 @@ from fastapi.responses import HTMLResponse, Response
 
 from tunesmith.errors import TunesmithError, UsageError
 from tunesmith.io import atomic_write_text
+from tunesmith.studio.catalog import servable_runs, served_models
 from tunesmith.studio.render import StudioRoute, error_parts, fragment, go, page
-from tunesmith.studio.runs import find_run, list_runs
+from tunesmith.studio.runs import find_run
 
 router = APIRouter(prefix="/studio", route_class=StudioRoute, include_in_schema=False)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
@@ -30,17 +30,6 @@ MAX_SAVED = 200_000  # bytes of transcript kept
 
 def _saved_path(request: Request) -> Path:
     return Path(request.app.state.settings.data_dir) / "studio" / "playground.json"
-
-
-def served_models(request: Request) -> list[dict[str, Any]]:
-    """What ``GET /v1/models`` lists (chat models only: classifiers do not chat)."""
-    return [m for m in request.app.state.pool.listing() if m.get("kind") != "classifier"]
-
-
-def servable_runs(request: Request) -> list[Any]:
-    state = request.app.state
-    runs = list_runs(state.db, Path(state.settings.data_dir), state.studio.runs_dirs)
-    return [r for r in runs if r.dir is not None and (r.dir / "final").is_dir()]
 
 
 @router.get("/play")
