@@ -474,9 +474,48 @@ class ExtractiveQAConfig(_Section):
         "the validation set (the SQuAD v2 script's best-F1 threshold), else 0."))
 
 
+TRACKERS = ("tensorboard", "mlflow")
+
+
+class MLflowConfig(_Section):
+    tracking_uri: str | None = Field(None, description=(
+        "Where MLflow records the run: a tracking server URL (`http://127.0.0.1:5000`) or a "
+        "database URI (`sqlite:///runs/mlflow.db`). Empty: `$MLFLOW_TRACKING_URI`, else "
+        "`sqlite:///<output.dir>/mlflow.db`."))
+    experiment: str = Field("tunesmith", description="MLflow experiment the run belongs to.")
+    run_name: str | None = Field(None, description="MLflow run name (empty: the run's `name`).")
+    tags: dict[str, str] = Field(default_factory=dict, description=(
+        "Extra MLflow run tags (`tunesmith.task`, `tunesmith.method` and "
+        "`tunesmith.run_dir` are always set)."))
+    log_model: bool = Field(True, description=(
+        "Upload `final/` as the run's artifacts at the end (a merged LoRA model is the size "
+        "of its base; `false` uploads only the manifest and metrics)."))
+
+
 class OutputConfig(_Section):
     dir: str = Field("runs", description="Parent directory of run directories.")
-    tensorboard: bool = Field(True, description="Write TensorBoard logs under `tb/`.")
+    trackers: list[Literal[TRACKERS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["tensorboard"], description=(
+            "Where metrics go besides `metrics.jsonl` (always written): `tensorboard` (`tb/`), "
+            "`mlflow` (see `output.mlflow`; `pip install 'tunesmith[tracking]'`). "
+            "`output.tensorboard: false|true` is read as removing or adding `tensorboard`."))
+    mlflow: MLflowConfig = Field(default_factory=MLflowConfig,
+                                 description="Settings for the `mlflow` tracker.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tensorboard_alias(cls, data: Any) -> Any:
+        """``output.tensorboard`` (the key before ``trackers``) stays valid: every existing
+        config and job spec uses it, and it maps onto ``trackers`` without ambiguity."""
+        if not isinstance(data, dict) or "tensorboard" not in data:
+            return data
+        data = dict(data)
+        on = data.pop("tensorboard")
+        if not isinstance(on, bool):
+            raise ValueError(f"output.tensorboard must be true or false, got {on!r}")
+        trackers = [t for t in data.get("trackers", ["tensorboard"]) if t != "tensorboard"]
+        data["trackers"] = ["tensorboard", *trackers] if on else trackers
+        return data
 
 
 class RunConfig(_Section):

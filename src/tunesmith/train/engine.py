@@ -173,6 +173,7 @@ class TrainLoop:
                                objective.task)
         self.callbacks = callbacks or []
         self.graceful: GracefulStop | None = None  # set by the caller to stop on SIGTERM
+        self.tracker = Tracker(run_dir, enabled=False)  # the run's own, opened by run()
         self.show_progress = show_progress and accelerator.is_main_process
         self.module = objective.module
         self.optimizer = build_optimizer(self.module.model, self.tc,
@@ -195,8 +196,9 @@ class TrainLoop:
             if acc.is_main_process:
                 truncate_after(self.run_dir / "metrics.jsonl", state["step"])
                 self.obj.on_resume(self.run_dir, state["step"])
-        tracker = Tracker(self.run_dir, self.cfg.output.tensorboard, acc.is_main_process,
-                          resumed_at=state["step"] if resume_from is not None else None)
+        tracker = self.tracker = Tracker.for_run(
+            self.run_dir, self.cfg, acc.is_main_process,
+            resumed_at=state["step"] if resume_from is not None else None)
         view = ProgressView(self.total, state["step"], self.show_progress)
         result = LoopResult(steps=state["step"])
         micro_per_step = tc.grad_accum * acc.num_processes
@@ -260,6 +262,9 @@ class TrainLoop:
                               f"{tc.early_stopping.metric} in {tc.early_stopping.patience} "
                               "evaluations")
                     break
+        except BaseException as exc:
+            tracker.fail(isinstance(exc, (TrainingInterrupted, KeyboardInterrupt)))
+            raise
         finally:
             view.close()
             tracker.close()
@@ -372,12 +377,18 @@ class TrainLoop:
         """Write ``final/`` (weights + the last evaluation) atomically; returns its path."""
         final = self.run_dir / "final"
         if self.acc.is_main_process:
-            with atomic_directory(final) as tmp:
-                self.obj.save_final_model(self.acc.unwrap_model(self.wrapped), self.tok, tmp)
-                (tmp / EVAL_FILE).write_text(json.dumps(
-                    {"step": result.steps, **result.last_eval,
-                     **(self.obj.eval_extra(result.steps, result.last_eval)
-                        if result.last_eval else {})}, indent=1))
+            try:
+                with atomic_directory(final) as tmp:
+                    self.obj.save_final_model(self.acc.unwrap_model(self.wrapped), self.tok,
+                                              tmp)
+                    (tmp / EVAL_FILE).write_text(json.dumps(
+                        {"step": result.steps, **result.last_eval,
+                         **(self.obj.eval_extra(result.steps, result.last_eval)
+                            if result.last_eval else {})}, indent=1))
+            except BaseException:
+                self.tracker.fail(False)
+                raise
+            self.tracker.finish(final)  # trackers upload final/ and close the run
         return final
 
     def _save_best(self, step: int, metrics: dict[str, float]) -> None:

@@ -1,34 +1,62 @@
-"""Metrics go to ``metrics.jsonl`` always and to TensorBoard when enabled."""
+"""Metrics go to ``metrics.jsonl`` always, and to the trackers ``output.trackers`` names
+(TensorBoard, MLflow: ``train/trackers/``).
+
+``metrics.jsonl`` is the run's own record (the studio, ``tunesmith eval`` and the tests read
+it); a tracker receives the numeric values of the same rows. After ``--resume`` none of them
+shows a step after the checkpoint twice: ``truncate_after`` rewrites the file, TensorBoard
+purges, MLflow skips the points it already holds (see each module for why).
+"""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from tunesmith.config.schema import RunConfig
 from tunesmith.io import atomic_write_text
+from tunesmith.train.trackers.mlflow_run import MLflowSink
+from tunesmith.train.trackers.tensorboard import TensorBoardSink
+
+
+class Sink(Protocol):
+    """A tracker: ``log`` each step's numbers; ``close`` when the loop ends; then ``finish``
+    (``final/`` written) or ``fail`` (the run failed or was interrupted)."""
+
+    def log(self, step: int, values: dict[str, float]) -> None: ...
+
+    def close(self) -> None: ...
+
+    def finish(self, final_dir: Path | None) -> None: ...
+
+    def fail(self, interrupted: bool) -> None: ...
+
+
+def open_sinks(run_dir: Path, cfg: RunConfig, resumed_at: int | None) -> list[Sink]:
+    """The trackers of ``output.trackers``, opened for this run (main process only)."""
+    sinks: list[Sink] = []
+    for name in dict.fromkeys(cfg.output.trackers):
+        sinks.append(TensorBoardSink(run_dir, resumed_at) if name == "tensorboard"
+                     else MLflowSink(run_dir, cfg, resumed_at))
+    return sinks
 
 
 class Tracker:
-    """``resumed_at``: the checkpoint's step when resuming. TensorBoard is told to purge what
-    an interrupted process logged after it (``purge_step``), so no step appears twice, as
-    ``truncate_after`` does for ``metrics.jsonl``."""
+    """Writes ``metrics.jsonl`` and forwards the numbers to ``sinks``; does nothing when not
+    ``enabled`` (processes other than the main one)."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True,
-                 resumed_at: int | None = None) -> None:
+    def __init__(self, run_dir: Path, sinks: list[Sink] | None = None,
+                 enabled: bool = True) -> None:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
-        self.tb = None
-        if enabled and tensorboard:
-            try:
-                # deferred: may be missing: checked here
-                from torch.utils.tensorboard import SummaryWriter
+        self.sinks = sinks or []
 
-                self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=(
-                    resumed_at + 1 if resumed_at is not None else None))
-            except ImportError:  # tensorboard is a dependency, but keep training without it
-                self.tb = None
+    @classmethod
+    def for_run(cls, run_dir: Path, cfg: RunConfig, enabled: bool,
+                resumed_at: int | None = None) -> Tracker:
+        """``resumed_at``: the checkpoint's step when resuming."""
+        return cls(run_dir, open_sinks(run_dir, cfg, resumed_at) if enabled else [], enabled)
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -37,15 +65,24 @@ class Tracker:
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
             fh.flush()
-        if self.tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self.tb.add_scalar(k, v, step)
+        numbers = {k: float(v) for k, v in values.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for sink in self.sinks:
+            sink.log(step, numbers)
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.flush()
-            self.tb.close()
+        for sink in self.sinks:
+            sink.close()
+
+    def finish(self, final_dir: Path | None) -> None:
+        for sink in self.sinks:
+            sink.finish(final_dir)
+        self.sinks = []
+
+    def fail(self, interrupted: bool) -> None:
+        for sink in self.sinks:
+            sink.fail(interrupted)
+        self.sinks = []
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
