@@ -140,3 +140,15 @@ def test_the_studio_command_is_registered() -> None:
     result = CliRunner().invoke(app, ["studio", "--help"])
     assert result.exit_code == 0 and "--api-key" in result.output and "127.0.0.1" in \
         result.output
+
+
+def test_best_is_the_metric_best_was_chosen_by(studio: StudioClient, runs_dir: Path) -> None:
+    run = write_run(runs_dir, "cls", task="classification", steps=4)
+    (run / "status.json").write_text(json.dumps({"state": "completed", "best_metric": 0.91,
+                                                 "best_step": 4}))
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["train"]["early_stopping"] = {"metric": "val_accuracy"}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert "val_accuracy 0.91" in studio.get("/studio/runs").text

@@ -209,12 +209,18 @@ def summarize(info: RunInfo) -> RunInfo:
         info.best = {"metric": "val_loss", "value": summary.best["val_loss"],
                      "step": summary.best["step"]}
     cfg = read_config(info.dir)
+    status = run_status(info.dir) if info.source == "cli" else read_json(
+        info.dir / "status.json") or {}
+    if status.get("best_metric") is not None:  # what best/ was chosen by (a completed run)
+        metric = ((cfg.get("train") or {}).get("early_stopping") or {}).get("metric")
+        info.best = {"metric": metric or "val_loss", "value": status["best_metric"],
+                     "step": status.get("best_step")}
     info.task = info.task or cfg.get("task")
     info.model = info.model or (cfg.get("model") or {}).get("name")
     if info.total is None:
         info.total = (cfg.get("train") or {}).get("max_steps")
     if info.source == "cli":
-        info.status_info = run_status(info.dir)
+        info.status_info = status
         info.status = info.status_info.get("state", "unknown")
         info.reason = info.status_info.get("reason")
         if info.status == "completed" and info.step:
