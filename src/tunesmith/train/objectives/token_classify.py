@@ -104,7 +104,7 @@ class TokenClassifyObjective(ReportedObjective):
     task = "token_classification"
     eval_log = EVAL_LOG
     metrics = TOKEN_CLASSIFICATION_METRICS
-    rate_name = "examples"
+    rate_name = "labelled_tokens"  # the step's units: the loss is a mean over them
     shown_metrics = ("val_loss", "val_entity_f1", "val_entity_macro_f1", "val_token_accuracy")
 
     def __init__(self, model: Any, tokenizer: Any, train: list[TokEncoded],
