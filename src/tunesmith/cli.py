@@ -66,7 +66,7 @@ def _register_subcommands() -> None:
     register_studio(app)  # studio: the web UI over serve's app
     register_humaneval(app)  # humaneval (campaigns), annotate (queues)
     register_rag(app, data_app)  # rag index/query/eval, data rag-sft
-    register_advise(app)  # baseline: should I fine-tune at all?
+    register_advise(app, models_app)  # baseline, models select: should I fine-tune?
 
 
 def _quiet_libraries() -> None:

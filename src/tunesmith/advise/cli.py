@@ -1,4 +1,5 @@
-"""``tunesmith baseline``: zero-shot, K-shot, RAG and fine-tuned on one test set.
+"""``tunesmith baseline`` (zero-shot, K-shot, RAG and fine-tuned on one test set) and
+``tunesmith models select`` (base models ranked on the user's data, ``select.py``).
 
 This package sits beside ``sweep`` and ``demo`` (above the recipes) because it may train:
 with ``--config`` the fine-tuned option is trained by the recipe first and its wall time
@@ -92,6 +93,41 @@ def baseline_command(
     out.print(f"→ {res['out_dir']}/report.html")
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``baseline``."""
+def select_command(
+    data: Annotated[str, typer.Option("--data", "-d", help="Rows in a training format.")],
+    candidates: Annotated[str, typer.Option(
+        help="Comma-separated base models: embedded names, directories, hub ids.")],
+    probe_steps: Annotated[int, typer.Option(
+        help="Also train each candidate with LoRA for N steps and report its loss (0: no).")
+    ] = 0,
+    shots: Annotated[int, typer.Option(help="Also score K-shot (0: zero-shot only).")] = 0,
+    train: Annotated[Optional[str], typer.Option(
+        help="Rows for the shots and the probe (default: --data).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o")] = None,
+    max_new_tokens: int = 64, batch_size: int = 8, limit: Optional[int] = None,
+    bootstrap: int = 1000, dtype: str = "auto",
+) -> None:
+    """Rank candidate base models on your data: answer loss, task metric, probe, cost."""
+    # deferred: loads torch; keeps `tunesmith --help` fast
+    from tunesmith.advise.select import select
+    from tunesmith.evaluate.tasks import EvalSettings
+
+    names = [c.strip() for c in candidates.split(",") if c.strip()]
+    s = EvalSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit,
+                     bootstrap=bootstrap, dtype=dtype, shots_select="bm25")
+    res = select(names, data, output or Path("selections") / time.strftime("%Y%m%d-%H%M%S"),
+                 s, shots, train, probe_steps)
+    for r in res["candidates"]:
+        out.print(f"{escape(r['model'])}: loss {r['loss']:.4f}, {r['metric']} zero-shot "
+                  f"{r['zero_shot']:.4f}" + (f", few-shot {r['few_shot']:.4f}" if shots else "")
+                  + (f", probe loss {r['probe_loss']:.4f}" if r.get("probe_loss") else "")
+                  + f", {r['parameters'] or '?'} parameters, {r['latency_ms']:.0f} ms")
+    out.print(f"[bold]recommended: {escape(res['recommendation'])}[/] — "
+              f"{escape(res['reason'])}")
+    out.print(f"→ {res['out_dir']}/report.html")
+
+
+def register(app: typer.Typer, models_app: typer.Typer) -> None:
+    """Add ``baseline`` and ``models select``."""
     app.command("baseline")(baseline_command)
+    models_app.command("select")(select_command)
