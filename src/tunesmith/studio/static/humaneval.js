@@ -3,7 +3,13 @@
 // Ctrl/Cmd+Enter in the answer box saves it. Nothing is stored in the browser: each click
 // is saved on the server before the next item arrives.
 (function () {
-  function form() { return document.querySelector("form[data-shortcuts]"); }
+  function form() {
+    var f = document.querySelector("form[data-shortcuts]");
+    // a key pressed just after a new item was swapped in may come before htmx has bound the
+    // new form: bind it now (idempotent), so the answer is posted, never submitted natively
+    if (f && window.htmx) window.htmx.process(f);
+    return f;
+  }
   document.addEventListener("keydown", function (ev) {
     var f = form();
     if (!f || ev.altKey || ev.repeat) return;
