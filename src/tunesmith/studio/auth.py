@@ -158,17 +158,17 @@ class StudioGate:
         scope = dict(scope)
         scope.setdefault("state", {})
         scope["state"] = {**scope["state"], "studio_session": session}
-        if self.api_key and (authed or is_open):
-            scope["headers"] = [*(h for h in scope.get("headers") or []
-                                  if h[0] != b"authorization"),
-                                (b"authorization", f"Bearer {self.api_key}".encode())]
         send = _with_cookie(send, new_cookie)
-        if studio and isinstance(self.app, GuardAndRecord):
+        if studio and isinstance(self.app, GuardAndRecord):  # checked here: skip the guard
             limit = self.limits[1] if path == UPLOAD else self.limits[0]
             bounded = await bounded_receive(scope, receive, send, {}, limit)
             if bounded is not None:
                 await self.app.app(scope, bounded, send)
             return
+        if self.api_key and authed:  # /v1 with the session cookie: the guard wants the key
+            scope["headers"] = [*(h for h in scope.get("headers") or []
+                                  if h[0] != b"authorization"),
+                                (b"authorization", f"Bearer {self.api_key}".encode())]
         await self.app(scope, receive, send)
 
     @staticmethod
