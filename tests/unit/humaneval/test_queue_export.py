@@ -129,3 +129,32 @@ def test_suggestions_and_active_learning(tmp_path: Path, db: Database) -> None:
         probs.append(row["probability"])
         queues.save_label(db, q, ann, row["id"], "labelled", label=row["suggestion"])
     assert len(probs) == 4 and probs == sorted(probs)  # least sure first
+
+
+def test_queue_from_served_completions_rated_down(tmp_path: Path, db: Database) -> None:
+    """A completion rated down becomes an SFT row to answer; the export is a chat row with
+    the feedback's provenance kept in the queue's."""
+    import time
+
+    from tunesmith.serve.api.completions import record_completion
+    from tunesmith.serve.feedback.export import collect
+    from tunesmith.serve.feedback.routes import FeedbackRecord
+
+    db.create_tables()
+    prompt = [{"role": "user", "content": "Where is my order?"}]
+    for cid, rating in (("chatcmpl-1", -1), ("chatcmpl-2", 1)):
+        record_completion(db, cid, "bot", "chat", prompt, ["No idea."], ["stop"], {}, 3, 2)
+        with db.session() as s:
+            s.add(FeedbackRecord(id=f"fb-{cid}", time=time.time(), completion_id=cid,
+                                 choice_index=0, rating=rating))
+    inp = queues.from_feedback(collect(db))
+    assert len(inp.rows) == 1 and inp.rows[0].data["rejected_output"] == "No idea."
+    q = create_queue(db, "fb", inp)
+    ann = people.named(db, "queue", q.id, "ann")
+    row = queues.next_row(db, q, ann)
+    queues.save_label(db, q, ann, row["id"], "labelled", answer="Let me check: order 42.")
+    export_queue(db, "fb", tmp_path / "fb.jsonl")
+    (out,) = [json.loads(x) for x in (tmp_path / "fb.jsonl").read_text().splitlines()]
+    assert out["messages"] == [*prompt, {"role": "assistant",
+                                         "content": "Let me check: order 42."}]
+    assert out["provenance"]["where"] == "chatcmpl-1#0"
