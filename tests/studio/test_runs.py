@@ -152,3 +152,27 @@ def test_best_is_the_metric_best_was_chosen_by(studio: StudioClient, runs_dir: P
     cfg["train"]["early_stopping"] = {"metric": "val_accuracy"}
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert "val_accuracy 0.91" in studio.get("/studio/runs").text
+
+
+def test_an_out_of_memory_failure_is_explained(studio: StudioClient, runs_dir: Path) -> None:
+    write_run(runs_dir, "oom", state="failed", steps=1,
+              reason="The training process exited unexpectedly (killed by SIGKILL, perhaps "
+              "out of memory).")
+    html = studio.get("/studio/runs/d0:oom").text
+    assert "needed more memory than the machine had" in html and "train.batch_size" in html
+
+
+def test_draft_and_session_survive_a_server_restart(tmp_path: Path, runs_dir: Path) -> None:
+    from tests.studio.conftest import make_studio
+
+    with make_studio(tmp_path / "data", runs_dir, api_key="k") as client:
+        client.post("/studio/login", data={"key": "k", "next": "/studio/new"})
+        studio = StudioClient(client)
+        studio.get("/studio/new")
+        studio.post("/studio/new/check", data={"name": "kept-over-restart", "_start": ""})
+        cookies = dict(client.cookies)
+    with make_studio(tmp_path / "data", runs_dir, api_key="k") as client:
+        for name, value in cookies.items():
+            client.cookies.set(name, value)
+        resp = client.get("/studio/new", follow_redirects=False)
+        assert resp.status_code == 200 and 'value="kept-over-restart"' in resp.text

@@ -84,7 +84,15 @@ async def run_page(request: Request, key: str) -> HTMLResponse:
                           or cfg_data.get("mixture"))
     return page(request, "run.html", title=info.name, active="runs", run=info,
                 curves=CURVES, points=curve_points(rows), count=len(rows),
-                has_validation=has_validation, **details)
+                has_validation=has_validation, memory_hint=_out_of_memory(info.reason),
+                **details)
+
+
+def _out_of_memory(reason: str | None) -> bool:
+    """Whether a failure reads as the machine running out of memory (said in words)."""
+    text = (reason or "").lower()
+    return any(k in text for k in ("out of memory", "sigkill", "cannot allocate",
+                                   "memoryerror", "oom"))
 
 
 def _details(db: Any, data_dir: Path, info: RunInfo) -> dict[str, Any]:
