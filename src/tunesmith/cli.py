@@ -34,6 +34,7 @@ from tunesmith.humaneval.cli import register as register_humaneval
 from tunesmith.inference.predict_cli import register as register_predict
 from tunesmith.io import atomic_write_text, looks_like_hub_id
 from tunesmith.models.registry import EMBEDDED, is_ready, package_path, pull, resolve_model_dir
+from tunesmith.ops.cli import register as register_ops
 from tunesmith.rag.cli import register as register_rag
 from tunesmith.serve.cli import register as register_serve
 from tunesmith.serve.jobs.cli import register as register_jobs
@@ -64,6 +65,7 @@ def _register_subcommands() -> None:
     register_jobs(app)  # jobs list / worker
     register_sweep(app)
     register_studio(app)  # studio: the web UI over serve's app
+    register_ops(app)  # doctor, plan, merge
     register_humaneval(app)  # humaneval (campaigns), annotate (queues)
     register_rag(app, data_app)  # rag index/query/eval, data rag-sft
     register_advise(app, models_app)  # baseline, models select: should I fine-tune?
