@@ -45,6 +45,9 @@ def serve(models: Annotated[Optional[list[str]], typer.Argument(
               "may name as their base model. Repeatable; by default jobs train only served, "
               "embedded, fine-tuned or hub models.")] = None,
           log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+          rag: Annotated[Optional[list[str]], typer.Option(
+              "--rag", help="NAME=INDEX: answer chat requests to NAME with passages retrieved "
+              "from INDEX (`tunesmith rag index`); responses name them. Repeatable.")] = None,
           ) -> None:
     """Serve models behind an OpenAI-compatible API (chat, completions, classify, jobs)."""
     # deferred: optional (the serve extra); loads torch; keeps `tunesmith --help` fast
@@ -59,7 +62,8 @@ def serve(models: Annotated[Optional[list[str]], typer.Argument(
                              host=host, port=port, api_key=api_key, data_dir=data_dir,
                              db_url=db, dtype=dtype, max_tokens_limit=max_tokens_limit,
                              max_body_bytes=int(max_body_mb * (1 << 20)),
-                             allow_base_dirs=list(allow_base_dir or []))
+                             allow_base_dirs=list(allow_base_dir or []),
+                             rag=parse_rag(rag or []))
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         err.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can "
                   "reach this address can use the models and the jobs API")
@@ -68,6 +72,22 @@ def serve(models: Annotated[Optional[list[str]], typer.Argument(
     err.print(f"serving {names} on http://{host}:{port}/v1"
               + (" (API key required)" if settings.api_key else ""))
     uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def parse_rag(values: list[str]) -> dict[str, str]:
+    """``NAME=INDEX`` pairs; each index's manifest is checked now, before serving."""
+    # deferred: loads the rag package's readers only when --rag is given
+    from tunesmith.rag.index import read_manifest
+
+    out = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise UsageError("--rag takes NAME=INDEX", where="--rag", got=v,
+                             fix="e.g. --rag support-bot=./my-index")
+        read_manifest(Path(path))
+        out[name] = str(Path(path).resolve())
+    return out
 
 
 def monitor(data_dir: DataDir = Path(DEFAULT_DATA_DIR), db: DbUrl = None,
@@ -178,10 +198,14 @@ def promote(candidate: Annotated[str, typer.Argument(
             campaign_tolerance: Annotated[float, typer.Option(
                 help="Win-rate margin for --campaign (0.1: refused only if it clearly wins "
                 "under 40%).")] = 0.0,
+            general_tolerance: Annotated[Optional[float], typer.Option(
+                help="Also refuse a candidate whose accuracy on the general-ability suite "
+                "drops by more than this (e.g. 0.02): the forgetting guard.")] = None,
             db: DbUrl = None,
             ) -> None:
     """Serve CANDIDATE under CURRENT's name only if its evaluation is not worse."""
     # deferred: loads torch; keeps `tunesmith --help` fast
+    from tunesmith.evaluate.forgetting import general_gate
     from tunesmith.evaluate.tasks import EvalSettings
     from tunesmith.serve.feedback.promote import PromoteRequest, run_promote
 
@@ -193,6 +217,8 @@ def promote(candidate: Annotated[str, typer.Argument(
         gates.append(campaign_gate(_db_url(data_dir, db), campaign, candidate, over,
                                    campaign_tolerance))
 
+    if general_tolerance is not None:  # forgetting guard (evaluate/forgetting.py)
+        gates.append(general_gate(general_tolerance, n_boot=bootstrap, seed=seed, dtype=dtype))
     settings = EvalSettings(task=task, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             limit=limit, bootstrap=bootstrap, seed=seed, dtype=dtype)
     req = PromoteRequest(candidate, over, eval_file, metric=metric, tolerance=tolerance,

@@ -46,6 +46,7 @@ class ServeSettings:
     jobs_worker: bool = True  # let the jobs API start its worker (tests may turn it off)
     allow_base_dirs: list[Path] = field(default_factory=list)  # --allow-base-dir
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, for routers
+    rag: dict[str, str] = field(default_factory=dict)  # served name → index (--rag)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()

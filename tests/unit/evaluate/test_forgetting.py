@@ -51,3 +51,20 @@ def test_gate_on_real_models_passes_the_same_model(tiny_model_dir: Path) -> None
     d = F.general_gate(tolerance=0.0, limit=3, n_boot=100)(str(tiny_model_dir),
                                                             str(tiny_model_dir))
     assert d["promote"] is True and d["improvement"] == 0 and d["ci95"] == [0, 0]
+
+
+def test_promote_refuses_a_candidate_that_forgot(monkeypatch: pytest.MonkeyPatch,
+                                                 tiny_model_dir: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    from tunesmith.cli import main
+
+    cand = shutil.copytree(tiny_model_dir, tmp_path / "cand")
+    _fake_scores(monkeypatch, {str(Path(tiny_model_dir).resolve()): 0.6,
+                               str(cand.resolve()): 0.3})
+    with pytest.raises(SystemExit) as exc:
+        main(["promote", str(cand), "--over", str(tiny_model_dir), "--general-tolerance",
+              "0.05", "--data-dir", str(tmp_path / "data"), "--bootstrap", "200"])
+    text = capsys.readouterr().out
+    assert exc.value.code == 1 and "general_accuracy" in text and "refused" in text

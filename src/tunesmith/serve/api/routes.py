@@ -27,6 +27,7 @@ from tunesmith.serve.api.completions import new_id, record_completion
 from tunesmith.serve.api.decode import DecodeParams, decode_all, decode_stream
 from tunesmith.serve.api.engines import ClassifierHandle, LMHandle
 from tunesmith.serve.api.errors import APIError, error_body, model_not_found
+from tunesmith.serve.api.retrieval import augmented, passages_field, retrieve
 from tunesmith.serve.api.schemas import (
     UNSUPPORTED_CHAT,
     UNSUPPORTED_COMPLETION,
@@ -100,12 +101,13 @@ def _params(request: Request, body: Any, handle: LMHandle, prompt_len: int) -> D
                         top_p=body.top_p, stop=body.stop_list(), seed=body.seed)
 
 
-def _chat_prompt(handle: LMHandle, body: ChatCompletionRequest) -> tuple[list[dict], list[int]]:
+def _chat_prompt(handle: LMHandle, body: ChatCompletionRequest, hits: list[Any] = ()
+                 ) -> tuple[list[dict], list[int]]:
     tok = handle.tokenizer
     if not getattr(tok, "chat_template", None):
         raise APIError(400, f"`{handle.name}` has no chat template; use POST /v1/completions "
                        "with a plain prompt.", param="model", code="no_chat_template")
-    messages = [m.as_template_message() for m in body.messages]
+    messages = augmented([m.as_template_message() for m in body.messages], list(hits))
     try:
         text = render_prompt(tok, messages)
     except Exception as exc:  # a template may reject a role order (e.g. two system turns)
@@ -270,8 +272,12 @@ def build_openai_router() -> APIRouter:
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         _check_unsupported(body, UNSUPPORTED_CHAT)
         handle: LMHandle = await run_in_threadpool(_handle, request, body.model, "lm")
-        messages, ids = _chat_prompt(handle, body)
+        hits = await run_in_threadpool(  # --rag NAME=INDEX: passages into the last user turn
+            retrieve, request, body.model, [m.as_template_message() for m in body.messages])
+        messages, ids = _chat_prompt(handle, body, hits)
         call = _Call(request, body, handle, "chat", messages, [ids])
+        if hits:
+            call.head["passages"] = passages_field(hits)
 
         def role_chunks(emit: Callable[[Any], None], base: int) -> None:
             for i in range(body.n):
