@@ -94,6 +94,8 @@ def train(config: ConfigArg, overrides: Overrides = None,
           allow_config_change: Annotated[bool, typer.Option(
               help="With --resume: accept settings or data that differ from the run's "
               "(recorded in its manifest).")] = False,
+          plan: Annotated[bool, typer.Option(help="First print `tunesmith plan`'s one-line "
+                                             "estimate (a few calibration steps).")] = False,
           ) -> None:
     """Fine-tune a model as the config says; outputs go to <output.dir>/<name>/."""
     # deferred: torch and the config schema (pydantic); keeps `tunesmith --help` fast
@@ -108,6 +110,10 @@ def train(config: ConfigArg, overrides: Overrides = None,
         out.print(f"{run_dir} is already completed ({status.get('steps')} steps): nothing to "
                   f"resume. Its model is in {run_dir / 'final'}.")
         return
+    if plan:
+        from tunesmith.ops.plan import plan as make_plan  # deferred: runs calibration steps
+
+        out.print(make_plan(cfg).line(cfg))
     result = run_task(cfg, resume=resume, overwrite=overwrite,
                       allow_config_change=allow_config_change)
     if not hasattr(result, "loop"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -39,6 +39,41 @@ def doctor(json_out: Annotated[bool, typer.Option("--json", help="Findings as JS
         raise typer.Exit(1)
 
 
+def plan(config: Annotated[Path, typer.Argument(help="YAML config file.")],
+         overrides: Annotated[Optional[list[str]], typer.Argument(
+             help="section.key=value overrides, e.g. train.lr=1e-4.")] = None,
+         steps: Annotated[int, typer.Option(help="Calibration steps (run, then discarded).")
+                          ] = 4,
+         json_out: Annotated[bool, typer.Option("--json", help="The plan as JSON.")] = False,
+         ) -> None:
+    """Estimate peak memory and time to finish from a few real steps on your data and model:
+    the breakdown (weights, gradients, optimizer, activations and logits at the longest
+    batch) and whether it fits. Exits 1 when it does not."""
+    # deferred: torch, the config schema and the recipes; keeps `tunesmith --help` fast
+    from tunesmith.config import load_config
+    from tunesmith.ops.plan import GIB
+    from tunesmith.ops.plan import plan as make_plan
+
+    cfg = load_config(config, overrides)
+    p = make_plan(cfg, steps)
+    if json_out:
+        sys.stdout.write(json.dumps(p.as_dict(), indent=1) + "\n")
+    else:
+        table = Table(title=f"plan for {cfg.name} ({p.device})")
+        table.add_column("part")
+        table.add_column("GiB", justify="right")
+        for part in ("baseline", "weights", "gradients", "optimizer", "activations",
+                     "logits", "peak", "available"):
+            table.add_row(part, f"{getattr(p, part) / GIB:.3f}")
+        out.print(table)
+        out.print(f"longest micro-batch {p.longest_tokens} tokens; {p.total_steps} steps at "
+                  f"{p.step_seconds:.3f} s: ~{p.seconds / 60:.1f} min")
+        out.print(p.verdict(cfg))
+    if not p.fits:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(doctor)
+    app.command()(plan)
 
