@@ -118,3 +118,25 @@ def test_classification_and_dpo_launch_as_jobs(studio: StudioClient, tmp_path: P
         job_id = resp.headers["HX-Redirect"].rsplit("/", 1)[1]
         job = studio.client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
         assert job["method"]["type"] == ("dpo" if task == "dpo" else "classification")
+
+
+def test_a_new_run_from_a_job_gets_its_name_back(studio: StudioClient, tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n')
+    values = _form(studio.get("/studio/new?start=").text)
+    values.update({"name": "first-try", "data.train": str(data)})
+    job_id = studio.post("/studio/new/launch", data=values).headers["HX-Redirect"].rsplit(
+        "/", 1)[1]
+    run = Path(studio.client.app.state.settings.data_dir) / "jobs" / job_id
+    run.mkdir(parents=True)
+    import yaml
+
+    from tunesmith.config.load import validate_dict
+
+    (run / "config.yaml").write_text(yaml.safe_dump(validate_dict(
+        {"name": job_id, "data": {"train": str(data)}, "output": {"dir": str(run.parent)}}
+    ).model_dump(mode="json")))
+    html = studio.get(f"/studio/new?start=run:{job_id}").text
+    assert _form(html)["name"] == "first-try" and _form(html)["output.dir"] == "runs"
+    command = re.search(r'id="command">(.*?)<', html, re.S).group(1)
+    assert "name=first-try" in command and "output.dir=runs" in command, command

@@ -110,9 +110,22 @@ async def new_run(request: Request, start: str | None = None) -> HTMLResponse:
     if start is None:  # the draft (as it was left, in any tab, before any restart)
         start, values = await run_in_threadpool(read_draft, _data_dir(request))
     else:
-        values = {}
+        values = await run_in_threadpool(_job_label, request, start)
         await run_in_threadpool(_save_draft, request, start, values)
     return await run_in_threadpool(_render, request, start, values)
+
+
+def _job_label(request: Request, start: str) -> dict[str, str]:
+    """Starting from a job's run: its config names the run by the job id and writes under the
+    server's jobs folder; the form starts with the run's own name and ``runs`` instead (as
+    overrides, so the command shown still says exactly what it does)."""
+    if not start.startswith("run:ftjob-"):
+        return {}
+    state = request.app.state
+    info = find_run(state.db, Path(state.settings.data_dir), state.studio.runs_dirs, start[4:])
+    if info is None:
+        return {}
+    return {"name": form.yaml_text(info.name), "output.dir": "runs"}
 
 
 async def _form_values(request: Request) -> tuple[str | None, dict[str, str]]:
