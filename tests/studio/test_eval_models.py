@@ -77,3 +77,22 @@ def test_models_page_and_export_promote_forms(studio: StudioClient, tmp_path: Pa
 def test_unknown_task_is_a_page(studio: StudioClient) -> None:
     resp = studio.get("/studio/tasks/eval-nope")
     assert resp.status_code == 404 and "no such task" in resp.text
+
+
+def test_export_runs_the_cli_and_shows_the_result(studio: StudioClient, tiny_model: Path,
+                                                  runs_dir: Path) -> None:
+    import shutil
+
+    from tests.studio.conftest import write_run
+
+    run = write_run(runs_dir, "to-export")
+    shutil.copytree(tiny_model, run / "final")
+    assert 'value="' + str(run) + '"' in studio.get("/studio/models").text
+    resp = studio.post("/studio/models/export", data={"model": str(run), "format": "hf",
+                                                      "quantize": "none", "merge": "false"})
+    task_id = resp.headers["HX-Redirect"].rsplit("/", 1)[1]
+    html = _wait(studio, task_id)
+    assert "succeeded" in html and "tunesmith export" in html, html[-3000:]
+    out = Path(studio.client.app.state.settings.data_dir) / "exports" / "to-export-hf-none"
+    assert (out / "config.json").is_file() and f"Output in <code>{out}</code>" in html
+    assert task_id in studio.get("/studio/models").text

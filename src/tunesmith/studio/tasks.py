@@ -75,6 +75,12 @@ class Task:
     def command(self) -> str:
         return self.info.get("command", "")
 
+    @property
+    def output_dir(self) -> str | None:
+        """Where the command writes (its ``-o``), if it has one."""
+        argv = list(self.info.get("argv") or [])
+        return argv[argv.index("-o") + 1] if "-o" in argv[:-1] else None
+
     def log_tail(self, lines: int = 60) -> str:
         try:
             text = (self.dir / "output.log").read_text(encoding="utf-8", errors="replace")
