@@ -27,7 +27,8 @@ from tunesmith.errors import TunesmithError
 log = logging.getLogger("tunesmith.studio")
 NAV = (("runs", "Runs", "/studio/runs"), ("new", "New run", "/studio/new"),
        ("data", "Datasets", "/studio/data"), ("eval", "Evaluate", "/studio/eval"),
-       ("play", "Playground", "/studio/play"), ("models", "Models", "/studio/models"))
+       ("play", "Playground", "/studio/play"), ("models", "Models", "/studio/models"),
+       ("humaneval", "Human evaluation", "/studio/humaneval"))
 
 env = Environment(loader=PackageLoader("tunesmith.studio", "templates"),
                   autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
