@@ -295,6 +295,12 @@ _OVERRIDES = ", ".join(f'"train.k{i}": 1' for i in range(65))
     ('{"model": "owner/m", "training_file": "FILE", "method": {"type": ["dpo"]}}', "method"),
     ('{"model": "owner/m", "training_file": "FILE", "tunesmith": {' + _OVERRIDES + "}}",
      "tunesmith"),
+    ('{"model": "owner/m", "training_file": "FILE", "tunesmith": {"model": {"name": "/etc"}}}',
+     "tunesmith.model"),
+    ('{"model": "owner/m", "training_file": "FILE", "tunesmith": {"data": {"train": "/x"}}}',
+     "tunesmith.data"),
+    ('{"model": "owner/m", "training_file": "FILE", "tunesmith": '
+     '{"model.chat_template": "/etc/passwd"}}', "tunesmith.model.chat_template"),
 ])
 def test_job_requests_are_bounded(jobs_env: JobsEnv, text: str, param: str) -> None:
     train = jobs_env.upload_ok(chat_rows(12))

@@ -25,6 +25,7 @@ from typing import Any
 
 from tunesmith.config.load import validate_dict
 from tunesmith.config.schema import BASE_LR, RunConfig
+from tunesmith.data.templates import BUILTIN_TEMPLATES
 from tunesmith.errors import ConfigError
 from tunesmith.io import looks_like_hub_id
 from tunesmith.models.registry import EMBEDDED
@@ -114,9 +115,17 @@ def parse_request(body: Any) -> dict[str, Any]:
         raise APIError(400, f"'tunesmith' may hold at most {n_keys} config keys of at most "
                        f"{key_len} characters each (got {len(overrides)} keys).",
                        param="tunesmith", code="invalid_value")
-    for key in overrides:
-        if any(key == r or key.startswith(r + ".") for r in RESERVED):
+    for key, value in overrides.items():
+        # a whole section ("model": {...}) would set its reserved keys too ("model.name")
+        if any(key == r or key.startswith(r + ".") or r.startswith(key + ".")
+               for r in RESERVED):
             raise APIError(400, f"'tunesmith.{key}' cannot be overridden: the job sets it.",
+                           param=f"tunesmith.{key}", code="invalid_value")
+        if key.endswith("chat_template") and isinstance(value, str) \
+                and value not in BUILTIN_TEMPLATES and "{" not in value:
+            raise APIError(400, f"'tunesmith.{key}' must be a built-in template "
+                           f"({', '.join(BUILTIN_TEMPLATES)}) or a Jinja string: a job cannot "
+                           f"read a file of the server (got {shown(value)}).",
                            param=f"tunesmith.{key}", code="invalid_value")
     return {"model": body["model"], "training_file": body["training_file"],
             "validation_file": body.get("validation_file"), "suffix": suffix, "seed": seed,
