@@ -115,6 +115,10 @@ class DataConfig(_Section):
         "Also compute the loss on prompt/system/user tokens (default: assistant tokens only)."))
     system_prompt: str | None = Field(None, description=(
         "System message added to examples that have none (chat formats)."))
+    reasoning: Literal["keep", "mask", "drop"] = Field("keep", description=(
+        "Reasoning of assistant turns (`reasoning_content` or a leading <think> block): `keep` "
+        "trains on it, `mask` keeps it in the context without loss, `drop` removes it. Empty "
+        "think blocks are never trained. See docs/tools-and-reasoning.md."))
     max_examples: int | None = Field(None, ge=1, description="Use only the first N training rows.")
     cache: bool = Field(True, description="Cache tokenized data keyed by content, tokenizer and "
                         "template hashes.")

@@ -13,7 +13,9 @@ text               text                                 text
 =================  ===================================  ============================
 
 SFT trains on ``messages`` (OpenAI's chat fine-tuning format, with optional
-per-assistant-message ``weight`` 0/1), ``alpaca``, ``prompt_completion`` (strings, or message
+per-assistant-message ``weight`` 0/1, and tool calling: a ``tools`` list per row, assistant
+``tool_calls``, ``tool`` results, ``reasoning_content`` or ``<think>`` blocks, checked by
+:mod:`tunesmith.data.tools`), ``alpaca``, ``prompt_completion`` (strings, or message
 lists for conversational prompts) and ``text`` (continued pre-training). Preference fields may
 also be message lists (the conversational preference format).
 """
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.data.readers import Row
+from tunesmith.data.tools import check_calls, check_tool_results, check_tools, split_reasoning
 from tunesmith.errors import DataError
 
 # The one vocabulary of record formats, used by training, `data inspect/prepare`, eval and
@@ -98,6 +101,7 @@ class Example:
     completion: str = ""
     text: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    tools: list[dict[str, Any]] = field(default_factory=list)  # OpenAI function schemas
 
 
 def detect_training_format(rows: Iterable[Row]) -> str:
@@ -124,8 +128,11 @@ def to_example(row: Row, fmt: str, system_prompt: str | None = None) -> Example:
                             where=row.where, got=sorted(d),
                             fix=f"add `{key}` to every record, or set data.format to match")
     if fmt == "messages":
-        msgs = check_messages(d["messages"], row.where, "messages")
-        return Example("chat", row.where, messages=_with_system(msgs, system_prompt))
+        tools = check_tools(d.get("tools"), row.where) if "tools" in d else None
+        msgs = check_messages(d["messages"], row.where, "messages", tools,
+                              d.get("parallel_tool_calls", True) is not False)
+        return Example("chat", row.where, messages=_with_system(msgs, system_prompt),
+                       tools=tools or [])
     if fmt == "alpaca":
         instruction = _text(d, "instruction", row.where)
         extra = _text(d, "input", row.where, required=False)
@@ -163,7 +170,11 @@ def _text(d: dict[str, Any], key: str, where: str, required: bool = True,
     return value
 
 
-def check_messages(msgs: Any, where: str, fieldname: str) -> list[dict[str, Any]]:
+def check_messages(msgs: Any, where: str, fieldname: str,
+                   tools: list[dict[str, Any]] | None = None, parallel: bool = True
+                   ) -> list[dict[str, Any]]:
+    """Messages in the one shape training reads; tool calls are checked against ``tools``
+    (None: the row has no ``tools`` list, so call names cannot be checked)."""
     if not isinstance(msgs, list) or not msgs:
         raise DataError(f"`{fieldname}` must be a non-empty list of messages",
                         where=f"{where} field {fieldname}", got=msgs,
@@ -180,20 +191,37 @@ def check_messages(msgs: Any, where: str, fieldname: str) -> list[dict[str, Any]
             raise DataError("message has an unknown role", where=f"{loc}.role", got=m.get("role"),
                             fix=f"use one of {', '.join(ROLES)}{role_fix(m.get('role'))}")
         content = m.get("content")
+        calls = m.get("tool_calls")
+        if role == "assistant" and calls is not None:
+            calls = check_calls(calls, loc, tools, parallel)
+            content = "" if content is None else content
         if not isinstance(content, str):
             raise DataError("message content must be a string", where=f"{loc}.content",
                             got=content, fix="store the text of the message as a string")
+        reasoning = m.get("reasoning_content")
+        if role == "assistant" and reasoning is None:
+            reasoning, content = split_reasoning(content, loc)
+        if reasoning is not None and not isinstance(reasoning, str):
+            raise DataError("reasoning_content must be a string", where=f"{loc}.reasoning_content",
+                            got=reasoning, fix="store the reasoning as text")
         weight = m.get("weight", 1)
         if role == "assistant" and weight not in (0, 1):
             raise DataError("assistant message weight must be 0 or 1", where=f"{loc}.weight",
                             got=weight, fix="use 1 to train on that turn, 0 to skip it")
-        if role == "assistant" and weight == 1 and not content.strip():
+        if role == "assistant" and weight == 1 and not content.strip() and not calls:
             raise DataError("trained assistant message is empty", where=f"{loc}.content",
                             got=content, fix="give the assistant turn text, or set weight 0")
         msg = {"role": role, "content": content}
         if role == "assistant":
             msg["weight"] = weight
+            if calls:
+                msg["tool_calls"] = calls
+            if reasoning and reasoning.strip():
+                msg["reasoning"] = reasoning.strip()
+        if role == "tool":
+            msg.update({k: m[k] for k in ("tool_call_id", "name") if m.get(k) is not None})
         out.append(msg)
+    check_tool_results(out, where, fieldname)
     if not any(m["role"] == "assistant" for m in out):
         raise DataError("conversation has no assistant message to train on",
                         where=f"{where} field {fieldname}", got=[m["role"] for m in out],
@@ -237,4 +265,25 @@ def message_problem(value: Any, name: str, need_assistant: bool) -> Problem | No
     if need_assistant and not any(m.get("role") == "assistant" for m in value):
         return Problem("no_assistant", name, "conversation has no assistant message to learn",
                        [m.get("role") for m in value])
+    return None
+
+
+TOOL_KEYS = ("tool_calls", "tool_call_id", "reasoning_content")
+
+
+def tool_problem(data: dict[str, Any]) -> Problem | None:
+    """Why a ``messages`` row's tools, tool calls, tool results or reasoning are invalid
+    (the same checks as training, for `data inspect` / `data prepare`), or None."""
+    msgs = data.get("messages")
+    if "tools" not in data and not any(
+            isinstance(m, dict) and (m.get("role") == "tool" or any(k in m for k in TOOL_KEYS)
+                                     or "<think>" in str(m.get("content")))
+            for m in msgs or []):
+        return None
+    try:
+        tools = check_tools(data.get("tools"), "") if "tools" in data else None
+        check_messages(msgs, "", "messages", tools, data.get("parallel_tool_calls") is not False)
+    except DataError as exc:
+        where = (exc.where or "").split(" field ", 1)[-1]
+        return Problem("bad_tool_call", where, exc.what, exc.got)
     return None

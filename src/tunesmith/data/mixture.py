@@ -168,7 +168,8 @@ def prepare_mixture(data: DataConfig, mix: MixtureConfig, tokenizer: Any, seed: 
         dcfg = data.model_copy(update={"mixture": None, "format": ds.format, "train": ds.train,
                                        "validation": ds.validation, "system_prompt": None,
                                        "max_examples": ds.max_examples})
-        encoder = Encoder(tok, data.max_length, data.train_on_inputs, data.truncation)
+        encoder = Encoder(tok, data.max_length, data.train_on_inputs, data.truncation,
+                          data.reasoning)
         t_path, fmt = rewrite_rows(ds, ds.train, ds.format, system, ds.max_examples)
         enc, st = encode_file(t_path, dcfg.model_copy(update={"format": fmt,
                                                               "system_prompt": system}),

@@ -30,10 +30,11 @@ from tunesmith.data.templates import (
     raise_on_failures,
     too_long_fix,
 )
+from tunesmith.data.tool_template import supports_tools
 from tunesmith.errors import DataError
 from tunesmith.io import cache_root, file_sha256
 
-ENCODING_VERSION = "2"  # bump when encoding logic changes, to invalidate caches
+ENCODING_VERSION = "3"  # bump when encoding logic changes, to invalidate caches
 
 
 @dataclass
@@ -51,6 +52,9 @@ class SplitStats:
     sha256: str = ""
     # the tokenizer had no chat template, so the built-in alpaca one was used (and is saved)
     fallback_template: bool = False
+    # the data has tool calls and the template ignored them: the built-in tool template was
+    # used (and is saved with the model)
+    tool_template: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -87,7 +91,8 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, seed: int = 42) -> Prepared:
         raise DataError("no training data given", where="data.train",
                         fix="set data.train: path/to/train.jsonl (or data.train=... on the "
                         "command line)")
-    encoder = Encoder(tokenizer, cfg.max_length, cfg.train_on_inputs, cfg.truncation)
+    encoder = Encoder(tokenizer, cfg.max_length, cfg.train_on_inputs, cfg.truncation,
+                      cfg.reasoning)
     train_path, val_path, card = resolve_prepared(cfg)
     assert train_path is not None
     train, tstats = encode_file(train_path, cfg, encoder, limit=cfg.max_examples)
@@ -138,6 +143,8 @@ def encode_file(path: str, cfg: DataConfig, encoder: Encoder, limit: int | None 
         encs, meta = hit
         stats.__dict__.update(meta)
         stats.cached = True
+        if stats.tool_template:  # before the alpaca fallback, which it replaces
+            encoder.use_tool_template()
         if stats.fallback_template:
             # the cached ids were rendered with the fallback template: the tokenizer saved
             # with the model must carry it, exactly as on the run that filled the cache
@@ -158,8 +165,11 @@ def encode_file(path: str, cfg: DataConfig, encoder: Encoder, limit: int | None 
         raise DataError(f"{len(bad)} of {len(rows)} records are invalid; the first: {first.what}",
                         where=first.where, got=first.got, fix=first.fix)
     had_template = encoder.has_template
+    template = getattr(encoder.tokenizer, "chat_template", None)
     full = [encoder.encode(ex) for ex in examples]
     stats.fallback_template = encoder.has_template and not had_template
+    stats.tool_template = encoder.tokenizer.chat_template != template and supports_tools(
+        encoder.tokenizer.chat_template)
     raise_on_failures(check_encoded(full, encoder), path)
     kept = []
     for enc in full:
@@ -202,7 +212,8 @@ def tokenizer_fingerprint(tok: Any) -> str:
 
 def _cache_key(digest: str, cfg: DataConfig, enc: Encoder, limit: int | None) -> str:
     parts = [ENCODING_VERSION, digest, tokenizer_fingerprint(enc.tokenizer), cfg.format,
-             cfg.max_length, cfg.truncation, cfg.train_on_inputs, cfg.system_prompt, limit]
+             cfg.max_length, cfg.truncation, cfg.train_on_inputs, cfg.system_prompt, limit,
+             cfg.reasoning]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:24]
 
 

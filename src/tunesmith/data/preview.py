@@ -25,7 +25,8 @@ def preview(cfg: RunConfig, tokenizer: Any, n: int = 3, console: Console | None 
                         fix="set data.train in the config or as data.train=PATH")
     rows = read_rows(cfg.data.train, limit=200)
     fmt = detect_training_format(rows) if cfg.data.format == "auto" else cfg.data.format
-    enc = Encoder(tokenizer, cfg.data.max_length, cfg.data.train_on_inputs, cfg.data.truncation)
+    enc = Encoder(tokenizer, cfg.data.max_length, cfg.data.train_on_inputs, cfg.data.truncation,
+                  cfg.data.reasoning)
     encoded = [enc.encode(to_example(r, fmt, cfg.data.system_prompt)) for r in rows]
     report = check_encoded(encoded, enc)
     console.print(f"[bold]{escape(str(cfg.data.train))}[/]  format: {fmt}  rows previewed: "

@@ -4,15 +4,24 @@ Labels are built from character spans of the rendered text, so the mask is right
 template that renders earlier turns the same way when later turns are appended (checked).
 A trained assistant span runs from the end of the generation prompt through the EOS that
 closes the turn; everything else is masked (-100) unless ``train_on_inputs``.
+
+Tool calls are part of the assistant turn and train with it; tool results are masked even
+with ``train_on_inputs``. Think blocks follow ``data.reasoning`` (keep: trained, mask: in the
+context but masked, drop: removed before rendering); an empty think block is always masked.
+A conversation with tools, on a tokenizer whose template ignores ``tool_calls``, is rendered
+with the built-in tool template (:mod:`tunesmith.data.tool_template`), which is then saved
+with the model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tunesmith.data.formats import Example
+from tunesmith.data.tool_template import renders_reasoning, supports_tools, tool_template_for
+from tunesmith.data.tools import THINK_RE, parse_output, same_calls, template_messages
 from tunesmith.errors import ConfigError, DataError
 
 IGNORE = -100
@@ -52,6 +61,11 @@ class Encoded:
     truncated: bool = False
     # (first, last) token index of every trained assistant turn, for the contract checks
     turns: list[tuple[int, int]] = field(default_factory=list)
+    # the tool calls of each trained turn (aligned with ``turns``), for the round-trip check
+    calls: list[list[dict[str, Any]]] = field(default_factory=list)
+    # (first, last) token index of every think block, for the all-or-nothing check
+    thinks: list[tuple[int, int]] = field(default_factory=list)
+    results: list[tuple[int, int]] = field(default_factory=list)  # tool-result token ranges
 
 
 @dataclass
@@ -62,6 +76,7 @@ class Encoder:
     max_length: int
     train_on_inputs: bool = False
     truncation: str = "truncate"
+    reasoning: str = "keep"  # data.reasoning: keep | mask | drop
 
     def __post_init__(self) -> None:
         tok = self.tokenizer
@@ -76,6 +91,8 @@ class Encoder:
     def encode(self, ex: Example) -> Encoded:
         """Full-length encoding (truncation is applied by :meth:`fit`)."""
         if ex.kind == "chat":
+            if ex.tools or any(m.get("tool_calls") for m in ex.messages):
+                self.use_tool_template()
             if not self.has_template:
                 self.use_fallback_template()
             return self._encode_chat(ex)
@@ -89,14 +106,28 @@ class Encoder:
             self.tokenizer.chat_template = ALPACA
             self.has_template = True
 
+    def use_tool_template(self) -> bool:
+        """Tool data for a template that ignores ``tool_calls``: use the built-in tool
+        template (it keeps the model's default system message). True when it switched."""
+        if supports_tools(getattr(self.tokenizer, "chat_template", None)):
+            return False
+        self.tokenizer.chat_template = tool_template_for(self.tokenizer)
+        self.has_template = True
+        return True
+
     def fit(self, enc: Encoded) -> Encoded | None:
         """Apply ``max_length``: cut or drop; None when nothing trainable is left."""
         if len(enc.input_ids) > self.max_length:
             if self.truncation == "drop":
                 return None
             n = self.max_length
-            enc = Encoded(enc.input_ids[:n], enc.labels[:n], enc.where, True,
-                          [(a, min(b, n - 1)) for a, b in enc.turns if a < n])
+            kept = [k for k, (a, _) in enumerate(enc.turns) if a < n]
+            enc = replace(enc, input_ids=enc.input_ids[:n], labels=enc.labels[:n],
+                          truncated=True,
+                          turns=[(enc.turns[k][0], min(enc.turns[k][1], n - 1)) for k in kept],
+                          calls=[enc.calls[k] for k in kept if k < len(enc.calls)],
+                          thinks=[(a, min(b, n - 1)) for a, b in enc.thinks if a < n],
+                          results=[(a, min(b, n - 1)) for a, b in enc.results if a < n])
         if all(lab == IGNORE for lab in enc.labels):
             return None
         return enc
@@ -119,10 +150,22 @@ class Encoder:
 
     def _encode_chat(self, ex: Example) -> Encoded:
         tok = self.tokenizer
-        msgs = [{"role": m["role"], "content": m["content"]} for m in ex.messages]
+        msgs = template_messages(ex.messages, self.reasoning, renders_reasoning(
+            tok.chat_template))
+        self._tools = ex.tools or None
         full = self._render(msgs, False, ex.where)
         spans: list[tuple[int, int, bool]] = []  # (start, end, trained) in characters
+        hidden: list[tuple[int, int]] = []  # tool results and masked think blocks
+        result_chars: list[tuple[int, int]] = []
+        think_chars: list[tuple[int, int]] = []
+        calls = []
         for i, m in enumerate(ex.messages):
+            if m["role"] == "tool":
+                before = self._render(msgs[:i], False, ex.where)
+                upto = self._render(msgs[: i + 1], False, ex.where)
+                if full.startswith(upto) and upto.startswith(before):
+                    hidden.append((len(before), len(upto)))
+                    result_chars.append((len(before), len(upto)))
             if m["role"] != "assistant":
                 continue
             prefix = self._render(msgs[:i], True, ex.where) if i else ""
@@ -139,6 +182,12 @@ class Encoder:
             if cut > 0:
                 end = len(prefix) + cut
             spans.append((len(prefix), end, m.get("weight", 1) == 1))
+            if m.get("weight", 1) == 1:
+                calls.append(m.get("tool_calls", []))
+            for t in THINK_RE.finditer(full, len(prefix), end):
+                think_chars.append((t.start(), t.end()))
+                if self.reasoning == "mask" or not t.group(1).strip():
+                    hidden.append((t.start(), t.end()))
         enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(enc["input_ids"])
         offsets = enc["offset_mapping"]
@@ -155,11 +204,23 @@ class Encoder:
             untrained = {j for s, e, t in spans if not t
                          for j, (a, b) in enumerate(offsets) if s <= a < e}
             labels = [IGNORE if j in untrained else t for j, t in enumerate(ids)]
-        return Encoded(ids, labels, ex.where, turns=turns)
+        for s, e in hidden:
+            for j, (a, b) in enumerate(offsets):
+                if s <= a < e:
+                    labels[j] = IGNORE
+        thinks, results = [], []
+        for chars, out in ((think_chars, thinks), (result_chars, results)):
+            for s, e in chars:
+                idx = [j for j, (a, b) in enumerate(offsets) if b > a and s <= a < e]
+                if idx:
+                    out.append((idx[0], idx[-1]))
+        return Encoded(ids, labels, ex.where, turns=turns, calls=calls, thinks=thinks,
+                       results=results)
 
     def _render(self, msgs: list[dict[str, Any]], gen: bool, where: str) -> str:
         try:
-            return self.tokenizer.apply_chat_template(msgs, tokenize=False,
+            return self.tokenizer.apply_chat_template(msgs, tools=getattr(self, "_tools", None),
+                                                      tokenize=False,
                                                       add_generation_prompt=gen)
         except Exception as exc:  # jinja raises TemplateError and friends
             raise DataError(f"the chat template failed on this conversation ({exc})",
@@ -198,6 +259,16 @@ CHECK_TEXT = {
                        "report this as a bug; set data.train_on_inputs: true to train anyway"),
     "empty_turn": ("a trained assistant turn has no tokens besides EOS",
                    "remove empty assistant messages or give them weight 0"),
+    "tool_call_roundtrip": ("a trained tool call does not parse back to the same call (the "
+                            "template drops or rewrites tool_calls)", "use a template that "
+                            "renders tool_calls as <tool_call> JSON, or remove model."
+                            "chat_template so the built-in tool template is used"),
+    "tool_result_trained": ("tool result tokens carry labels", "report this as a bug: tool "
+                            "results are never trained"),
+    "think_split": ("a think block is partly trained and partly masked", "report this as a "
+                    "bug, or set data.reasoning: drop"),
+    "empty_think_trained": ("an empty think block is trained", "remove the empty <think></think>"
+                            " tags from the data, or set data.reasoning: drop"),
 }
 
 
@@ -227,7 +298,29 @@ def check_encoded(encs: list[Encoded], encoder: Encoder) -> CheckReport:
             first = enc.turns[0][0]
             if any(t != IGNORE for t in enc.labels[:first]):
                 rep.fail("prompt_trained", enc.where)
+        check_tool_turns(enc, tok, rep)
     return rep
+
+
+def check_tool_turns(enc: Encoded, tok: Any, rep: CheckReport) -> None:
+    """The tool and reasoning parts of the contract, on what is actually trained."""
+    for k, (a, b) in enumerate(enc.turns):
+        trained = tok.decode([enc.input_ids[j] for j in range(a, b + 1)
+                              if enc.labels[j] != IGNORE], skip_special_tokens=False)
+        if THINK_RE.search(trained) and any(not t.group(1).strip()
+                                            for t in THINK_RE.finditer(trained)):
+            rep.fail("empty_think_trained", enc.where)
+        expected = enc.calls[k] if k < len(enc.calls) else []
+        if expected and not (enc.truncated and k == len(enc.turns) - 1) and not same_calls(
+                parse_output(trained).calls, expected):
+            rep.fail("tool_call_roundtrip", enc.where)
+    if any(enc.labels[j] != IGNORE for a, b in enc.results
+           for j in range(a, min(b + 1, len(enc.labels)))):
+        rep.fail("tool_result_trained", enc.where)
+    for a, b in enc.thinks:
+        states = {enc.labels[j] != IGNORE for j in range(a, min(b + 1, len(enc.labels)))}
+        if len(states) > 1:
+            rep.fail("think_split", enc.where)
 
 
 def raise_on_failures(rep: CheckReport, source: str) -> None:

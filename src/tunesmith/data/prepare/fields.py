@@ -20,6 +20,7 @@ from tunesmith.data.formats import (
     Problem,
     detect_format,
     message_problem,
+    tool_problem,
 )
 
 
@@ -58,6 +59,10 @@ def check_row(data: dict[str, Any], fmt: str, label_field: str = "label") -> Pro
             problem = message_problem(value, name, need_assistant=fmt == "messages")
             if problem:
                 return problem
+            if fmt == "messages":
+                problem = tool_problem(data)
+                if problem:
+                    return problem
         elif not isinstance(value, str):
             return Problem("wrong_type", name, f"field '{name}' must be a string, "
                            f"not {type(value).__name__}", value)

@@ -26,6 +26,9 @@ _FIXES = {
     "schema_mismatch": "keep one record format per dataset ({fmt} here), or prepare the files "
                        "separately",
     "no_assistant": "add the assistant's reply to the conversation",
+    "bad_tool_call": "call only functions listed in the row's `tools`, with a JSON object of "
+                     "arguments, and answer each call with one `tool` message (tool_call_id); "
+                     "see docs/tools-and-reasoning.md",
 }
 
 
