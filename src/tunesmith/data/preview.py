@@ -1,4 +1,9 @@
-"""``tunesmith data preview``: rendered samples with the trained tokens highlighted."""
+"""``tunesmith data preview``: rendered samples with the trained tokens highlighted.
+
+Tool calls, tool results and think blocks are shown as the template renders them, so the
+highlight answers the questions peers' users ask after training: is the call trained (it
+should be), is the tool result masked (always), does the reasoning follow ``data.reasoning``.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,9 @@ from rich.table import Table
 from rich.text import Text
 
 from tunesmith.config.schema import RunConfig
-from tunesmith.data.formats import detect_training_format, to_example
+from tunesmith.data.formats import Example, detect_training_format, to_example
 from tunesmith.data.readers import read_rows
-from tunesmith.data.templates import CHECK_TEXT, IGNORE, Encoder, check_encoded
+from tunesmith.data.templates import CHECK_TEXT, IGNORE, Encoded, Encoder, check_encoded
 from tunesmith.errors import DataError
 
 
@@ -27,11 +32,21 @@ def preview(cfg: RunConfig, tokenizer: Any, n: int = 3, console: Console | None 
     fmt = detect_training_format(rows) if cfg.data.format == "auto" else cfg.data.format
     enc = Encoder(tokenizer, cfg.data.max_length, cfg.data.train_on_inputs, cfg.data.truncation,
                   cfg.data.reasoning)
-    encoded = [enc.encode(to_example(r, fmt, cfg.data.system_prompt)) for r in rows]
+    examples = [to_example(r, fmt, cfg.data.system_prompt) for r in rows]
+    template = getattr(tokenizer, "chat_template", None)
+    encoded = [enc.encode(ex) for ex in examples]
     report = check_encoded(encoded, enc)
+    tools = tool_summary(examples, encoded, cfg.data.reasoning,
+                         tokenizer.chat_template != template)
     console.print(f"[bold]{escape(str(cfg.data.train))}[/]  format: {fmt}  rows previewed: "
                   f"{len(rows)}  [green]trained tokens: {report.trained_tokens}[/]  "
                   f"[dim]masked: {report.masked_tokens}[/]")
+    if tools["tool_calls"] or tools["think_blocks"]:
+        console.print(f"tool calls: {tools['tool_calls']} (trained)  tool results: "
+                      f"{tools['tool_results']} (masked)  think blocks: {tools['think_blocks']} "
+                      f"(data.reasoning: {tools['reasoning']})" + (
+                          "  [yellow]built-in tool template (the model's ignores tool_calls)"
+                          "[/]" if tools["tool_template"] else ""))
     # Without colours (piped output, NO_COLOR) the highlight is invisible: mark trained spans.
     marks = console.color_system is None
     for e in encoded[:n]:
@@ -63,4 +78,14 @@ def preview(cfg: RunConfig, tokenizer: Any, n: int = 3, console: Console | None 
     console.print(table)
     return {"format": fmt, "trained_tokens": report.trained_tokens,
             "masked_tokens": report.masked_tokens,
-            "failures": {k: len(v) for k, v in report.failures.items()}}
+            "failures": {k: len(v) for k, v in report.failures.items()}, "tools": tools}
+
+
+def tool_summary(examples: list[Example], encoded: list[Encoded], reasoning: str,
+                 switched: bool) -> dict[str, Any]:
+    """Counts of the tool and reasoning parts previewed, and whether the template changed."""
+    msgs = [m for ex in examples for m in ex.messages]
+    return {"tool_calls": sum(len(m.get("tool_calls", [])) for m in msgs),
+            "tool_results": sum(m["role"] == "tool" for m in msgs),
+            "think_blocks": sum(len(e.thinks) for e in encoded), "reasoning": reasoning,
+            "tool_template": switched}
