@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunesmith.data.tools import template_messages
+
 TOOL_SYSTEM = (
     "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
     "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")
@@ -94,3 +96,20 @@ def default_system(tok: Any) -> str | None:
 def tool_template_for(tok: Any) -> str:
     """The built-in tool template carrying ``tok``'s default system message, if any."""
     return hermes_template(default_system(tok))
+
+
+def render_chat(tok: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                add_generation_prompt: bool = True, reasoning: str = "keep") -> str:
+    """A conversation as the model was trained on it: the one renderer of serving and eval.
+
+    ``messages`` are in the data shape (``reasoning`` beside ``content``); with tools on a
+    template that ignores ``tool_calls``, the built-in tool template renders, exactly as
+    training would have switched to it.
+    """
+    template = getattr(tok, "chat_template", None)
+    has_calls = any(m.get("tool_calls") for m in messages)
+    chosen = tool_template_for(tok) if (tools or has_calls) and not supports_tools(
+        template) else template
+    msgs = template_messages(messages, reasoning, renders_reasoning(chosen))
+    return tok.apply_chat_template(msgs, tools=tools or None, chat_template=chosen,
+                                   tokenize=False, add_generation_prompt=add_generation_prompt)

@@ -232,11 +232,13 @@ class Parsed:
     invalid: list[str] = field(default_factory=list)  # raw text of calls that did not parse
 
 
-def parse_output(text: str, reasoning: bool = True, prefix: str = "") -> Parsed:
+def parse_output(text: str, reasoning: bool = True, prefix: str = "", calls: bool = True
+                 ) -> Parsed:
     """Split generated or rendered text into reasoning, content and Hermes-style tool calls.
 
     ``prefix`` is text the prompt already holds (a forced ``<tool_call>`` opening), prepended
-    before parsing. Arguments come back as a JSON string, as OpenAI returns them.
+    before parsing; ``calls`` False leaves calls in the text (``tool_choice: none``).
+    Arguments come back as a JSON string, as OpenAI returns them.
     """
     text = prefix + text
     thought = ""
@@ -246,15 +248,17 @@ def parse_output(text: str, reasoning: bool = True, prefix: str = "") -> Parsed:
             thought, text = m.group(1).strip(), text.lstrip()[m.end():]
         elif text.lstrip().startswith(THINK_OPEN):  # cut off while thinking
             return Parsed("", text.lstrip()[len(THINK_OPEN):].strip())
-    calls, invalid = [], []
+    if not calls:
+        return Parsed(text, thought)
+    found, invalid = [], []
     for k, m in enumerate(CALL_RE.finditer(text)):
         call = _call_from_json(m.group(1).strip(), k)
         if call is None:
             invalid.append(m.group(0))
         else:
-            calls.append(call)
-    content = CALL_RE.sub("", text).strip() if (calls or invalid) else text
-    return Parsed(content, thought, calls, invalid)
+            found.append(call)
+    content = CALL_RE.sub("", text).strip() if (found or invalid) else text
+    return Parsed(content, thought, found, invalid)
 
 
 def _call_from_json(raw: str, k: int) -> dict[str, Any] | None:

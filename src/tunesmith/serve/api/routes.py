@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from tunesmith.data.tool_template import render_chat
 from tunesmith.inference.generate import render_prompt
 from tunesmith.serve.api.completions import new_id, record_completion
 from tunesmith.serve.api.decode import DecodeParams, decode_all, decode_stream
@@ -34,6 +35,12 @@ from tunesmith.serve.api.schemas import (
     ChatCompletionRequest,
     ClassifyRequest,
     CompletionRequest,
+)
+from tunesmith.serve.api.tool_calls import (
+    StreamParser,
+    ToolRequest,
+    assistant_message,
+    tool_request,
 )
 
 _END = object()
@@ -101,15 +108,20 @@ def _params(request: Request, body: Any, handle: LMHandle, prompt_len: int) -> D
                         top_p=body.top_p, stop=body.stop_list(), seed=body.seed)
 
 
-def _chat_prompt(handle: LMHandle, body: ChatCompletionRequest, hits: list[Any] = ()
-                 ) -> tuple[list[dict], list[int]]:
+def _chat_prompt(handle: LMHandle, body: ChatCompletionRequest, hits: list[Any] = (),
+                 tools: ToolRequest | None = None) -> tuple[list[dict], list[int]]:
     tok = handle.tokenizer
     if not getattr(tok, "chat_template", None):
         raise APIError(400, f"`{handle.name}` has no chat template; use POST /v1/completions "
                        "with a plain prompt.", param="model", code="no_chat_template")
     messages = augmented([m.as_template_message() for m in body.messages], list(hits))
     try:
-        text = render_prompt(tok, messages)
+        if tools and (tools.tools or any(len(m) > 2 for m in messages)):
+            # tools, calls, results or reasoning: the renderer training used
+            text = render_chat(tok, messages, tools.tools) + (tools.prefix if tools.active
+                                                              else "")
+        else:
+            text = render_prompt(tok, messages)
     except Exception as exc:  # a template may reject a role order (e.g. two system turns)
         raise APIError(400, f"The chat template rejected these messages: {exc}",
                        param="messages", code="invalid_messages") from None
@@ -271,10 +283,11 @@ def build_openai_router() -> APIRouter:
     @router.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         _check_unsupported(body, UNSUPPORTED_CHAT)
+        treq = tool_request(body, request.app.state.settings)
         handle: LMHandle = await run_in_threadpool(_handle, request, body.model, "lm")
         hits = await run_in_threadpool(  # --rag NAME=INDEX: passages into the last user turn
             retrieve, request, body.model, [m.as_template_message() for m in body.messages])
-        messages, ids = _chat_prompt(handle, body, hits)
+        messages, ids = _chat_prompt(handle, body, hits, treq)
         call = _Call(request, body, handle, "chat", messages, [ids])
         if hits:
             call.head["passages"] = passages_field(hits)
@@ -285,11 +298,17 @@ def build_openai_router() -> APIRouter:
                     "role": "assistant", "content": "", "refusal": None},
                     "logprobs": None, "finish_reason": None}]))
 
+        parsers: dict[int, StreamParser] = {}
+
         def delta_chunk(index: int, text: str, reason: str | None) -> list[str]:
-            out = []
-            if text:
-                out.append(call.chunk([{"index": index, "delta": {"content": text},
-                                        "logprobs": None, "finish_reason": None}]))
+            # tool calls and reasoning are parsed out of the text deltas (tool_calls.py)
+            parser = parsers.setdefault(index, StreamParser(treq))
+            deltas = parser.feed(text)
+            if reason:
+                held, reason = parser.finish(reason)
+                deltas += held
+            out = [call.chunk([{"index": index, "delta": d, "logprobs": None,
+                                "finish_reason": None}]) for d in deltas]
             if reason:
                 out.append(call.chunk([{"index": index, "delta": {}, "logprobs": None,
                                         "finish_reason": reason}]))
@@ -299,10 +318,9 @@ def build_openai_router() -> APIRouter:
             return _stream(lambda emit, cancel: call.produce(emit, cancel, role_chunks,
                                                              delta_chunk))
         texts, reasons, used = await run_in_threadpool(call.run)
-        return call.response([{"index": i, "message": {"role": "assistant", "content": t,
-                                                       "refusal": None},
-                               "logprobs": None, "finish_reason": r}
-                              for i, (t, r) in enumerate(zip(texts, reasons))], used)
+        choices = [assistant_message(t, r, treq) for t, r in zip(texts, reasons)]
+        return call.response([{"index": i, "message": m, "logprobs": None, "finish_reason": r}
+                              for i, (m, r) in enumerate(choices)], used)
 
     @router.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Any:

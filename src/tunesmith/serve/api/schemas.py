@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI-compatible routes (pydantic), with OpenAI's ranges.
 
 Unknown fields are ignored, as OpenAI-compatible servers do, so newer clients keep working;
-fields that change the output but are not implemented (``logprobs``, ``tools``...) are
+fields that change the output but are not implemented (``logprobs``, ``functions``...) are
 rejected by the route with a 400 naming them rather than silently ignored.
 
 Every field is bounded, so that no body can reach the model, the decoder or the database
@@ -15,7 +15,7 @@ tokenizers, UTF-8 encoders and PostgreSQL refuse. The server's own limits (``max
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -30,6 +30,7 @@ MAX_PROMPTS = 128  # prompts of one completion request (each gets n choices)
 MAX_INPUTS = 2048  # texts of one classify request
 MAX_STOP = 4  # stop sequences (OpenAI's limit)
 MAX_STOP_CHARS = 256  # characters of one stop sequence (matched at every token)
+MAX_TOOLS = 128  # functions of one request (OpenAI's limit)
 MAX_LOGIT_BIAS = 300  # entries of logit_bias (OpenAI's limit; the field is unsupported)
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"  # ids this server hands out (file-, ftjob-, chatcmpl-)
 
@@ -81,11 +82,46 @@ class TextPart(BaseModel):
     text: Text
 
 
+class FunctionCall(BaseModel):
+    name: Name
+    arguments: Text = "{}"  # a JSON string, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    id: Union[Name, None] = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: Name
+    description: Union[Text, None] = None
+    parameters: Union[dict, None] = None
+
+
+class ToolSpec(BaseModel):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    name: Name
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[Text, Annotated[list[TextPart], Field(max_length=MAX_PARTS)], None] = None
     name: Union[Name, None] = None
+    tool_calls: Union[Annotated[list[ToolCall], Field(max_length=MAX_TOOLS)], None] = None
+    tool_call_id: Union[Name, None] = None
+    reasoning_content: Union[Text, None] = None
 
     def text(self) -> str:
         if self.content is None:
@@ -94,9 +130,19 @@ class ChatMessage(BaseModel):
             return self.content
         return "".join(p.text for p in self.content)
 
-    def as_template_message(self) -> dict[str, str]:
+    def as_template_message(self) -> dict[str, Any]:
+        """The message in the data shape the training renderer reads (tool calls, tool
+        results and reasoning included)."""
         role = "system" if self.role == "developer" else self.role
-        return {"role": role, "content": self.text()}
+        msg: dict[str, Any] = {"role": role, "content": self.text()}
+        if self.tool_calls:
+            msg["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if role == "tool":
+            msg.update({k: v for k, v in (("tool_call_id", self.tool_call_id),
+                                          ("name", self.name)) if v is not None})
+        if self.reasoning_content:
+            msg["reasoning"] = self.reasoning_content
+        return msg
 
 
 class StreamOptions(BaseModel):
@@ -133,6 +179,9 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: MaxTokens | None = None
     max_completion_tokens: MaxTokens | None = None
+    tools: Union[Annotated[list[ToolSpec], Field(max_length=MAX_TOOLS)], None] = None
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
+    parallel_tool_calls: bool | None = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -165,6 +214,6 @@ class ClassifyRequest(_Body):
         return [self.text_pair] if isinstance(self.text_pair, str) else list(self.text_pair)
 
 
-UNSUPPORTED_CHAT = ("logprobs", "top_logprobs", "tools", "tool_choice", "functions",
+UNSUPPORTED_CHAT = ("logprobs", "top_logprobs", "functions", "function_call",
                     "response_format", "logit_bias")
 UNSUPPORTED_COMPLETION = ("logprobs", "suffix", "best_of", "logit_bias")
