@@ -40,6 +40,8 @@ from tunesmith.evaluate.metrics import (
 )
 from tunesmith.evaluate.report import eval_report, write_report
 from tunesmith.evaluate.spans_eval import run_span_eval
+from tunesmith.evaluate.toolcalls import TASK as TOOL_TASK
+from tunesmith.evaluate.toolcalls import run_tool_eval
 from tunesmith.inference.spans import span_task
 from tunesmith.io import atomic_directory, atomic_write_text
 from tunesmith.metrics.classification import ConfusionMatrix, MultiLabelCounts
@@ -182,7 +184,7 @@ def resolve_task(kind: str, first: dict[str, Any], s: T.EvalSettings) -> str:
     if s.task != "auto":
         if s.task not in T.TASKS:
             raise ConfigError("unknown task", where="--task", got=s.task,
-                              fix=f"use auto or one of {', '.join(T.TASKS)}")
+                              fix=f"use auto or one of {', '.join((*T.TASKS, TOOL_TASK))}")
         if s.task == "classification" and kind != "classifier":
             raise ConfigError("--task classification needs a sequence-classification model",
                               where="--task", got=s.task, fix="use --task zero-shot to score a "
@@ -228,6 +230,10 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
                           fix="tunesmith eval MODEL_OR_RUN [MORE...] --data FILE")
     out = out or default_out_dir(models, data)
     _check_out_dir(out)
+    if s.task == TOOL_TASK:  # function calling, scored as BFCL does (toolcalls.py)
+        dtype = inference_dtype(s.dtype)
+        return run_tool_eval(models, data, out, lambda m: load_model(
+            m, model_kind(resolve_artifact(m)), dtype), s.limit, s.max_new_tokens)
     if len(models) == 1 and (span := span_task(models[0])) is not None:
         return run_span_eval(models[0], span, data, out, s.batch_size, s.limit)
     dtype = inference_dtype(s.dtype)
