@@ -87,6 +87,50 @@ def _find_stop(text: str, stops: list[str], start: int) -> int:
     return min(hits) if hits else -1
 
 
+class ChoiceText:
+    """The text of one choice as its tokens arrive: stop strings, hold-back, finish reason.
+
+    The one place that turns tokens into deltas, shared by :func:`decode_stream` (one request
+    at a time) and the continuous-batching scheduler (serve/api/scheduler.py), so both give
+    the same text for the same tokens.
+    """
+
+    def __init__(self, index: int, tok: Any, eos: set[int], stops: list[str]) -> None:
+        self.index, self.tok, self.eos = index, tok, eos
+        self.stops = [s for s in stops if s]
+        self.tokens: list[int] = []
+        self.emitted = 0  # characters already sent
+        self.finish: str | None = None
+
+    def push(self, token: int) -> Delta | None:
+        """Take one generated token; the delta it releases (``finish_reason`` set when done)."""
+        if token in self.eos:
+            return self._end("stop")
+        self.tokens.append(token)
+        text = self.tok.decode(self.tokens, skip_special_tokens=True)
+        if self.stops:
+            at = _find_stop(text, self.stops,
+                            self.emitted - max(len(s) for s in self.stops))
+            if at >= 0:
+                self.finish = "stop"
+                return Delta(self.index, text[self.emitted:max(at, self.emitted)], "stop")
+        safe = len(text) - _holdback(text, self.stops)
+        if safe > self.emitted:
+            delta = Delta(self.index, text[self.emitted:safe])
+            self.emitted = safe
+            return delta
+        return None
+
+    def _end(self, reason: str) -> Delta:
+        text = self.tok.decode(self.tokens, skip_special_tokens=True)
+        self.finish = reason
+        return Delta(self.index, text[self.emitted:], reason)
+
+    def length(self) -> Delta:
+        """The last delta of a choice that ran out of ``max_tokens``."""
+        return self._end("length")
+
+
 def decode_stream(model: Any, tok: Any, prompt_ids: list[int], params: DecodeParams,
                   eos_ids: list[int], cancel: threading.Event | None = None,
                   stats: dict[str, int] | None = None) -> Iterator[Delta]:
@@ -96,16 +140,9 @@ def decode_stream(model: Any, tok: Any, prompt_ids: list[int], params: DecodePar
     """
     n = params.n
     device = next(model.parameters()).device
-    gen = torch.Generator(device="cpu")
-    if params.seed is not None:
-        gen.manual_seed(int(params.seed))
-    else:
-        gen.seed()
+    gen = make_generator(params.seed)
     eos = set(eos_ids)
-    stops = [s for s in params.stop if s]
-    tokens: list[list[int]] = [[] for _ in range(n)]
-    emitted = [0] * n  # characters of each choice already sent
-    done: list[str | None] = [None] * n
+    choices = [ChoiceText(i, tok, eos, params.stop) for i in range(n)]
     stats = stats if stats is not None else {}
     stats["completion_tokens"] = 0
     cur = torch.tensor([prompt_ids] * n, dtype=torch.long, device=device)
@@ -118,36 +155,31 @@ def decode_stream(model: Any, tok: Any, prompt_ids: list[int], params: DecodePar
         past = out.past_key_values
         nxt = pick_tokens(out.logits[:, -1, :].float().cpu(), params.temperature, params.top_p,
                           gen)
-        for i in range(n):
-            if done[i]:
+        for c in choices:
+            if c.finish:
                 continue
-            t = int(nxt[i])
-            if t in eos:
-                text = tok.decode(tokens[i], skip_special_tokens=True)
-                done[i] = "stop"
-                yield Delta(i, text[emitted[i]:], "stop")
-                continue
-            tokens[i].append(t)
-            stats["completion_tokens"] += 1
-            text = tok.decode(tokens[i], skip_special_tokens=True)
-            if stops:
-                at = _find_stop(text, stops, emitted[i] - max(len(s) for s in stops))
-                if at >= 0:
-                    done[i] = "stop"
-                    yield Delta(i, text[emitted[i]:max(at, emitted[i])], "stop")
-                    continue
-            safe = len(text) - _holdback(text, stops)
-            if safe > emitted[i]:
-                yield Delta(i, text[emitted[i]:safe])
-                emitted[i] = safe
-        if all(done):
+            t = int(nxt[c.index])
+            delta = c.push(t)
+            if t not in eos:
+                stats["completion_tokens"] += 1
+            if delta is not None:
+                yield delta
+        if all(c.finish for c in choices):
             return
         cur = nxt.view(n, 1).to(device)
-    for i in range(n):
-        if not done[i]:
-            text = tok.decode(tokens[i], skip_special_tokens=True)
-            done[i] = "length"
-            yield Delta(i, text[emitted[i]:], "length")
+    for c in choices:
+        if not c.finish:
+            yield c.length()
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    """A request's own sampling generator: seeded by the request, else from the OS."""
+    gen = torch.Generator(device="cpu")
+    if seed is not None:
+        gen.manual_seed(int(seed))
+    else:
+        gen.seed()
+    return gen
 
 
 def decode_all(model: Any, tok: Any, prompt_ids: list[int], params: DecodeParams,

@@ -167,7 +167,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         return _note(request, error_response(exc.status, exc.message, exc.param, exc.code,
-                                             exc.type))
+                                             exc.type, getattr(exc, "headers", None)))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
