@@ -28,6 +28,7 @@ from tunesmith.models.student import find_layer_list
 from tunesmith.recipes import run_dir as rd
 from tunesmith.recipes.general_eval import record_general_eval
 from tunesmith.train import checkpoint as ckpt
+from tunesmith.train.distributed import is_main_rank
 from tunesmith.train.engine import LoopResult, TrainLoop, make_accelerator
 from tunesmith.train.run_state import RunLock, read_status
 from tunesmith.train.signals import GracefulStop
@@ -165,6 +166,9 @@ def open_run(cfg: RunConfig, resume: bool, overwrite: bool, tok: Any, model: Any
     config or data differ in ways that change training is refused (``run_dir.check_resume``).
     """
     path = rd.run_dir_for(cfg)
+    if not is_main_rank():  # under torchrun/accelerate only rank 0 owns the run directory
+        return OpenRun(path, RunLock(path), cfg, ckpt.latest_checkpoint(path) if resume
+                       else None)
     if resume:
         status = read_status(path) or {}
         if status.get("state") == "completed" and (path / "final").is_dir():
@@ -195,7 +199,8 @@ def train_and_finish(run: OpenRun, make_loop: Callable[[], TrainLoop], **status:
                      ) -> tuple[TrainLoop, LoopResult]:
     """Build the loop, train, save ``final/``; the status records success, the failure or the
     interruption (SIGINT/SIGTERM stop at the next step with a checkpoint), and the lock is
-    released whatever happens."""
+    released whatever happens. Only rank 0 writes the status."""
+    write_status = rd.write_status if is_main_rank() else (lambda *a, **kw: None)
     try:
         with GracefulStop() as graceful:
             loop = make_loop()
@@ -205,19 +210,19 @@ def train_and_finish(run: OpenRun, make_loop: Callable[[], TrainLoop], **status:
             if run.cfg.train.general_eval and loop.acc.is_main_process:  # forgetting check
                 record_general_eval(run.dir, run.cfg.model.name, final)
     except (TrainingInterrupted, KeyboardInterrupt) as exc:
-        rd.write_status(run.dir, "interrupted", reason=_reason(exc),
+        write_status(run.dir, "interrupted", reason=_reason(exc),
                         resume_command=rd.resume_command(run.cfg))
         run.lock.release()
         raise
     except BaseException as exc:
-        rd.write_status(run.dir, "failed", reason=_reason(exc))
+        write_status(run.dir, "failed", reason=_reason(exc))
         run.lock.release()
         raise
     rate = loop.obj.rate_name
     if rate:
         status[f"{rate}_per_s"] = round(result.units_per_s, 2)
     try:
-        rd.write_status(run.dir, "completed", steps=result.steps,
+        write_status(run.dir, "completed", steps=result.steps,
                         stopped_early=result.stopped_early, best_step=result.best_step,
                         best_metric=result.best_metric, last_eval=result.last_eval,
                         tokens_per_s=round(result.tokens_per_s, 2), **status)

@@ -31,6 +31,7 @@ from tunesmith.models.adapters import GradualUnfreezer
 from tunesmith.models.artifacts import EVAL_FILE
 from tunesmith.models.merge import save_trained
 from tunesmith.train import checkpoint as ckpt
+from tunesmith.train.distributed import check_world_size
 from tunesmith.train.early_stopping import check_metric_available, is_improvement
 from tunesmith.train.optim import build_optimizer, build_scheduler
 from tunesmith.train.progress import ProgressView
@@ -296,18 +297,23 @@ class TrainLoop:
         units = self.obj.step_units(group)  # the loss is a mean over the whole step
         mine = [part for idx in group[acc.process_index::acc.num_processes]
                 for part in split_by_tokens(idx, self.obj.train_lengths, self.token_budget)]
+        # an epoch's last group may hold fewer micro-batches than processes: an idle process
+        # still joins the gradient all-reduce (else the others wait for it forever), with one
+        # row weighted 0, so it adds nothing to the gradient or the logged values
+        weight = 1.0 if mine else 0.0
+        mine = mine or [group[0][:1]]
         loss_sum, seen = 0.0, 0
         sums: dict[str, float] = {}
         for i, idx in enumerate(mine):
             sync = contextlib.nullcontext() if i == len(mine) - 1 else acc.no_sync(self.wrapped)
             with sync, acc.autocast():
                 out = self.obj.train_batch(self.wrapped, idx, acc.device)
-                loss = out.loss_sum / max(units, 1) * acc.num_processes
+                loss = out.loss_sum / max(units, 1) * acc.num_processes * weight
             acc.backward(loss)
-            loss_sum += float(out.loss_sum.detach())
-            seen += out.tokens
+            loss_sum += float(out.loss_sum.detach()) * weight
+            seen += int(out.tokens * weight)
             for k, v in out.sums.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + float(v) * weight
         gnorm = 0.0
         params = [p for p in self.module.parameters() if p.requires_grad]
         if self.tc.max_grad_norm:
@@ -440,4 +446,6 @@ def make_accelerator(precision: str) -> Any:
     previous = AcceleratorState._shared_state.get("_mixed_precision")
     if previous is not None and previous != mixed:
         AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    check_world_size(accelerator)  # torchrun / Kubernetes: never silently one process
+    return accelerator
