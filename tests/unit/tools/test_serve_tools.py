@@ -25,7 +25,6 @@ from tests.unit.tools.support import CALL
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
 from tunesmith.data.tool_template import render_chat
 from tunesmith.serve.api import routes
-from tunesmith.serve.api.decode import DecodeResult, Delta
 from tunesmith.serve.api.tool_calls import StreamParser, ToolRequest
 
 CALL_TEXT = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}' \
@@ -34,24 +33,32 @@ CALL_TEXT = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris",
 
 @pytest.fixture()
 def scripted(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Generation returns ``state["text"]``; ``state["ids"]`` holds the prompt ids."""
+    """Generation returns ``state["text"]``; ``state["ids"]`` holds the prompt ids.
+
+    The request's ``_Call`` is scripted (not the decoder below it), so the test holds
+    whichever engine generates: the one-request decoder or the batching scheduler.
+    """
     state: dict[str, Any] = {"text": CALL_TEXT}
 
-    def fake_all(model: Any, tok: Any, ids: list[int], prm: Any, eos: Any) -> DecodeResult:
-        state["ids"], state["tok"] = ids, tok
-        return DecodeResult([state["text"]] * prm.n, ["stop"] * prm.n, 5)
+    def fake_run(call: Any) -> tuple[list[str], list[str], int]:
+        state["ids"], state["tok"] = call.encoded[0], call.handle.tokenizer
+        n = call.body.n
+        texts, reasons = [state["text"]] * n, ["stop"] * n
+        call.finish(texts, reasons, 5)
+        return texts, reasons, 5
 
-    def fake_stream(model: Any, tok: Any, ids: list[int], prm: Any, eos: Any, cancel: Any,
-                    stats: dict) -> Any:
-        state["ids"], state["tok"] = ids, tok
+    def fake_produce(call: Any, emit: Any, cancel: Any, opening: Any, delta: Any) -> None:
+        state["ids"], state["tok"] = call.encoded[0], call.handle.tokenizer
+        opening(emit, 0)
         text = state["text"]
         pieces = [text[i:i + 3] for i in range(0, len(text), 3)]  # tags split across deltas
         for k, piece in enumerate(pieces):
-            yield Delta(0, piece, "stop" if k == len(pieces) - 1 else None)
-        stats["completion_tokens"] = len(pieces)
+            for c in delta(0, piece, "stop" if k == len(pieces) - 1 else None):
+                emit(c)
+        emit("data: [DONE]\n\n")
 
-    monkeypatch.setattr(routes, "decode_all", fake_all)
-    monkeypatch.setattr(routes, "decode_stream", fake_stream)
+    monkeypatch.setattr(routes._Call, "run", fake_run)
+    monkeypatch.setattr(routes._Call, "produce", fake_produce)
     return state
 
 
