@@ -73,7 +73,38 @@ def plan(config: Annotated[Path, typer.Argument(help="YAML config file.")],
         raise typer.Exit(1)
 
 
+def merge(models: Annotated[list[str], typer.Argument(
+              help="Adapters (LoRA runs, their final/ or checkpoints), or checkpoints of one "
+              "run for --method average.")],
+          output: Annotated[Path, typer.Option("-o", "--output", help="Where the plain "
+                                                "checkpoint goes.")],
+          method: Annotated[str, typer.Option(help="linear | ties | dare_ties | average."
+                                              )] = "linear",
+          weights: Annotated[Optional[str], typer.Option(
+              help="Comma-separated weight per model (default: equal).")] = None,
+          density: Annotated[float, typer.Option(help="ties/dare_ties: share of each task "
+                                                 "vector kept.")] = 0.5,
+          seed: Annotated[int, typer.Option(help="dare_ties' random drop.")] = 0) -> None:
+    """Combine LoRA adapters of one base (PEFT's linear, TIES, DARE-TIES), or average
+    checkpoints of one run, into a plain Hugging Face checkpoint."""
+    # deferred: torch and peft; keeps `tunesmith --help` fast
+    from tunesmith.errors import UsageError
+    from tunesmith.export.merge_adapters import average_checkpoints, merge_adapters
+
+    try:
+        w = [float(x) for x in weights.split(",")] if weights else None
+    except ValueError:
+        raise UsageError("weights must be numbers", where="--weights", got=weights,
+                         fix="e.g. --weights 0.6,0.4") from None
+    if method == "average":
+        average_checkpoints(models, output, w)
+    else:
+        merge_adapters(models, output, method, w, density, seed)
+    out.print(f"[green]merged[/] {len(models)} models ({method}) → {output}")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(doctor)
     app.command()(plan)
+    app.command()(merge)
 
