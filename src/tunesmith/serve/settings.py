@@ -18,6 +18,18 @@ DEFAULT_DATA_DIR = "tunesmith-data"
 
 
 @dataclass
+class Limits:
+    """What one base model's scheduler may hold (serve/api/scheduler.py): rows per decode
+    step, KV tokens its admitted requests may grow to, waiting requests, prompt tokens
+    prefilled per step."""
+
+    max_batch: int = 16
+    max_tokens_in_flight: int = 65536
+    max_queue: int = 256
+    prefill_chunk: int = 512
+
+
+@dataclass
 class ServeSettings:
     """Everything ``create_app`` needs.
 
@@ -47,6 +59,12 @@ class ServeSettings:
     allow_base_dirs: list[Path] = field(default_factory=list)  # --allow-base-dir
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, for routers
     rag: dict[str, str] = field(default_factory=dict)  # served name → index (--rag)
+    # continuous batching (serve/api/scheduler.py), per base model
+    max_batch: int = 16  # rows (choices) decoded together in one step
+    max_tokens_in_flight: int = 65536  # KV tokens the admitted requests may grow to
+    max_queue: int = 256  # requests waiting for admission; more get a 429 + Retry-After
+    engine: str = "builtin"  # builtin | llamacpp | upstream
+    upstream_url: str | None = None  # --engine upstream: the OpenAI-compatible server
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -70,6 +88,11 @@ class ServeSettings:
             return path if inside and path.is_dir() else None
         except (OSError, RuntimeError, ValueError):  # too long, unknown ~user, NUL byte
             return None
+
+    def limits(self) -> Limits:
+        """The scheduler limits of each base model."""
+        return Limits(max_batch=self.max_batch, max_tokens_in_flight=self.max_tokens_in_flight,
+                      max_queue=self.max_queue)
 
     def database_url(self) -> str:
         return self.db_url or default_url(self.data_dir)

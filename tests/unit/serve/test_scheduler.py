@@ -79,7 +79,8 @@ def _sequential(handle: Any, text: str, **kw: Any) -> tuple[list[int], Any]:
 
 
 def _scheduler(group: Any, **kw: Any) -> Any:
-    from tunesmith.serve.api.scheduler import Limits, Scheduler
+    from tunesmith.serve.api.scheduler import Scheduler
+    from tunesmith.serve.settings import Limits
 
     return Scheduler(group, Limits(**kw))
 

@@ -12,6 +12,11 @@ promote``): the request naming it loads the alias's model in its place, so a run
 switches to a promoted model without a restart, under the same name. The previous model's
 weights are released unless another name still uses them (a LoRA adapter stays loaded in its
 shared base until restart: it is small, and a request may still be using it).
+
+Generation goes through one continuous-batching scheduler per base (serve/api/scheduler.py):
+requests for the base and for every adapter over it decode together, each row with its own
+adapter, instead of taking the base's lock in turn. The lock is still what adapter loading
+and the scheduler's forward calls share.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ from tunesmith.models.artifacts import adapter_base, model_kind, resolve_artifac
 from tunesmith.models.load import load_causal_lm, load_tokenizer
 from tunesmith.models.registry import EMBEDDED, resolve_model_dir
 from tunesmith.serve.api.aliases import AliasReader
+from tunesmith.serve.api.decode import DecodeParams, DecodeResult, Delta
+from tunesmith.serve.api.scheduler import Job, Scheduler
 from tunesmith.serve.paths import list_fine_tuned, resolve_model_name
-from tunesmith.serve.settings import ServeSettings, parse_named
+from tunesmith.serve.settings import Limits, ServeSettings, parse_named
 
 log = logging.getLogger("tunesmith.serve")
 
@@ -48,6 +55,15 @@ class BaseGroup:
     model: Any
     lock: threading.Lock = field(default_factory=threading.Lock)
     adapters: dict[str, str] = field(default_factory=dict)  # served name → peft adapter name
+    limits: Limits = field(default_factory=Limits)
+    _scheduler: Scheduler | None = None
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """This base's continuous-batching scheduler (its thread starts on first use)."""
+        if self._scheduler is None:
+            self._scheduler = Scheduler(self, self.limits)
+        return self._scheduler
 
 
 @dataclass
@@ -79,6 +95,32 @@ class LMHandle:
 
     def eos_ids(self) -> list[int]:
         return eos_ids(self.group.model, self.tokenizer)
+
+    def check_capacity(self) -> None:
+        """429 now (before a stream starts) when the base's queue is full."""
+        self.group.scheduler.check_capacity()
+
+    def job(self, ids: list[int], params: DecodeParams, cancel: threading.Event | None = None,
+            stats: dict[str, int] | None = None) -> Job:
+        return Job(ids, params, self.adapter, self.tokenizer, set(self.eos_ids()),
+                   cancel or threading.Event(), stats if stats is not None else {})
+
+    def stream(self, ids: list[int], params: DecodeParams, cancel: threading.Event,
+               stats: dict[str, int]) -> Iterator[Delta]:
+        """Decode one prompt in the base's running batch; its deltas as they form."""
+        return self.group.scheduler.stream(self.job(ids, params, cancel, stats))
+
+    def generate(self, prompts: list[tuple[list[int], DecodeParams]]) -> list[DecodeResult]:
+        """Non-streamed: every prompt submitted at once (they batch with each other too)."""
+        sched = self.group.scheduler
+        jobs = [self.job(ids, prm) for ids, prm in prompts]
+        try:
+            for job in jobs:
+                sched.submit(job)
+            return [collect(sched.stream(job, submitted=True), job) for job in jobs]
+        finally:
+            for job in jobs:  # an error (or a refused submit) leaves none running
+                job.cancel.set()
 
 
 @dataclass
@@ -116,6 +158,16 @@ def _context_length(model: Any) -> int:
         if isinstance(value, int) and value > 0:
             return value
     return 2048
+
+
+def collect(deltas: Iterator[Delta], job: Job) -> DecodeResult:
+    """The full text and finish reason of every choice of ``job`` from its deltas."""
+    n = job.params.n
+    texts, reasons = [""] * n, ["length"] * n
+    for d in deltas:
+        texts[d.index] += d.text
+        reasons[d.index] = d.finish_reason or reasons[d.index]
+    return DecodeResult(texts, reasons, job.stats.get("completion_tokens", 0))
 
 
 class ModelPool:
@@ -177,7 +229,8 @@ class ModelPool:
                 key = str(Path(src).resolve()) if isinstance(src, Path) else str(src)
                 group = self.groups.get(key)
                 if group is None:
-                    group = BaseGroup(key, load_causal_lm(src, dtype=self._dtype).eval())
+                    group = BaseGroup(key, load_causal_lm(src, dtype=self._dtype).eval(),
+                                      limits=self.settings.limits())
                     self.groups[key] = group
                 handle = LMHandle(name, str(src), group, None, load_tokenizer(src),
                                   _context_length(group.model), created)
@@ -191,7 +244,8 @@ class ModelPool:
         key = str(Path(base_src).resolve()) if isinstance(base_src, Path) else str(base_src)
         group = self.groups.get(key)
         if group is None:
-            group = BaseGroup(key, load_causal_lm(base_src, dtype=self._dtype).eval())
+            group = BaseGroup(key, load_causal_lm(base_src, dtype=self._dtype).eval(),
+                              limits=self.settings.limits())
             self.groups[key] = group
         adapter = f"a{next(self._adapter_ids)}"  # unique even after a swap drops one
         with group.lock:  # a request may be generating with this model right now

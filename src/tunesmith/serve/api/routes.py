@@ -4,8 +4,9 @@ Responses follow OpenAI's objects field for field (``chat.completion``,
 ``chat.completion.chunk``, ``text_completion``, ``list``/``model``), so the official clients
 work unchanged. Streams are server-sent events, one ``data: {json}`` chunk per text delta,
 a last chunk per choice carrying ``finish_reason``, an optional usage chunk
-(``stream_options.include_usage``) and ``data: [DONE]``. Generation runs in a worker thread
-while the event loop keeps serving; a client that disconnects stops its generation.
+(``stream_options.include_usage``) and ``data: [DONE]``. Generation runs in the base model's
+continuous-batching scheduler (serve/api/scheduler.py) while the event loop keeps serving; a
+client that disconnects leaves the batch at the next step.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from tunesmith.data.tool_template import render_chat
 from tunesmith.inference.generate import render_prompt
 from tunesmith.serve.api.completions import new_id, record_completion
-from tunesmith.serve.api.decode import DecodeParams, decode_all, decode_stream
+from tunesmith.serve.api.decode import DecodeParams
 from tunesmith.serve.api.engines import ClassifierHandle, LMHandle
 from tunesmith.serve.api.errors import APIError, error_body, model_not_found
 from tunesmith.serve.api.retrieval import augmented, passages_field, retrieve
@@ -169,7 +170,10 @@ def _stream(producer: Callable[[Callable[[Any], None], threading.Event], None]
             finally:
                 emit(_END)
 
-        worker = loop.run_in_executor(None, run)
+        # its own thread, not the event loop's small default executor: a stream mostly waits
+        # for the scheduler, and 32 concurrent streams must not queue behind 6 threads
+        worker = threading.Thread(target=run, daemon=True, name="sse-producer")
+        worker.start()
         try:
             while True:
                 item = await queue.get()
@@ -196,6 +200,7 @@ class _Call:
         self.body, self.handle, self.kind, self.prompt = body, handle, kind, prompt
         self.encoded = encoded
         self.params = [_params(request, body, handle, len(ids)) for ids in encoded]
+        handle.check_capacity()  # a full queue is a 429 before any stream starts
         self.n_in = sum(len(ids) for ids in encoded)
         self.id = new_id("chatcmpl" if kind == "chat" else "cmpl")
         self.rec, self.db = _record(request), request.app.state.db
@@ -215,12 +220,10 @@ class _Call:
     def run(self) -> tuple[list[str], list[str], int]:
         """Non-streamed: every choice's text and finish reason, and the generated tokens."""
         texts, reasons, used = [], [], 0
-        with self.handle.active() as model:
-            for ids, prm in zip(self.encoded, self.params):
-                res = decode_all(model, self.handle.tokenizer, ids, prm, self.handle.eos_ids())
-                texts += res.texts
-                reasons += res.finish_reasons
-                used += res.completion_tokens
+        for res in self.handle.generate(list(zip(self.encoded, self.params))):
+            texts += res.texts
+            reasons += res.finish_reasons
+            used += res.completion_tokens
         self.finish(texts, reasons, used)
         return texts, reasons, used
 
@@ -242,20 +245,18 @@ class _Call:
         n = self.body.n
         texts, reasons, used = [""] * (n * len(self.encoded)), ["length"] * (
             n * len(self.encoded)), 0
-        with self.handle.active() as model:
-            for p, (ids, prm) in enumerate(zip(self.encoded, self.params)):
-                opening(emit, p * n)
-                stats: dict[str, int] = {}
-                for d in decode_stream(model, self.handle.tokenizer, ids, prm,
-                                       self.handle.eos_ids(), cancel, stats):
-                    i = p * n + d.index
-                    texts[i] += d.text
-                    reasons[i] = d.finish_reason or reasons[i]
-                    for c in delta(i, d.text, d.finish_reason):
-                        emit(c)
-                if cancel.is_set():
-                    return
-                used += stats.get("completion_tokens", 0)
+        for p, (ids, prm) in enumerate(zip(self.encoded, self.params)):
+            opening(emit, p * n)
+            stats: dict[str, int] = {}
+            for d in self.handle.stream(ids, prm, cancel, stats):  # the base's running batch
+                i = p * n + d.index
+                texts[i] += d.text
+                reasons[i] = d.finish_reason or reasons[i]
+                for c in delta(i, d.text, d.finish_reason):
+                    emit(c)
+            if cancel.is_set():
+                return
+            used += stats.get("completion_tokens", 0)
         self.finish(texts, reasons, used)
         if self.include_usage:
             emit(self.chunk([], _usage(self.n_in, used)))

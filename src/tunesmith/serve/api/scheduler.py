@@ -34,19 +34,10 @@ from typing import Any
 from tunesmith.serve.api.batch_decode import BatchCache, batchable, prefill
 from tunesmith.serve.api.decode import ChoiceText, DecodeParams, Delta, make_generator, pick_tokens
 from tunesmith.serve.api.errors import APIError
+from tunesmith.serve.settings import Limits
 
 log = logging.getLogger("tunesmith.serve")
 _DONE = object()
-
-
-@dataclass
-class Limits:
-    """What one scheduler may hold: rows per step, KV tokens, waiting requests."""
-
-    max_batch: int = 16
-    max_tokens_in_flight: int = 65536
-    max_queue: int = 256
-    prefill_chunk: int = 512
 
 
 class QueueFull(APIError):
@@ -141,9 +132,10 @@ class Scheduler:
                 self.thread.start()
             self.cond.notify()
 
-    def stream(self, job: Job) -> Iterator[Delta]:
-        """Submit ``job`` and yield its deltas as the scheduler produces them."""
-        self.submit(job)
+    def stream(self, job: Job, submitted: bool = False) -> Iterator[Delta]:
+        """Submit ``job`` (unless ``submitted``) and yield its deltas as they form."""
+        if not submitted:
+            self.submit(job)
         while True:
             try:
                 item = job.out.get(timeout=0.5)
