@@ -48,6 +48,20 @@ def serve(models: Annotated[Optional[list[str]], typer.Argument(
           rag: Annotated[Optional[list[str]], typer.Option(
               "--rag", help="NAME=INDEX: answer chat requests to NAME with passages retrieved "
               "from INDEX (`tunesmith rag index`); responses name them. Repeatable.")] = None,
+          engine: Annotated[str, typer.Option(
+              help="builtin (continuous batching in this process), upstream (delegate "
+              "generation to --upstream-url), llamacpp.")] = "builtin",
+          upstream_url: Annotated[Optional[str], typer.Option(
+              "--upstream-url", help="--engine upstream: base URL of an OpenAI-compatible "
+              "server (vllm serve, llama-server, tunesmith serve) serving the same names.")
+                                  ] = None,
+          max_batch: Annotated[int, typer.Option(
+              help="Rows (choices) decoded together per step, per base model.")] = 16,
+          max_tokens_in_flight: Annotated[int, typer.Option(
+              help="KV-cache tokens (prompt + max_tokens per row) the running batch may "
+              "reach, per base model.")] = 65536,
+          max_queue: Annotated[int, typer.Option(
+              help="Requests waiting per base model; more get 429 with Retry-After.")] = 256,
           ) -> None:
     """Serve models behind an OpenAI-compatible API (chat, completions, classify, jobs)."""
     # deferred: optional (the serve extra); loads torch; keeps `tunesmith --help` fast
@@ -63,7 +77,15 @@ def serve(models: Annotated[Optional[list[str]], typer.Argument(
                              db_url=db, dtype=dtype, max_tokens_limit=max_tokens_limit,
                              max_body_bytes=int(max_body_mb * (1 << 20)),
                              allow_base_dirs=list(allow_base_dir or []),
-                             rag=parse_rag(rag or []))
+                             rag=parse_rag(rag or []), engine=engine,
+                             upstream_url=upstream_url, max_batch=max_batch,
+                             max_tokens_in_flight=max_tokens_in_flight, max_queue=max_queue)
+    for flag, value in (("--max-batch", max_batch), ("--max-tokens-in-flight",
+                                                     max_tokens_in_flight),
+                        ("--max-queue", max_queue)):
+        if value < (0 if flag == "--max-queue" else 1):
+            raise UsageError(f"{flag} is too small", where=flag, got=str(value),
+                             fix=f"give {flag} a positive number")
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         err.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can "
                   "reach this address can use the models and the jobs API")

@@ -22,6 +22,7 @@ and the scheduler's forward calls share.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import itertools
 import logging
 import threading
@@ -41,6 +42,7 @@ from tunesmith.models.registry import EMBEDDED, resolve_model_dir
 from tunesmith.serve.api.aliases import AliasReader
 from tunesmith.serve.api.decode import DecodeParams, DecodeResult, Delta
 from tunesmith.serve.api.scheduler import Job, Scheduler
+from tunesmith.serve.api.upstream import UpstreamHandle, check_reachable, load_upstream_handle
 from tunesmith.serve.paths import list_fine_tuned, resolve_model_name
 from tunesmith.serve.settings import Limits, ServeSettings, parse_named
 
@@ -133,7 +135,29 @@ class ClassifierHandle:
     kind: str = "classifier"
 
 
-Handle = LMHandle | ClassifierHandle
+Handle = LMHandle | ClassifierHandle | UpstreamHandle
+ENGINES = ("builtin", "llamacpp", "upstream")
+
+
+def check_engine(settings: ServeSettings) -> None:
+    """A clear error, with the fix, when ``settings.engine`` cannot run here."""
+    if settings.engine not in ENGINES:
+        raise ModelError("unknown --engine", where="--engine", got=settings.engine,
+                         fix="use builtin, llamacpp or upstream")
+    if settings.engine == "upstream":
+        if not settings.upstream_url:
+            raise ModelError("--engine upstream needs the server's URL", where="--engine",
+                             fix="add --upstream-url http://HOST:PORT (an OpenAI-compatible "
+                             "server: vllm serve, llama-server, another tunesmith serve)")
+        check_reachable(settings.upstream_url)
+    if settings.engine == "llamacpp":
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise ModelError("--engine llamacpp needs llama-cpp-python", where="--engine",
+                             fix="pip install llama-cpp-python (it compiles llama.cpp: a few "
+                             "minutes), or use --engine builtin")
+        raise ModelError("--engine llamacpp is not available in this version yet",
+                         where="--engine", fix="run llama-cpp-python's own server on the "
+                         "GGUF export and use --engine upstream --upstream-url URL")
 
 
 def served_name(spec: str) -> str:
@@ -185,6 +209,7 @@ class ModelPool:
         self._dtype = settings.dtype
         if self._dtype == "auto":
             self._dtype = "bfloat16" if resolve_precision("auto") == "bf16" else "float32"
+        check_engine(settings)
 
     # -- loading -------------------------------------------------------------------------
     def load_settings_models(self) -> None:
@@ -216,9 +241,13 @@ class ModelPool:
         with self._load_lock:
             src = resolve_artifact(spec)
             created = int(time.time())
+            upstream = self.settings.engine == "upstream"
             if isinstance(src, Path) and model_kind(src) == "classifier":
                 handle: Handle = ClassifierHandle(name, str(src), load_predictor(str(spec)),
                                                   created)
+            elif upstream:  # tokenizer only: the upstream server holds the weights
+                handle = load_upstream_handle(name, spec, str(self.settings.upstream_url),
+                                              created)
             elif isinstance(src, Path) and (src / "adapter_config.json").exists():
                 handle = self._add_adapter(name, src, created)
             elif adapter_only:
