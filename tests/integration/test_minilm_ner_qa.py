@@ -58,6 +58,7 @@ def test_minilm_conll_slice(tmp_path: Path, shared_data: Path, minilm: str) -> N
     assert all(text[e.start:e.end] == e.text for e in ents)
 
 
+@pytest.mark.slow  # about 3.5 min on 2 cores: opt-in (pytest -m slow)
 def test_minilm_squad_slice(tmp_path: Path, shared_data: Path, minilm: str) -> None:
     squad = shared_data / "squad_v1"
     train = write_jsonl(tmp_path / "train.jsonl", _slice(squad / "train.jsonl", 400))

@@ -112,14 +112,38 @@ def test_looks_like_hub_id(text: str, expected: bool) -> None:
 # -- each kind of writer ------------------------------------------------------------------------
 def test_run_files_go_through_io(tmp_path: Path, disk_full: list[str]) -> None:
     from tunesmith.recipes import run_dir as rd
+    from tunesmith.train.run_state import write_status
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "status.json").write_text('{"state": "running"}')
+    (run / "manifest.json").write_text('{"name": "old"}')
     with pytest.raises(OSError):
-        rd.write_status(run, "completed", steps=3)
-    assert json.loads((run / "status.json").read_text())["state"] == "running"
+        rd.atomic_write_text(run / "manifest.json", '{"name": "new"}')
+    assert json.loads((run / "manifest.json").read_text()) == {"name": "old"}
     assert leftovers(tmp_path) == [] and disk_full
+    # status.json is the one exception (next test): it keeps room for itself, so a full disk
+    # that refuses a new file still gets the failure recorded, in the file's own blocks;
+    # before it exists there is nothing to overwrite, and the error goes on
+    with pytest.raises(OSError):
+        write_status(run, "running")
+    assert not (run / "status.json").exists() and leftovers(tmp_path) == []
+
+
+def test_status_is_recorded_in_place_when_the_disk_refuses_a_new_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunesmith.train.run_state import STATUS_RESERVE, read_status, write_status
+
+    write_status(tmp_path, "running")
+    assert (tmp_path / "status.json").stat().st_size == STATUS_RESERVE
+
+    def full(src: Any, target: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(io, "rename", full)
+    write_status(tmp_path, "failed", reason="OSError: No space left on device")
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "failed" and "No space" in status["reason"]
+    assert leftovers(tmp_path) == [] and read_status(tmp_path)["state"] == "failed"
 
 
 def test_checkpoints_go_through_io(tmp_path: Path, tiny_model_dir: Path,
