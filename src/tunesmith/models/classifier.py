@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from tunesmith.device import DTYPES
+from tunesmith.models import adapters
 from tunesmith.models.adapters import layer_index
 from tunesmith.models.artifacts import check_weights_safe, is_classifier_architecture
 from tunesmith.models.load import load_errors
@@ -94,3 +95,27 @@ def default_lora_targets(model: nn.Module, requested: list[str] | str) -> list[s
     return sorted(inside)
 
 
+def apply_head_method(model: nn.Module, method: Any, precision: str, task_type: str
+                      ) -> tuple[nn.Module, adapters.GradualUnfreezer | None, dict[str, Any]]:
+    """A model with a task head, ``requires_grad`` set by ``method`` (LoRA: adapters plus the
+    whole head, which peft's ``modules_to_save`` trains and saves), its unfreezer, and what
+    was chosen (head modules, LoRA targets) for the manifest. Shared by sequence
+    classifiers (``SEQ_CLS``) and span heads (``TOKEN_CLS``, ``QUESTION_ANS``)."""
+    chosen: dict[str, Any] = {"head": head_modules(model)}
+    unfreezer = None
+    if method.type == "lora":
+        targets = method.target_modules
+        if "target_modules" not in method.model_fields_set:
+            targets = default_lora_targets(model, targets)
+        method = method.model_copy(update={"target_modules": targets})
+        chosen["lora_targets"] = targets
+        model = adapters.apply_method(model, method, task_type=task_type,
+                                      modules_to_save=list(chosen["head"]))  # peft extends it
+        if precision in ("bf16", "fp16"):
+            adapters.skip_lora_input_casts(model)
+    else:
+        model = adapters.apply_method(model, method)
+        if method.unfreeze is not None:
+            unfreezer = adapters.GradualUnfreezer(model, method)
+            unfreezer.start()
+    return model, unfreezer, chosen

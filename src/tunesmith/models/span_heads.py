@@ -23,7 +23,7 @@ from tunesmith.config.schema import MethodConfig
 from tunesmith.device import DTYPES
 from tunesmith.models import adapters
 from tunesmith.models.artifacts import check_weights_safe
-from tunesmith.models.classifier import default_lora_targets, head_modules
+from tunesmith.models.classifier import apply_head_method as apply_classifier_method
 from tunesmith.models.load import load_errors
 
 TOKEN_HEAD = "ForTokenClassification"
@@ -84,23 +84,6 @@ def load_head_model(source: Path | str, head: str, labels: list[str] | None,
 
 def apply_head_method(model: nn.Module, method: MethodConfig, precision: str, head: str
                       ) -> tuple[nn.Module, adapters.GradualUnfreezer | None, dict[str, Any]]:
-    """The model with ``requires_grad`` set by ``method`` (LoRA: adapters plus the whole
-    head), its unfreezer, and what was chosen (head modules, LoRA targets) for the manifest."""
-    chosen: dict[str, Any] = {"head": head_modules(model)}
-    unfreezer = None
-    if method.type == "lora":
-        targets = method.target_modules
-        if "target_modules" not in method.model_fields_set:
-            targets = default_lora_targets(model, targets)
-        method = method.model_copy(update={"target_modules": targets})
-        chosen["lora_targets"] = targets
-        model = adapters.apply_method(model, method, task_type=PEFT_TASK[head],
-                                      modules_to_save=list(chosen["head"]))
-        if precision in ("bf16", "fp16"):
-            adapters.skip_lora_input_casts(model)
-    else:
-        model = adapters.apply_method(model, method)
-        if method.unfreeze is not None:
-            unfreezer = adapters.GradualUnfreezer(model, method)
-            unfreezer.start()
-    return model, unfreezer, chosen
+    """The span model with ``requires_grad`` set by ``method`` (see
+    :func:`tunesmith.models.classifier.apply_head_method`)."""
+    return apply_classifier_method(model, method, precision, PEFT_TASK[head])

@@ -21,7 +21,7 @@ from tunesmith.io import atomic_write_text
 from tunesmith.models import adapters
 from tunesmith.models.artifacts import resolve_artifact
 from tunesmith.models.attention import attend_short_in_fp32
-from tunesmith.models.classifier import default_lora_targets, head_modules, load_classifier
+from tunesmith.models.classifier import apply_head_method, load_classifier
 from tunesmith.models.fused_norm import fuse_rms_norms
 from tunesmith.models.load import load_causal_lm, load_tokenizer
 from tunesmith.models.student import find_layer_list
@@ -114,25 +114,7 @@ def build_classifier(cfg: RunConfig, tok: Any, source: Path | str, names: list[s
                             cfg.model.dtype, cfg.model.trust_remote_code,
                             cfg.model.attn_implementation, cfg.model.allow_pickle)
     prepare_model(model, cfg, precision, cfg.method.type == "lora", prepare)
-    chosen: dict[str, Any] = {"head": head_modules(model)}
-    unfreezer = None
-    method = cfg.method
-    if method.type == "lora":
-        targets = method.target_modules
-        if "target_modules" not in method.model_fields_set:
-            targets = default_lora_targets(model, targets)
-        method = method.model_copy(update={"target_modules": targets})
-        chosen["lora_targets"] = targets
-        model = adapters.apply_method(model, method, task_type="SEQ_CLS",
-                                      modules_to_save=list(chosen["head"]))  # peft extends it
-        if precision in ("bf16", "fp16"):
-            adapters.skip_lora_input_casts(model)
-    else:
-        model = adapters.apply_method(model, method)
-        if method.unfreeze is not None:
-            unfreezer = adapters.GradualUnfreezer(model, method)
-            unfreezer.start()
-    return model, unfreezer, chosen
+    return apply_head_method(model, cfg.method, precision, "SEQ_CLS")
 
 
 def classifier_info(cfg: RunConfig, names: list[str]) -> dict[str, Any]:
