@@ -43,7 +43,9 @@ def peak_rss_mib() -> float:
 def run_worker(script: str, name: str, args: list[str], extra_env: dict[str, str] | None = None
                ) -> dict[str, Any]:
     """Run ``script --worker NAME args`` and parse the JSON line it prints last."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
+    # the checkout first, then whatever the caller put there (bench/gpu.sh's carried wheels)
+    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "PYTHONPATH": path, **(extra_env or {})}
     for key in {*MALLOC_ENV, *NO_MMAP_ENV}:
         if not extra_env or key not in extra_env:
             env.pop(key, None)

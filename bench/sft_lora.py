@@ -12,6 +12,12 @@ checkpointing on this CPU), in fp32 (the quality reference) and in its fastest c
 we found (bf16 without checkpointing); ``--trl-variants`` picks.
 
     python bench/sft_lora.py [--steps 8] [--method lora|full]
+
+The same script runs the GPU comparison of bench/gpu.sh: ``--model-dir`` (a local model
+directory instead of the embedded SmolLM2), ``--data`` (instruction/output JSONL instead of
+the shared Dolly copy), ``--batch``/``--max-length``, and the ``liger`` TRL variant (TRL with
+Liger kernels). On a CUDA machine every contender trains on the GPU and the tables add peak
+device memory; the parameter count for MFU is read off the model.
 """
 
 from __future__ import annotations
@@ -42,7 +48,22 @@ N_PARAMS = 134.5e6
 # ``use_cpu=True`` is how TRL must be told it runs on a CPU (its bf16 default refuses
 # otherwise); every variant gets it.
 TRL_VARIANTS = {"defaults": {}, "fp32": {"bf16": False, "gradient_checkpointing": False},
-                "bf16-nogc": {"bf16": True, "gradient_checkpointing": False}}
+                "bf16-nogc": {"bf16": True, "gradient_checkpointing": False},
+                "liger": {"use_liger_kernel": True}}
+
+
+def on_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def model_path(args: argparse.Namespace) -> str:
+    if args.model_dir:
+        return args.model_dir
+    from tunesmith.models.registry import pull
+
+    return str(pull("smollm2-135m-instruct"))
 
 
 def heldout_loss(model, tok, rows: list[dict], max_length: int = 512) -> float:
@@ -51,6 +72,7 @@ def heldout_loss(model, tok, rows: list[dict], max_length: int = 512) -> float:
     import torch
 
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     with torch.no_grad():
         for r in rows:
@@ -60,7 +82,7 @@ def heldout_loss(model, tok, rows: list[dict], max_length: int = 512) -> float:
             full = tok.apply_chat_template(
                 [*user, {"role": "assistant", "content": r["output"]}],
                 tokenize=True)["input_ids"][:max_length]
-            ids = torch.tensor([full])
+            ids = torch.tensor([full], device=device)
             labels = ids.clone()
             labels[0, :len(prompt)] = -100
             n = int((labels[0, 1:] != -100).sum())
@@ -72,8 +94,8 @@ def heldout_loss(model, tok, rows: list[dict], max_length: int = 512) -> float:
     return total / count
 
 
-def load_rows(n: int) -> list[dict]:
-    path = SHARED / "dolly_open_qa" / "train.jsonl"
+def load_rows(n: int, data: str | None = None) -> list[dict]:
+    path = Path(data) if data else SHARED / "dolly_open_qa" / "train.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()[:n]]
     return rows
 
@@ -82,19 +104,20 @@ def worker_tunesmith(args: argparse.Namespace) -> dict:
     from tunesmith.config import validate_dict
     from tunesmith.recipes import sft
 
-    rows = load_rows(args.steps * 8)
+    rows = load_rows(args.steps * args.batch, args.data)
     tmp = scratch_dir("bench-sft-")
     data = tmp / "train.jsonl"
     data.write_text("".join(json.dumps({"instruction": r["instruction"], "input": "",
                                         "output": r["output"]}) + "\n" for r in rows))
     lora = args.method == "lora"
     raw = {
-        "name": "bench", "model": {"name": "smollm2-135m-instruct"},
+        "name": "bench", "model": {"name": args.model_dir or "smollm2-135m-instruct"},
         "method": {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.0,
                    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]} if lora
         else {"type": "full"},
-        "data": {"train": str(data), "max_length": 512, "format": "alpaca", "cache": False},
-        "train": {"max_steps": args.steps, "batch_size": 8, "lr": 2e-4 if lora else 2e-5,
+        "data": {"train": str(data), "max_length": args.max_length, "format": "alpaca",
+                 "cache": False},
+        "train": {"max_steps": args.steps, "batch_size": args.batch, "lr": 2e-4 if lora else 2e-5,
                   "scheduler": "constant", "seed": 0, "precision": args.precision},
         "output": {"dir": str(tmp / "runs"), "tensorboard": False},
     }
@@ -110,8 +133,15 @@ def worker_tunesmith(args: argparse.Namespace) -> dict:
     from tunesmith.models.load import load_for_inference
 
     model, tok = load_for_inference(str(result.final_dir), dtype="float32")
-    held = heldout_loss(model, tok, load_rows(args.steps * 8 + args.heldout)[-args.heldout:])
-    return {**summary, "heldout_loss": held}
+    if on_cuda():
+        model.to("cuda")
+    return {**summary, "heldout_loss": heldout_loss(model, tok, heldout_rows(args),
+                                                    args.max_length)}
+
+
+def heldout_rows(args: argparse.Namespace) -> list[dict]:
+    n = args.steps * args.batch
+    return load_rows(n + args.heldout, args.data)[n:]
 
 
 def worker_trl(args: argparse.Namespace) -> dict:
@@ -120,31 +150,32 @@ def worker_trl(args: argparse.Namespace) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from tunesmith.models.registry import pull
 
-    path = str(pull("smollm2-135m-instruct"))
+    path = model_path(args)
     tok = AutoTokenizer.from_pretrained(path)
-    rows = load_rows(args.steps * 8)
+    rows = load_rows(args.steps * args.batch, args.data)
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": r["instruction"]}],
                              "completion": [{"role": "assistant", "content": r["output"]}]}
                             for r in rows])
-    lens = [min(512, len(tok.apply_chat_template(
+    lens = [min(args.max_length, len(tok.apply_chat_template(
         [*d["prompt"], *d["completion"]], tokenize=True)["input_ids"])) for d in ds]
     lora = args.method == "lora"
     model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
     extra = TRL_VARIANTS[args.trl]
-    conf = SFTConfig(output_dir=str(scratch_dir("bench-trl-")), max_length=512, per_device_train_batch_size=8,
+    conf = SFTConfig(output_dir=str(scratch_dir("bench-trl-")), max_length=args.max_length,
+                     per_device_train_batch_size=args.batch,
                      learning_rate=2e-4 if lora else 2e-5, lr_scheduler_type="constant",
                      max_steps=args.steps, logging_steps=1, save_strategy="no", report_to=[],
                      seed=0, train_sampling_strategy="sequential", disable_tqdm=True,
-                     use_cpu=True, **extra)
+                     use_cpu=not on_cuda(), **extra)
+    b = args.batch
     stamps: list[tuple[float, int, float]] = []
     losses: list[float] = []
 
     class Stamp(TrainerCallback):
         def on_step_end(self, a, state, control, **kw):
             k = state.global_step - 1
-            stamps.append((time.perf_counter(), sum(lens[8 * k:8 * k + 8]), 0.0))
+            stamps.append((time.perf_counter(), sum(lens[b * k:b * k + b]), 0.0))
 
         def on_log(self, a, state, control, logs=None, **kw):
             if logs and "loss" in logs:
@@ -155,7 +186,7 @@ def worker_trl(args: argparse.Namespace) -> dict:
     trainer = SFTTrainer(model=model, args=conf, train_dataset=ds, processing_class=tok,
                          peft_config=peft_cfg, callbacks=[Stamp()])
     trainer.train()
-    held = heldout_loss(trainer.model, tok, load_rows(args.steps * 8 + args.heldout)[-args.heldout:])
+    held = heldout_loss(trainer.model, tok, heldout_rows(args), args.max_length)
     return {**summarise(stamps, losses[-1] if losses else float("nan")), "heldout_loss": held}
 
 
@@ -163,9 +194,40 @@ def summarise(stamps: list[tuple[float, int, float]], last_loss: float) -> dict:
     # steady state: tokens of steps 2..N over the time between the end of step 1 and step N
     tokens = sum(s[1] for s in stamps[1:])
     seconds = stamps[-1][0] - stamps[0][0]
-    return {"tokens_per_s": tokens / seconds, "steady_steps": len(stamps) - 1,
-            "step_s": seconds / max(len(stamps) - 1, 1), "loss_last": last_loss,
-            "peak_rss_mib": peak_rss_mib()}
+    out = {"tokens_per_s": tokens / seconds, "steady_steps": len(stamps) - 1,
+           "step_s": seconds / max(len(stamps) - 1, 1), "loss_last": last_loss,
+           "peak_rss_mib": peak_rss_mib()}
+    if on_cuda():
+        import torch
+
+        out["peak_device_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    return out
+
+
+def count_params(path: str) -> float:
+    """Parameters of the model at ``path``, counted on the meta device (no weights read)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    return float(sum(p.numel() for p in model.parameters()))
+
+
+def cuda_matmul_peak_gflops(dtype_name: str, size: int = 8192, reps: int = 10) -> float:
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    a = torch.randn(size, size, dtype=dtype, device="cuda")
+    b = torch.randn(size, size, dtype=dtype, device="cuda")
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * size ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
 def main() -> None:
@@ -179,6 +241,10 @@ def main() -> None:
     ap.add_argument("--trl-variants", default="defaults,fp32,bf16-nogc",
                     help="TRL configurations to run, comma-separated")
     ap.add_argument("--heldout", type=int, default=48, help="held-out rows for the loss")
+    ap.add_argument("--model-dir", help="a local model directory (default: embedded SmolLM2)")
+    ap.add_argument("--data", help="instruction/output JSONL (default: the shared Dolly copy)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--set", action="append", help="tunesmith config override (section.key=v)")
     ap.add_argument("--ablation", action="store_true",
@@ -191,11 +257,16 @@ def main() -> None:
         print(json.dumps(fn(args)))
         return
     passthrough = ["--steps", str(args.steps), "--method", args.method,
-                   "--precision", args.precision, "--heldout", str(args.heldout)]
+                   "--precision", args.precision, "--heldout", str(args.heldout),
+                   "--batch", str(args.batch), "--max-length", str(args.max_length)]
+    passthrough += [x for k in ("model_dir", "data") if getattr(args, k)
+                    for x in (f"--{k.replace('_', '-')}", getattr(args, k))]
     if args.ablation:
         return ablation(args, passthrough)
     passthrough += [x for item in args.set or [] for x in ("--set", item)]
-    peak = {p: matmul_peak_gflops(p) for p in ("fp32", "bf16")}
+    measure = cuda_matmul_peak_gflops if on_cuda() else matmul_peak_gflops
+    peak = {p: measure(p) for p in ("fp32", "bf16")}
+    n_params = count_params(args.model_dir) if args.model_dir else N_PARAMS
     print(f"matmul peak on this machine: fp32 {peak['fp32']:.0f} GFLOP/s, "
           f"bf16 {peak['bf16']:.0f} GFLOP/s")
     ours = run_worker(__file__, "tunesmith", passthrough, MALLOC_ENV)
@@ -208,21 +279,27 @@ def main() -> None:
         print(f"  {peer['name']}: {peer['tokens_per_s']:.1f} tok/s", flush=True)
     factor = 4 if args.method == "lora" else 6
     for r in (ours, *peers):
-        flops = factor * N_PARAMS * r["tokens_per_s"] / 1e9
+        flops = factor * n_params * r["tokens_per_s"] / 1e9
         r["mfu_fp32_%"] = 100 * flops / peak["fp32"]
         r["mfu_bf16_%"] = 100 * flops / peak["bf16"]
-    print(f"\nSFT {args.method}, SmolLM2-135M, Dolly open_qa, batch 8, max_len 512, "
+    model = args.model_dir or "SmolLM2-135M"
+    print(f"\nSFT {args.method}, {model} ({n_params / 1e6:.0f} M parameters), "
+          f"{args.data or 'Dolly open_qa'}, batch {args.batch}, max_len {args.max_length}, "
           f"{args.steps} steps (first excluded from tokens/s); held-out loss on "
           f"{args.heldout} unseen rows, completion only")
-    print_table([ours, *peers], ["name", "tokens_per_s", "step_s", "peak_rss_mib", "loss_last",
-                                 "heldout_loss", "mfu_fp32_%", "mfu_bf16_%", "wall_s"])
+    memory = ["peak_device_mib"] if on_cuda() else []
+    print_table([ours, *peers], ["name", "tokens_per_s", "step_s", "peak_rss_mib", *memory,
+                                 "loss_last", "heldout_loss", "mfu_fp32_%", "mfu_bf16_%",
+                                 "wall_s"])
     by = {p["name"]: p for p in peers}
     print()
     for peer in peers:
         print(f"ratio tunesmith / {peer['name']}: tokens/s "
               f"x{ours['tokens_per_s'] / peer['tokens_per_s']:.2f}, peak RSS "
-              f"x{ours['peak_rss_mib'] / peer['peak_rss_mib']:.2f}, held-out loss "
-              f"{100 * (ours['heldout_loss'] / peer['heldout_loss'] - 1):+.2f}%")
+              f"x{ours['peak_rss_mib'] / peer['peak_rss_mib']:.2f}, "
+              + (f"peak device memory x{ours['peak_device_mib'] / peer['peak_device_mib']:.2f}, "
+                 if "peak_device_mib" in ours else "")
+              + f"held-out loss {100 * (ours['heldout_loss'] / peer['heldout_loss'] - 1):+.2f}%")
     if args.json:
         Path(args.json).write_text(json.dumps({"peak_gflops": peak, "tunesmith": ours,
                                                "trl": by}, indent=1))
