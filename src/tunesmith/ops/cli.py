@@ -45,6 +45,9 @@ def plan(config: Annotated[Path, typer.Argument(help="YAML config file.")],
          steps: Annotated[int, typer.Option(help="Calibration steps (run, then discarded).")
                           ] = 4,
          json_out: Annotated[bool, typer.Option("--json", help="The plan as JSON.")] = False,
+         output: Annotated[Path | None, typer.Option(
+             "-o", "--output", help="Also write the plan, its verdict and one-line summary "
+             "to DIR/plan.json (the studio's new-run form reads it).")] = None,
          ) -> None:
     """Estimate peak memory and time to finish from a few real steps on your data and model:
     the breakdown (weights, gradients, optimizer, activations and logits at the longest
@@ -56,18 +59,25 @@ def plan(config: Annotated[Path, typer.Argument(help="YAML config file.")],
 
     cfg = load_config(config, overrides)
     p = make_plan(cfg, steps)
+    if output is not None:
+        from tunesmith.io import atomic_write_json
+
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(output / "plan.json", {**p.as_dict(), "verdict": p.verdict(cfg),
+                                                 "line": p.line(cfg)})
     if json_out:
         sys.stdout.write(json.dumps(p.as_dict(), indent=1) + "\n")
     else:
         table = Table(title=f"plan for {cfg.name} ({p.device})")
         table.add_column("part")
         table.add_column("GiB", justify="right")
-        for part in ("baseline", "weights", "gradients", "optimizer", "activations",
-                     "logits", "peak", "available"):
+        for part in ("baseline", "weights", "other", "gradients", "optimizer",
+                     "activations", "logits", "peak", "available"):
             table.add_row(part, f"{getattr(p, part) / GIB:.3f}")
         out.print(table)
-        out.print(f"longest micro-batch {p.longest_tokens} tokens; {p.total_steps} steps at "
-                  f"{p.step_seconds:.3f} s: ~{p.seconds / 60:.1f} min")
+        out.print(f"longest micro-batch {p.longest_tokens} padded tokens (calibration "
+                  f"{p.calibration_tokens}); {p.total_steps} steps at {p.step_seconds:.3f} s: "
+                  f"~{p.seconds / 60:.1f} min")
         out.print(p.verdict(cfg))
     if not p.fits:
         raise typer.Exit(1)

@@ -39,6 +39,9 @@ from tunesmith.train.signals import GracefulStop
 from tunesmith.train.tracking import Tracker, truncate_after
 
 StepCallback = Callable[[int, dict[str, Any]], None]
+"""Called after each optimizer step with the step and its logged values and loop state. A
+callback with an ``on_start(loop)`` method is also told the :class:`TrainLoop` before the
+first step (``tunesmith plan`` reads the objective's batches from it)."""
 
 
 @dataclass
@@ -100,6 +103,28 @@ def split_by_tokens(idx: list[int], lengths: list[int], budget: int | None) -> l
         longest = longest_with
     parts.append(cur)
     return parts
+
+
+def micro_batch_tokens(objective: Objective, cfg: RunConfig, steps: int, world: int = 1,
+                       multiple_of: int = 8) -> list[list[int]]:
+    """Padded tokens (rows x longest row, rounded up to ``multiple_of`` as collation pads) of
+    every micro-batch part of the first ``steps`` optimizer steps, step by step: the batches
+    the loop forms (epoch order, ``grad_accum x world`` per step, split at
+    ``train.max_batch_tokens``), without running them. ``tunesmith plan`` sizes activations
+    by the largest."""
+    tc, lengths = cfg.train, objective.train_lengths
+    budget, per_step = token_budget(tc.max_batch_tokens), tc.grad_accum * world
+    out: list[list[int]] = []
+    epoch, cursor, batches = 0, 0, objective.epoch_batches(0, cfg)
+    while len(out) < steps and batches:
+        group = batches[cursor:cursor + per_step]
+        out.append([len(part) * -(-max(lengths[i] for i in part) // multiple_of) * multiple_of
+                    for idx in group for part in split_by_tokens(idx, lengths, budget)])
+        cursor += len(group)
+        if cursor >= len(batches):
+            epoch, cursor = epoch + 1, 0
+            batches = objective.epoch_batches(epoch, cfg)
+    return out
 
 
 class Objective:
@@ -207,6 +232,9 @@ class TrainLoop:
         tokens_seen, units_seen, train_time = 0, 0, 0.0
         cached: tuple[int, list[list[int]]] | None = None
         self.wrapped.train()
+        for cb in self.callbacks:
+            if hasattr(cb, "on_start"):
+                cb.on_start(self)
         try:
             while state["step"] < self.total:
                 if cached is None or cached[0] != state["epoch"]:

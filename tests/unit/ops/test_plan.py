@@ -14,7 +14,7 @@ from tunesmith.ops.plan import GIB, PeakSampler, plan
 from tunesmith.recipes import sft
 
 pytestmark = pytest.mark.usefixtures("isolated_home")
-PEAK_TOLERANCE = 0.15  # predicted vs measured peak RSS of the run (Python + torch included)
+PEAK_TOLERANCE = 0.05  # predicted vs measured peak RSS of the run (Python + torch included)
 
 
 @pytest.mark.parametrize("method", [{"type": "lora", "r": 4, "alpha": 8}, {"type": "full"}],
@@ -35,13 +35,26 @@ def test_plan_breakdown_and_peak_against_a_measured_run(
     else:
         assert p.weights == (base + trainable) * 4 and 0 < trainable < base / 10
     vocab = json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
-    assert p.longest_tokens == 4 * 64 and p.logits == p.longest_tokens * vocab * 4
+    assert p.logits == p.longest_tokens * vocab * 4
     assert p.total_steps == 8 and p.step_seconds > 0 and p.fits
     assert "fits with" in p.line(cfg) and "8 steps" in p.line(cfg)
     assert not (tmp_path / "plan").exists()  # the calibration run was discarded
 
+    lengths: list[int] = []
+
+    class Seen:  # the real run's tokenised lengths, read from its loop
+        def on_start(self, loop: object) -> None:
+            lengths.extend(loop.obj.train_lengths)  # type: ignore[attr-defined]
+
+        def __call__(self, step: int, values: dict) -> None:
+            pass
+
     with PeakSampler() as measured:
-        sft.run(cfg, progress=False)
+        sft.run(cfg, progress=False, callbacks=[Seen()])
+    # 24 rows in batches of 4 over 8 steps (> 1 epoch): the largest micro-batch is 4 rows
+    # of the longest row, padded to a multiple of 8 — far below batch_size x max_length
+    assert p.longest_tokens == 4 * (-(-max(lengths) // 8) * 8) < 4 * 64
+    print(f"plan {p.peak / 2**20:.1f} MiB, measured {measured.peak / 2**20:.1f} MiB")
     assert abs(p.peak - measured.peak) / measured.peak < PEAK_TOLERANCE, (p, measured.peak)
 
 
