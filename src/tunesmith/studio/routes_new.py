@@ -3,11 +3,16 @@
 The form's state is kept on the server (``<data_dir>/studio/draft.json``, written on every
 check), so a refresh, a closed tab or a restart gives the same form back, and two tabs see
 the same draft. Launching queues the validated config as a job (``launch.submit_config``)
-and goes to its run page.
+and goes to its run page. "Check fit and time" runs ``tunesmith plan`` on the validated config
+as a background studio task (``studio/tasks.py``) and shows its verdict and breakdown beside
+the form once it ends.
 """
 
 from __future__ import annotations
 
+import json
+import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +22,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 
 from tunesmith.errors import ConfigError, UsageError
+from tunesmith.io import atomic_write_text
 from tunesmith.models.registry import EMBEDDED
-from tunesmith.studio import form, launch
+from tunesmith.studio import form, launch, tasks
 from tunesmith.studio.datasets import dataset_paths
 from tunesmith.studio.drafts import clear_draft, read_draft, write_draft
 from tunesmith.studio.render import StudioRoute, fragment, go, page
@@ -155,3 +161,53 @@ async def launch_run(request: Request) -> Response:
                                         Path(state.settings.data_dir), result.raw)
     await run_in_threadpool(clear_draft, _data_dir(request))
     return go(request, f"/studio/runs/{job_id}")
+
+
+PLAN_PARTS = ("baseline", "weights", "other", "gradients", "optimizer", "activations", "logits",
+              "peak", "available")
+
+
+def start_plan(data_dir: Path, resolved_yaml: str, steps: int = 4) -> str:
+    """``tunesmith plan`` of the form's resolved config, as a studio task; returns its id."""
+    folder = data_dir / "studio" / "plan-configs"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}.yaml"
+    atomic_write_text(config, resolved_yaml)
+    return tasks.start_task(data_dir, "plan", ["plan", str(config), "--steps", str(steps),
+                                               "-o", tasks.OUT])
+
+
+def plan_view(data_dir: Path, task_id: str) -> dict[str, Any]:
+    """What the plan box shows for a plan task: its state, and once done the plan."""
+    task = tasks.read_task(data_dir, task_id)
+    if task is None or task.info.get("kind") != "plan":
+        raise UsageError("no such plan check", where=task_id, fix="press Check fit and time")
+    result = None
+    if task.state == "succeeded" or task.exit_code == 1:  # 1: ran, and it does not fit
+        try:
+            result = json.loads((task.dir / "out" / "plan.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            result = None
+    return {"task": task, "plan": result, "parts": PLAN_PARTS, "gib": 1 << 30,
+            "log": task.log_tail(8) if task.state == "running" else ""}
+
+
+@router.post("/new/plan")
+async def check_plan(request: Request) -> HTMLResponse:
+    start, values = await _form_values(request)
+    await run_in_threadpool(_save_draft, request, start, values)
+    shown, raw = await run_in_threadpool(load_start, request, start)
+    result = await run_in_threadpool(form.evaluate, shown, raw, values)
+    if not result.ok or result.yaml is None:
+        return fragment("new_plan.html", problem="fix the problems in the form first: the plan "
+                        "runs a few real steps of the validated config")
+    task_id = await run_in_threadpool(start_plan, _data_dir(request), result.yaml)
+    return fragment("new_plan.html", **await run_in_threadpool(plan_view, _data_dir(request),
+                                                               task_id))
+
+
+@router.get("/new/plan/{task_id}")
+async def plan_state(request: Request, task_id: str) -> HTMLResponse:
+    """Polled by the plan box while the calibration runs; then the verdict and breakdown."""
+    return fragment("new_plan.html", **await run_in_threadpool(plan_view, _data_dir(request),
+                                                               task_id))
