@@ -1,7 +1,8 @@
 """The model pool: every served name mapped to a loaded model, LoRA adapters sharing a base.
 
-A served name points at a causal LM (full model, or a LoRA adapter over a base) or at a
-classifier. Adapters over the same base weights share one ``PeftModel`` in memory; a
+A served name points at a causal LM (full model, or a LoRA adapter over a base), a
+classifier (``/v1/classify``) or a span model: token classification or extractive QA
+(``/v1/extract``). Adapters over the same base weights share one ``PeftModel`` in memory; a
 request picks its adapter with ``set_adapter`` (or runs the bare base inside
 ``disable_adapter()``), under that base's lock, since the active adapter is state of the
 shared model. Names not given at startup are looked up in ``<data_dir>/models/<name>/``,
@@ -36,6 +37,7 @@ from tunesmith.device import resolve_precision
 from tunesmith.errors import ModelError
 from tunesmith.inference.generate import eos_ids
 from tunesmith.inference.predict import load_predictor
+from tunesmith.inference.spans import load_span_predictor, span_task
 from tunesmith.models.artifacts import adapter_base, model_kind, resolve_artifact
 from tunesmith.models.load import load_causal_lm, load_tokenizer
 from tunesmith.models.registry import EMBEDDED, resolve_model_dir
@@ -135,7 +137,25 @@ class ClassifierHandle:
     kind: str = "classifier"
 
 
-Handle = LMHandle | ClassifierHandle | UpstreamHandle
+@dataclass
+class SpanHandle:
+    """An entity (``token_classification``) or answer (``extractive_qa``) model; its kind
+    is the task. One forward pass at a time under its lock, like a classifier."""
+
+    name: str
+    source: str
+    predictor: Any
+    created: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    kind: str = "token_classification"
+
+
+Handle = LMHandle | ClassifierHandle | SpanHandle | UpstreamHandle
+# each kind of handle: what it is and the route serving it (a request to another names it)
+ENDPOINTS = {"lm": ("text-generation model", "/v1/chat/completions or /v1/completions"),
+             "classifier": ("classifier", "/v1/classify"),
+             "token_classification": ("entity (token-classification) model", "/v1/extract"),
+             "extractive_qa": ("question-answering model", "/v1/extract")}
 ENGINES = ("builtin", "llamacpp", "upstream")
 
 
@@ -242,9 +262,13 @@ class ModelPool:
             src = resolve_artifact(spec)
             created = int(time.time())
             upstream = self.settings.engine == "upstream"
-            if isinstance(src, Path) and model_kind(src) == "classifier":
-                handle: Handle = ClassifierHandle(name, str(src), load_predictor(str(spec)),
-                                                  created)
+            task = span_task(spec) if isinstance(src, Path) else None
+            if task is not None:  # before model_kind: span runs carry the classifier sidecar
+                precision = "bf16" if self._dtype == "bfloat16" else "fp32"
+                handle: Handle = SpanHandle(name, str(src), load_span_predictor(
+                    str(spec), precision=precision), created, kind=task)
+            elif isinstance(src, Path) and model_kind(src) == "classifier":
+                handle = ClassifierHandle(name, str(src), load_predictor(str(spec)), created)
             elif upstream:  # tokenizer only: the upstream server holds the weights
                 handle = load_upstream_handle(name, spec, str(self.settings.upstream_url),
                                               created)
@@ -315,12 +339,22 @@ class ModelPool:
         if handle is not None:
             return handle
         path = self.job_model_dir(name)
-        if path is None:
+        spec = str(path) if path is not None else self._given_spec(name)
+        if spec is None:
             return None
         with self._load_lock:
             if name in self.handles:
                 return self.handles[name]
-            return self.add(name, str(path))
+            return self.add(name, spec)
+
+    def _given_spec(self, name: str) -> str | None:
+        """The command line's model served as ``name`` when it was not loaded at startup
+        (``settings.preload`` off): it loads on first use."""
+        for spec in self.settings.models:
+            served, path = parse_named(spec, "MODEL")
+            if (served or served_name(path)) == name:
+                return path
+        return None
 
     def _swap(self, name: str) -> Handle | None:
         """Serve ``source`` as ``name`` (None: the alias is gone, back to what was given)."""

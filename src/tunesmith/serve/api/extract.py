@@ -9,28 +9,26 @@ per question, ``answer``, ``start``/``end`` in its context (null for "no answer"
 ``score``. Inputs are bounded like every other route (``schemas.Text``, at most
 ``MAX_INPUTS`` items); the API key and body-size middleware apply.
 
-Models are the span models named on the command line (``NAME=PATH``) or finished jobs'
-models, loaded on first request and kept; each is run under its own lock (one forward pass
-at a time per model, as ``/v1/classify`` does).
+Models are span models of the pool (serve/api/engines.py ``SpanHandle``): named on the
+command line (``tunesmith serve ner=RUN``, loaded at startup and listed by ``/v1/models``
+with their task as ``kind``) or finished jobs' models, loaded on first request; each runs
+under its own lock (one forward pass at a time per model, as ``/v1/classify`` does).
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from pathlib import Path
 from typing import Any, Union
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunesmith.errors import TunesmithError
-from tunesmith.inference.spans import SpanPredictor, load_span_predictor, span_task
 from tunesmith.serve.api.completions import new_id
-from tunesmith.serve.api.errors import APIError, model_not_found
+from tunesmith.serve.api.engines import SpanHandle
+from tunesmith.serve.api.errors import APIError
+from tunesmith.serve.api.routes import served_handle
 from tunesmith.serve.api.schemas import MAX_INPUTS, Inputs, Name, Text
-from tunesmith.serve.settings import parse_named
 
 
 class ExtractRequest(BaseModel):
@@ -47,46 +45,14 @@ class ExtractRequest(BaseModel):
         return [] if v is None else [v] if isinstance(v, str) else list(v)
 
 
-class _Extractors:
-    """Span predictors by served name, loaded once, each with its lock."""
-
-    def __init__(self) -> None:
-        self.models: dict[str, tuple[SpanPredictor, threading.Lock]] = {}
-        self.lock = threading.Lock()
-
-    def get(self, request: Request, name: str) -> tuple[SpanPredictor, threading.Lock]:
-        with self.lock:
-            if name in self.models:
-                return self.models[name]
-            settings = request.app.state.settings
-            spec = None
-            for given in settings.models:
-                served, path = parse_named(given, "MODEL")
-                if (served or Path(path).name) == name:
-                    spec = path
-            if spec is None:
-                found = request.app.state.pool.job_model_dir(name)
-                spec = str(found) if found is not None else None
-            if spec is None or span_task(spec) is None:
-                raise model_not_found(name) if spec is None else APIError(
-                    400, f"`{name}` is not an entity or question-answering model; /v1/extract "
-                    "needs a run trained with task: token_classification or extractive_qa.",
-                    param="model", code="wrong_endpoint")
-            try:
-                self.models[name] = (load_span_predictor(spec), threading.Lock())
-            except TunesmithError as exc:
-                raise APIError(500, f"`{name}` could not be loaded: {exc.what}",
-                               param="model", code="model_load_failed") from None
-            return self.models[name]
-
-
 def build_extract_router() -> APIRouter:
     router = APIRouter()
-    extractors = _Extractors()
 
     @router.post("/v1/extract")
     async def extract(body: ExtractRequest, request: Request) -> dict[str, Any]:
-        pred, lock = await run_in_threadpool(extractors.get, request, body.model)
+        handle: SpanHandle = await run_in_threadpool(
+            served_handle, request, body.model, ("token_classification", "extractive_qa"))
+        pred, lock = handle.predictor, handle.lock
         if pred.task == "token_classification":
             texts = body._list(body.input)
             if not texts:

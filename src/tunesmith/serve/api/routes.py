@@ -27,7 +27,7 @@ from tunesmith.data.tool_template import render_chat
 from tunesmith.inference.generate import render_prompt
 from tunesmith.serve.api.completions import new_id, record_completion
 from tunesmith.serve.api.decode import DecodeParams
-from tunesmith.serve.api.engines import ClassifierHandle, LMHandle
+from tunesmith.serve.api.engines import ENDPOINTS, ClassifierHandle, LMHandle
 from tunesmith.serve.api.errors import APIError, error_body, model_not_found
 from tunesmith.serve.api.retrieval import augmented, passages_field, retrieve
 from tunesmith.serve.api.schemas import (
@@ -51,19 +51,22 @@ def _record(request: Request) -> dict[str, Any]:
     return request.scope.setdefault("state", {}).setdefault("record", {})
 
 
-def _handle(request: Request, name: str, kind: str) -> Any:
+def served_handle(request: Request, name: str, kinds: tuple[str, ...]) -> Any:
+    """The pool's handle for ``name`` when its kind is one of ``kinds``: 404 when unknown,
+    400 naming the right route when it is another kind of model."""
     _record(request)["model"] = name  # recorded even when unknown (Prometheus: "unknown")
     handle = request.app.state.pool.get(name)
     if handle is None:
         raise model_not_found(name)
-    if kind == "lm" and isinstance(handle, ClassifierHandle):
-        raise APIError(400, f"`{name}` is a classifier; send it to POST /v1/classify.",
-                       param="model", code="wrong_endpoint")
-    if kind == "classifier" and not isinstance(handle, ClassifierHandle):
-        raise APIError(400, f"`{name}` generates text; /v1/classify needs a classifier "
-                       "(a run trained with task: classification).", param="model",
+    if handle.kind not in kinds:
+        what, route = ENDPOINTS[handle.kind]
+        raise APIError(400, f"`{name}` is a {what}; send it to POST {route}.", param="model",
                        code="wrong_endpoint")
     return handle
+
+
+def _handle(request: Request, name: str, kind: str) -> Any:
+    return served_handle(request, name, (kind,))
 
 
 def _fingerprint(handle: Any) -> str:
