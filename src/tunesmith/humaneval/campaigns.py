@@ -30,6 +30,27 @@ from tunesmith.serve.db import Database
 MAX_TEXT = 100_000  # characters of a comment or corrected answer
 
 
+def check_new_campaign(db: Database, name: str, overlap: int = 1) -> None:
+    """A usable name that no campaign has yet (checked again, in the same transaction, when
+    the campaign is stored)."""
+    people.check_slug(name, "campaign")
+    _check_overlap(overlap)
+    with db.session() as s:
+        _refuse_taken(s, name)
+
+
+def _check_overlap(overlap: int) -> None:
+    if overlap < 1:
+        raise UsageError("--overlap must be at least 1", where="--overlap", got=overlap,
+                         fix="1 (each item rated once) or 2+ (agreement between reviewers)")
+
+
+def _refuse_taken(s: Any, name: str) -> None:
+    if s.scalar(select(Campaign.id).where(Campaign.name == name)) is not None:
+        raise UsageError("a campaign of that name exists", where=name,
+                         fix="choose another name (`tunesmith humaneval status` lists them)")
+
+
 def create_campaign(db: Database, name: str, answers: Answers, overlap: int = 1,
                     seed: int = 0) -> Campaign:
     """Store the answers and the items of a new campaign."""
@@ -39,14 +60,10 @@ def create_campaign(db: Database, name: str, answers: Answers, overlap: int = 1,
         raise UsageError("a campaign compares two or more models", where="--model",
                          got=models, fix="give --model twice (or an eval directory of two "
                          "or more models)")
-    if overlap < 1:
-        raise UsageError("--overlap must be at least 1", where="--overlap", got=overlap,
-                         fix="1 (each item rated once) or 2+ (agreement between reviewers)")
+    _check_overlap(overlap)
     rng = random.Random(seed)
     with db.session() as s:
-        if s.scalar(select(Campaign.id).where(Campaign.name == name)) is not None:
-            raise UsageError("a campaign of that name exists", where=name,
-                             fix="choose another name (`tunesmith humaneval status` lists them)")
+        _refuse_taken(s, name)
         camp = Campaign(name=name, created_at=time.time(), source=str(
             answers.origin.get("prompts") or answers.origin.get("eval_dir") or ""),
             models=dumps([{"name": m, "source": answers.sources.get(m, m)} for m in models]),

@@ -62,19 +62,24 @@ def create(name: Name,
                "--from-eval", help="Import the answers of a `tunesmith eval` directory "
                "instead of generating.")] = None,
            max_new_tokens: Annotated[int, typer.Option(help="Generation length.")] = 256,
+           temperature: Annotated[float, typer.Option(
+               help="0: greedy (every reviewer judges what the model says); above 0: "
+               "sampled, seeded by --seed.")] = 0.0,
            batch_size: int = 8,
            limit: Annotated[Optional[int], typer.Option(help="Use the first N prompts.")] = None,
            overlap: Overlap = 1,
            seed: Annotated[int, typer.Option(help="Seeds the left/right draw and the item "
                                                    "order (and generation).")] = 0,
            dtype: Annotated[str, typer.Option(help="auto, float32 or bfloat16.")] = "auto",
+           reviewer: Annotated[Optional[list[str]], typer.Option(
+               "--reviewer", help="A reviewer's name (repeatable), registered without a key: "
+               "`add-reviewer NAME` (or the campaign page) makes their key.")] = None,
            data_dir: DataDir = Path(DEFAULT_DATA_DIR), db: DbUrl = None) -> None:
     """Create a blind side-by-side campaign: answers generated once (greedy) or imported."""
     # deferred: torch (generation), SQLAlchemy; keeps `tunesmith --help` fast
-    from dataclasses import replace
-
     from tunesmith.humaneval import answers as A
-    from tunesmith.humaneval.campaigns import create_campaign, progress
+    from tunesmith.humaneval import people
+    from tunesmith.humaneval.campaigns import check_new_campaign, create_campaign, progress
 
     if (from_eval is None) == (prompts is None):
         raise UsageError("give --prompts with two or more --model, or --from-eval",
@@ -87,18 +92,34 @@ def create(name: Name,
         if len(specs) < 2:
             raise UsageError("a campaign compares two or more models", where="--model",
                              got=[n for n, _ in specs], fix="give --model twice")
-        settings = replace(A.DEFAULT_SETTINGS, max_new_tokens=max_new_tokens, seed=seed,
-                           batch_size=batch_size)
-        got = A.generate_answers(specs, prompts, settings, dtype, limit)
+        settings = A.settings_for(max_new_tokens, temperature, seed, batch_size)
+    names = [people.check_name(r) for r in reviewer or []]
+    if len(set(names)) != len(names):
+        raise UsageError("a reviewer is named twice", where="--reviewer", got=names,
+                         fix="give each reviewer once")
+    database = open_db(data_dir, db, create=True)
+    try:  # before the models load: a taken name should not cost the generation
+        check_new_campaign(database, name, overlap)
+    finally:
+        database.dispose()
+    if from_eval is None:
+        got = A.generate_answers(specs, prompts, settings, dtype, limit, progress=_progress)
     database = open_db(data_dir, db, create=True)
     try:
         camp = create_campaign(database, name, got, overlap=overlap, seed=seed)
+        for who in names:
+            people.add_person(database, "campaign", camp.id, who, with_key=False)
         prog = progress(database, camp)
     finally:
         database.dispose()
     err.print(f"campaign {name}: {len(got.prompts)} prompts, {prog['items']} items, models "
               f"{', '.join(got.answers)}; add reviewers with `tunesmith humaneval add-reviewer "
               f"{name} NAME` or rate in the studio (/studio/humaneval/{name})")
+
+
+def _progress(model: str, done: int, total: int) -> None:
+    """One line per batch; the studio's task page reads the last one for its progress bar."""
+    err.print(f"answers {done}/{total} ({model})", markup=False, highlight=False)
 
 
 def add_reviewer(name: Name, reviewer: Annotated[str, typer.Argument(help="Their name.")],

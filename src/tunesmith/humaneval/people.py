@@ -72,13 +72,19 @@ def all_names(db: Database, table: Any) -> list[str]:
 def add_person(db: Database, scope: str, scope_id: int, name: str, with_key: bool = True
                ) -> tuple[Person, str | None]:
     """A new reviewer (``scope='campaign'``) or annotator (``'queue'``), with a key unless
-    ``with_key`` is false. Refuses a name already used in that campaign or queue."""
+    ``with_key`` is false. A name registered without a key (``humaneval create --reviewer``,
+    or an administrator working under it) gets its key here, keeping the work already saved
+    under it; a name that has or had a key is refused."""
     name = check_name(name)
     key = KEY_PREFIX + secrets.token_urlsafe(32) if with_key else None
     with db.session() as s:
-        taken = s.scalar(select(Person.id).where(Person.scope == scope,
-                                                 Person.scope_id == scope_id,
-                                                 Person.name == name))
+        taken = s.scalar(select(Person).where(Person.scope == scope,
+                                              Person.scope_id == scope_id,
+                                              Person.name == name))
+        if taken is not None and key and taken.key_hash is None and not taken.revoked:
+            taken.key_hash = hash_key(key)
+            s.flush()
+            return taken, key
         if taken is not None:
             who = "reviewer" if scope == "campaign" else "annotator"
             raise UsageError(f"there is already a {who} of that name here", where=name,

@@ -46,9 +46,11 @@ def test_overview_create_and_campaign_page(studio: StudioClient, tmp_path: Path)
     (ev / "metrics.json").write_text(json.dumps({"task": "generation", "models": [
         {"name": n, "dir": n, "path": f"/m/{n}"} for n in ("base", "tuned")]}))
     assert "No campaign yet" in studio.get("/studio/humaneval").text
-    resp = studio.post("/studio/humaneval/create", data={"name": "ev", "eval_dir": str(ev)})
+    resp = studio.post("/studio/humaneval/create", data={"name": "ev", "source": "eval",
+                                                         "eval_dir": str(ev)})
     assert resp.headers["HX-Redirect"] == "/studio/humaneval/ev"
-    bad = studio.post("/studio/humaneval/create", data={"name": "ev2", "eval_dir": "/nope"})
+    bad = studio.post("/studio/humaneval/create", data={"name": "ev2", "source": "eval",
+                                                        "eval_dir": "/nope"})
     assert "not an evaluation directory" in bad.text and "/nope" in bad.text
     html = studio.get("/studio/humaneval/ev").text
     assert re.search(r"\b2 items", html) and "No ratings yet" in html
