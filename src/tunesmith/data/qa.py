@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunesmith.config.schema import DataConfig, ExtractiveQAConfig
 from tunesmith.data.qa_windows import QASplitStats, Question, Window, make_windows
-from tunesmith.data.readers import Row, read_rows
+from tunesmith.data.readers import BadRow, Row, read_rows
 from tunesmith.data.word_align import check_fast
 from tunesmith.errors import DataError
 from tunesmith.io import file_sha256
@@ -39,7 +39,7 @@ class QAData:
     warnings: list[str] = field(default_factory=list)
 
 
-_FIXES = {
+QA_FIXES = {
     "empty context": "every question needs a non-empty context (extractive_qa.context_field)",
     "empty question": "every row needs a non-empty question (extractive_qa.question_field)",
     "malformed answers": "answers are {\"text\": [...], \"answer_start\": [...]} or a list of "
@@ -62,15 +62,19 @@ def _answers(raw: Any) -> list[tuple[Any, Any]] | None:
     return None
 
 
-def _flatten_squad(rows: Iterable[Row]) -> Iterable[Row]:
-    """SQuAD's JSON (articles with ``paragraphs`` and ``qas``) as one row per question."""
+def flatten_squad(rows: Iterable[Row | BadRow]) -> Iterator[Row | BadRow]:
+    """SQuAD's JSON (articles with ``paragraphs`` and ``qas``) as one row per question; other
+    rows (and unreadable ones, for ``data inspect``/``prepare``) pass through as they are."""
     for row in rows:
-        paragraphs = row.data.get("paragraphs")
-        if not isinstance(paragraphs, list):
+        if not isinstance(row, Row) or not isinstance(row.data.get("paragraphs"), list):
             yield row
             continue
-        for j, par in enumerate(paragraphs):
+        for j, par in enumerate(row.data["paragraphs"]):
+            if not isinstance(par, dict):  # reported by the checks as an empty context
+                yield Row({"context": par}, f"{row.where}.paragraphs[{j}]")
+                continue
             for k, qa in enumerate(par.get("qas") or []):
+                qa = qa if isinstance(qa, dict) else {}
                 data = {**qa, "context": par.get("context"), "title": row.data.get("title")}
                 if qa.get("is_impossible"):
                     data["answers"] = []
@@ -104,9 +108,12 @@ def to_question(row: Row, qcfg: ExtractiveQAConfig, problems: list[tuple[str, st
             continue  # an empty answer text: SQuAD v2's no-answer written as [""]
         if context[start:start + len(text)] != text:
             around = context[max(0, start - 20):start + len(text) + 20]
+            found = context.find(text)
+            elsewhere = f"; the text occurs at {found}" if found >= 0 else \
+                "; the text occurs nowhere in the context"
             problems.append(("answer_start does not point at the answer", where,
-                             f"answer {text!r} at {start}; the context there reads "
-                             f"{context[start:start + len(text)]!r} (…{around}…)"))
+                             (f"answer {text!r} at {start}; the context there reads "
+                              f"{context[start:start + len(text)]!r} (…{around}…){elsewhere}")))
             return None
         answers.append((text, start))
     return Question(qid, question, context, answers, row.where)
@@ -115,7 +122,7 @@ def to_question(row: Row, qcfg: ExtractiveQAConfig, problems: list[tuple[str, st
 def read_questions(path: str, qcfg: ExtractiveQAConfig, limit: int | None = None,
                    need_answers: bool = True) -> tuple[list[Question], QASplitStats]:
     """Read and check ``path``; one DataError for all unusable rows."""
-    rows = list(_flatten_squad(read_rows(path)))[:limit]
+    rows = [r for r in flatten_squad(read_rows(path)) if isinstance(r, Row)][:limit]
     stats = QASplitStats(source=str(path), questions=len(rows))
     if Path(path).is_file():
         stats.sha256 = file_sha256(path)
@@ -127,7 +134,7 @@ def read_questions(path: str, qcfg: ExtractiveQAConfig, limit: int | None = None
         summary = ", ".join(f"{n} {k}" for k, n in counts.items())
         raise DataError(f"{len(problems)} of {len(rows)} questions in {path} are unusable "
                         f"({summary}); the first: {kind}", where=where, got=got,
-                        fix=_FIXES[kind])
+                        fix=QA_FIXES[kind])
     stats.unanswerable = sum(1 for q in out if not q.answers)
     return out, stats
 

@@ -167,6 +167,9 @@ def render_markdown(card: dict[str, Any]) -> str:
         for label, n in lab["overall"].items():
             cells = " | ".join(str(lab["by_split"][s].get(label, 0)) for s in splits)
             out.append(f"| {label} | {n:,} ({n / total:.1%}) | {cells} |")
+    task = card.get(card["format"])
+    if isinstance(task, dict):
+        out += _task_markdown(card["format"], task)
     out += ["", "## Schema", "", "| field | types (rows) |", "|---|---|"]
     for name, types in card["schema"].items():
         out.append(f"| `{name}` | " + ", ".join(f"{t} ({n:,})" for t, n in types.items()) + " |")
@@ -196,6 +199,30 @@ def render_markdown(card: dict[str, Any]) -> str:
                        f"\u201c{short(ex['snippet'], 80)}\u201d")
     out += ["", "## Options", "", "```json", json.dumps(card["config"], indent=2), "```", ""]
     return "\n".join(out)
+
+
+def _task_markdown(fmt: str, task: dict[str, Any]) -> list[str]:
+    """The NER / QA section of the card: entities per type and split, or questions."""
+    splits = list(task["splits"])
+    if fmt == "token_classification":
+        errors = task["tag_errors"]
+        out = ["", "## Entities", "", (f"Tag scheme {task['scheme']} ({task['scheme_source']}); "
+               f"tag-scheme errors {errors['counts'] or 'none'}; {errors['repaired']:,} I- "
+               "without their B- (kept; training reads them as B-)."), "",
+               "| type | rows checked | " + " | ".join(splits) + " |",
+               "|---|---:|" + "---:|" * len(splits)]
+        for kind, n in task["entities"].items():
+            cells = " | ".join(f"{task['splits'][s].get('entities', {}).get(kind, 0):,}"
+                               for s in splits)
+            out.append(f"| {kind} | {n:,} | {cells} |")
+    else:
+        out = ["", "## Questions", "", "| split | questions | unanswerable | contexts |",
+               "|---|---:|---:|---:|"]
+        for s in splits:
+            per = task["splits"][s]
+            out.append(f"| {s} | {per['rows']:,} | {per.get('unanswerable', 0):,} | "
+                       f"{per.get('contexts', 0):,} |")
+    return out + [f"- {note}" for note in task.get("notes", [])]
 
 
 def read_card(outdir: str | os.PathLike[str]) -> dict[str, Any]:

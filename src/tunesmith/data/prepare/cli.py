@@ -66,6 +66,22 @@ def _terminate_cleanly() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+_LABELS_HELP = ("NER: tag names in id order, comma-separated, for integer ner_tags (e.g. "
+                "O,B-PER,I-PER,B-LOC,I-LOC).")
+_INVALID_HELP = ("NER: an I- tag without its B-: 'repair' (kept, counted, read as B- by "
+                 "training) or 'error' (the row is bad input).")
+
+
+def _tags(labels: str | None, invalid_tags: str | None) -> dict[str, Any]:
+    """The ``token_classification`` options given on the command line."""
+    out: dict[str, Any] = {}
+    if labels is not None:
+        out["labels"] = [t.strip() for t in labels.split(",") if t.strip()]
+    if invalid_tags is not None:
+        out["invalid_tags"] = invalid_tags
+    return out
+
+
 def inspect_command(
     file: Annotated[str, typer.Argument(
         help="Data file or directory (JSONL, JSON, CSV, Parquet).")],
@@ -77,14 +93,19 @@ def inspect_command(
     limit: Annotated[int | None, typer.Option(help="Read only the first N rows.", min=1)] = None,
     fmt: Annotated[str, typer.Option("--format", help="Record format (default: detect).")] = "auto",
     label_field: Annotated[str, typer.Option(help="Label field of classification data.")] = "label",
+    labels: Annotated[str | None, typer.Option(help=_LABELS_HELP)] = None,
+    invalid_tags: Annotated[str, typer.Option(help=_INVALID_HELP)] = "repair",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Show a dataset's format, fields, lengths, labels, token lengths and bad rows."""
     # deferred: loads torch; keeps `tunesmith --help` fast
     from tunesmith.data.prepare.inspect import inspect_dataset, load_tokenizer
+    from tunesmith.data.prepare.spans import tags_config
 
     console = Console(stderr=False, highlight=False)
     try:
+        tags = tags_config(build_config({"token_classification": _tags(labels, invalid_tags)},
+                                        source="command-line options").token_classification)
         tok = load_tokenizer(tokenizer, _RESOLVE_MODEL[0]) if tokenizer else None
         status, progress = _progress(Console(stderr=True), not as_json)
         if status is not None:
@@ -92,7 +113,8 @@ def inspect_command(
         try:
             report = inspect_dataset(file, fmt=fmt, label_field=label_field, tokenizer=tok,
                                      tokenizer_name=tokenizer, max_length=max_length,
-                                     samples=samples, limit=limit, progress=progress)
+                                     samples=samples, limit=limit, progress=progress,
+                                     tags=tags)
         finally:
             if status is not None:
                 status.stop()
@@ -113,6 +135,8 @@ def prepare_command(
     fmt: Annotated[str | None, typer.Option("--format", help="Record format: auto, alpaca, "
                    "messages, prompt_completion, classification, text, preference.")] = None,
     label_field: Annotated[str | None, typer.Option(help="Label field (classification).")] = None,
+    labels: Annotated[str | None, typer.Option(help=_LABELS_HELP)] = None,
+    invalid_tags: Annotated[str | None, typer.Option(help=_INVALID_HELP)] = None,
     split: Annotated[str | None, typer.Option(help="Split ratios, e.g. 0.8,0.1,0.1 or "
                      "train=0.9,test=0.1.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the split.")] = None,
@@ -176,6 +200,8 @@ def prepare_command(
             "contamination.remove": decontaminate, "contamination.ngram": ngram,
             "contamination.eval_files": list(eval_file) if eval_file else None,
         }
+        tags = _tags(labels, invalid_tags)
+        overrides.update({f"token_classification.{k}": v for k, v in tags.items()})
         merged = merge_overrides(raw, overrides)
         if stratify_by is not None:
             merged.setdefault("split", {})["stratify_by"] = (

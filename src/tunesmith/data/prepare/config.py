@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tunesmith.errors import ConfigError
 
 FormatName = Literal["auto", "preference", "messages", "alpaca", "prompt_completion",
-                     "classification", "text"]
+                     "classification", "text", "token_classification", "extractive_qa"]
 PiiKind = Literal["email", "phone", "ip", "card"]
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -100,6 +100,20 @@ class ContaminationConfig(_Section):
                          "reporting them.")
 
 
+class TagsConfig(_Section):
+    """How NER rows (``token_classification``: ``tokens`` + ``ner_tags``) are read, as the
+    training section of the same name reads them."""
+
+    labels: list[str] | None = Field(None, description="Tag names in id order, for integer "
+                                     "ner_tags (the hub dataset's feature names); with it, "
+                                     "tag names outside the list are errors.")
+    scheme: Literal["auto", "iob2", "iob1", "iobes"] = Field(
+        "auto", description="Tag scheme; 'auto' detects it from the first 1,000 rows.")
+    invalid_tags: Literal["repair", "error"] = Field(
+        "repair", description="An I- tag without its B-: 'repair' keeps the row (training "
+        "reads the tag as B-; counted and listed), 'error' rejects the row.")
+
+
 class PrepareConfig(_Section):
     """Everything ``tunesmith data prepare`` does, section by section."""
 
@@ -122,6 +136,7 @@ class PrepareConfig(_Section):
     pii: PiiConfig = Field(default_factory=PiiConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     contamination: ContaminationConfig = Field(default_factory=ContaminationConfig)
+    token_classification: TagsConfig = Field(default_factory=TagsConfig)
 
     @field_validator("format", mode="before")
     @classmethod

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tunesmith.data.formats import detect_format
-from tunesmith.data.prepare.fields import iter_texts
+from tunesmith.data.prepare.fields import iter_texts, row_format
 from tunesmith.data.prepare.source import describe_source, iter_source
 from tunesmith.data.prepare.textkeys import exact_key, hash64, near_from_exact, word_ngrams_many
 from tunesmith.data.readers import BadRow
@@ -159,7 +158,7 @@ def index_eval_file(index: EvalIndex, path: str, label_field: str = "label",
                 raise item.to_error()
             bad += 1
             continue
-        fmt = detect_format(item.data, label_field)
+        fmt = row_format(item.data, label_field)
         texts = ([t for _, t in iter_texts(item.data, fmt)] if fmt else
                  [v for v in item.data.values() if isinstance(v, str)])
         index.add(texts, item.where, path)

@@ -22,11 +22,25 @@ from tunesmith.data.formats import (
     message_problem,
     tool_problem,
 )
+from tunesmith.data.prepare.spans import (
+    SPAN_FORMATS,
+    SPAN_TEXT_FIELDS,
+    detect_span_format,
+    span_empty,
+    span_map,
+    span_texts,
+)
+
+
+def row_format(data: dict[str, Any], label_field: str = "label") -> str | None:
+    """The format of one record: a span task's (NER words + tags, a QA context + question)
+    first, as their rows may also carry a ``text`` field, then the chat/classification ones."""
+    return detect_span_format(data) or detect_format(data, label_field)
 
 
 def majority_format(rows: Iterable[dict[str, Any]], label_field: str = "label") -> str | None:
     """The format most of ``rows`` have; classification beats text when labels are common."""
-    counts = Counter(f for f in (detect_format(r, label_field) for r in rows) if f)
+    counts = Counter(f for f in (row_format(r, label_field) for r in rows) if f)
     if not counts:
         return None
     # A row whose label is missing looks like plain text; it is still a classification row
@@ -37,8 +51,8 @@ def majority_format(rows: Iterable[dict[str, Any]], label_field: str = "label") 
 
 
 def text_field_names(fmt: str) -> tuple[str, ...]:
-    """Top-level fields of ``fmt`` that hold text (strings or message lists)."""
-    return TEXT_FIELDS[fmt]
+    """Top-level fields of ``fmt`` that hold text (strings, word or message lists)."""
+    return SPAN_TEXT_FIELDS[fmt] if fmt in SPAN_FORMATS else TEXT_FIELDS[fmt]
 
 
 def check_row(data: dict[str, Any], fmt: str, label_field: str = "label") -> Problem | None:
@@ -81,6 +95,8 @@ def canonical_roles(data: dict[str, Any], fmt: str) -> dict[str, Any]:
     """``data`` with message roles in the one vocabulary training reads (``developer`` →
     ``system``), so that a prepared file trains exactly as ``tunesmith train`` reads its
     input; ``data`` itself is untouched, and returned as is when nothing changes."""
+    if fmt in SPAN_FORMATS:
+        return data
     out = data
     for name in TEXT_FIELDS[fmt]:
         value = data.get(name)
@@ -101,6 +117,9 @@ def iter_texts(data: dict[str, Any], fmt: str) -> Iterator[tuple[str, str]]:
     Message contents are named ``messages[2].content`` and labelled with their role in the
     path so that "user says X" and "assistant says X" are different texts.
     """
+    if fmt in SPAN_FORMATS:
+        yield from span_texts(data, fmt)
+        return
     for name in TEXT_FIELDS[fmt]:
         value = data.get(name)
         if isinstance(value, str):
@@ -122,6 +141,8 @@ def iter_texts(data: dict[str, Any], fmt: str) -> Iterator[tuple[str, str]]:
 def map_texts(data: dict[str, Any], fmt: str,
               fn: Callable[[str], str]) -> dict[str, Any]:
     """Return a copy of ``data`` with ``fn`` applied to every text value (input untouched)."""
+    if fmt in SPAN_FORMATS:
+        return span_map(data, fmt, fn)
     out = dict(data)
     for name in TEXT_FIELDS[fmt]:
         value = data.get(name)
@@ -152,8 +173,10 @@ def required_texts_empty(data: dict[str, Any], fmt: str) -> str | None:
     """Name the first required text that is empty (after cleaning), or ``None``.
 
     Alpaca's ``input`` and a system prompt may be empty; an empty instruction, answer,
-    message or response may not.
+    message or response may not; nor may a word, a question, a context or an answer.
     """
+    if fmt in SPAN_FORMATS:
+        return span_empty(data, fmt)
     for name in REQUIRED_FIELDS[fmt]:
         value = data.get(name)
         if isinstance(value, str):

@@ -20,10 +20,18 @@ from typing import Any
 
 import numpy as np
 
-from tunesmith.data.formats import FORMATS, detect_format
+from tunesmith.config.schema import TokenClassificationConfig
+from tunesmith.data.formats import FORMATS
 from tunesmith.data.prepare.card import short
-from tunesmith.data.prepare.fields import check_row, iter_texts, majority_format, type_name
+from tunesmith.data.prepare.fields import (
+    check_row,
+    iter_texts,
+    majority_format,
+    row_format,
+    type_name,
+)
 from tunesmith.data.prepare.source import expand_inputs, iter_source
+from tunesmith.data.prepare.spans import SPAN_FORMATS, SpanChecker
 from tunesmith.data.prepare.textkeys import exact_key, hash64
 from tunesmith.data.readers import BadRow, Row
 from tunesmith.errors import DataError, ModelError
@@ -55,7 +63,10 @@ def load_tokenizer(name: str, resolve_model: Callable[[str], Any] | None = None)
                          "(tunesmith models list) or a hub id you have downloaded") from None
 
 
-def _stats(values: np.ndarray) -> dict[str, float | int]:
+def length_stats(values: np.ndarray | array) -> dict[str, float | int]:
+    """Count, min, mean, percentiles and max of lengths (an ``array('l')`` or an ndarray)."""
+    if isinstance(values, array):
+        values = np.frombuffer(values, dtype=np.int64) if len(values) else np.empty(0, np.int64)
     if len(values) == 0:
         return {"count": 0}
     out: dict[str, float | int] = {"count": len(values), "min": int(values.min()),
@@ -106,8 +117,13 @@ class _TokenCounter:
 def inspect_dataset(path: str, *, fmt: str = "auto", label_field: str = "label",
                     tokenizer: Any = None, tokenizer_name: str | None = None,
                     max_length: int = 2048, samples: int = 3, limit: int | None = None,
-                    progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
-    """Stream ``path`` once and return the statistics ``data inspect`` prints."""
+                    progress: Callable[[str, int], None] | None = None,
+                    tags: TokenClassificationConfig | None = None) -> dict[str, Any]:
+    """Stream ``path`` once and return the statistics ``data inspect`` prints.
+
+    NER and QA rows (``token_classification``, ``extractive_qa``) are checked as training
+    reads them; ``tags`` gives the label list of integer tags, the scheme and whether an
+    ``I-`` without its ``B-`` is an error (``invalid_tags``)."""
     sources = expand_inputs([path])
     items = (item for src in sources for item in iter_source(src))
     buffered: list[Row | BadRow] = []
@@ -119,9 +135,12 @@ def inspect_dataset(path: str, *, fmt: str = "auto", label_field: str = "label",
         detected = majority_format([i.data for i in buffered if isinstance(i, Row)], label_field)
     else:
         detected = fmt
-    if detected is not None and detected not in FORMATS:
+    if detected is not None and detected not in FORMATS + SPAN_FORMATS:
         raise DataError("unknown format", where="--format", got=fmt,
-                        fix=f"use {', '.join(FORMATS)}")
+                        fix=f"use {', '.join(FORMATS + SPAN_FORMATS)}")
+    spans = SpanChecker(detected, tags) if detected in SPAN_FORMATS else None
+    if spans is not None:
+        spans.detect(i.data for i in buffered if isinstance(i, Row))
 
     bad: Counter[str] = Counter()
     invalid: Counter[str] = Counter()
@@ -155,7 +174,7 @@ def inspect_dataset(path: str, *, fmt: str = "auto", label_field: str = "label",
             continue
         rows += 1
         data = item.data
-        formats_seen[detect_format(data, label_field) or "unknown"] += 1
+        formats_seen[row_format(data, label_field) or "unknown"] += 1
         for key, value in data.items():
             present[key] += 1
             types.setdefault(key, Counter())[type_name(value)] += 1
@@ -170,7 +189,8 @@ def inspect_dataset(path: str, *, fmt: str = "auto", label_field: str = "label",
                                         else v for k, v in data.items()}})
         if detected is None:
             continue
-        problem = check_row(data, detected, label_field)
+        problem = (spans.check(item) if spans is not None
+                   else check_row(data, detected, label_field))
         if problem is not None:
             invalid[problem.reason] += 1
             if len(examples) < 10:
@@ -201,12 +221,14 @@ def inspect_dataset(path: str, *, fmt: str = "auto", label_field: str = "label",
         "bad_rows": {"total": sum(bad.values()) + sum(invalid.values()),
                      "unreadable": dict(bad), "invalid": dict(invalid), "examples": examples},
         "fields": {k: {"present": present[k], "empty": empty[k], "types": dict(types[k]),
-                       **({"chars": _stats(np.frombuffer(lengths[k], dtype=np.int64))}
+                       **({"chars": length_stats(lengths[k])}
                           if k in lengths else {})} for k in present},
         "exact_duplicates": duplicates, "samples": sample_rows,
     }
     if labels:
         report["labels"] = {"field": label_field, "counts": dict(labels.most_common())}
+    if spans is not None:
+        report[detected] = spans.report(length_stats)
     if turns:
         report["chat"] = {"turns": dict(sorted(turns.items())), "roles": dict(roles)}
     if tokens is not None:
@@ -215,7 +237,7 @@ def inspect_dataset(path: str, *, fmt: str = "auto", label_field: str = "label",
         truncated = int((tl > max_length).sum())
         report["tokens"] = {"tokenizer": tokenizer_name or type(tokenizer).__name__,
                             "method": "chat_template" if tokens.use_template else "joined_fields",
-                            **_stats(tl), "histogram": histogram(tl), "max_length": max_length,
+                            **length_stats(tl), "histogram": histogram(tl), "max_length": max_length,
                             "truncated_rows": truncated,
                             "truncated_share": round(truncated / len(tl), 4) if len(tl) else 0.0}
     return report

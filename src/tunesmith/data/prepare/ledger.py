@@ -17,6 +17,7 @@ from typing import Any, overload
 
 from tunesmith.data.formats import ROLES, role_fix
 from tunesmith.data.prepare.card import short
+from tunesmith.data.prepare.spans import SPAN_FIXES
 from tunesmith.data.prepare.writers import JsonlWriter
 from tunesmith.errors import DataError
 
@@ -37,6 +38,8 @@ def problem_fix(reason: str, fmt: str, label_field: str, value: Any = None) -> s
     same words training uses: ``function`` is told to become ``tool``)."""
     if reason == "bad_role":
         return f"use one of the roles {', '.join(ROLES)}{role_fix(value)}"
+    if reason in SPAN_FIXES:  # NER and QA rows: the words training's checks use
+        return SPAN_FIXES[reason]
     template = _FIXES.get(reason, "give the row the fields of the {fmt} format with string "
                           "values")
     return template.format(fmt=fmt, label=label_field)

@@ -41,9 +41,11 @@ from tunesmith.data.prepare.fields import (
     map_texts,
     type_name,
 )
+from tunesmith.data.prepare.inspect import length_stats
 from tunesmith.data.prepare.ledger import Ledger, WhereLog, problem_fix
 from tunesmith.data.prepare.pii import PiiScrubber
 from tunesmith.data.prepare.source import describe_source, expand_inputs, iter_source
+from tunesmith.data.prepare.spans import SPAN_FORMATS, SpanChecker, tags_config
 from tunesmith.data.prepare.split import SPLITS, CodeBook, assign_splits
 from tunesmith.data.prepare.textkeys import exact_key, hash64, near_from_exact
 from tunesmith.data.prepare.writers import JsonlWriter, check_output_dir, jsonl_to_parquet
@@ -107,6 +109,8 @@ class _Run:
         self.labels, self.strata = CodeBook(), CodeBook()
         self.fmt = "" if cfg.format == "auto" else cfg.format
         self.stratify_field = self._stratify_field()
+        self.spans: SpanChecker | None = None
+        self.notes: list[str] = []
 
     def _stratify_field(self) -> str | None:
         by = self.cfg.split.stratify_by
@@ -118,8 +122,12 @@ class _Run:
     def execute(self) -> dict[str, Any]:
         cfg = self.cfg
         stream = self._items()
+        stream, buffered = self._read_ahead(stream)
         if not self.fmt:
-            stream, self.fmt = self._detect(stream)
+            self.fmt = self._detect(buffered)
+        if self.fmt in SPAN_FORMATS:
+            self._span_task([item.data for _, item in buffered if isinstance(item, Row)])
+            cfg = self.cfg
         if cfg.split.stratify_by == "auto":
             self.stratify_field = cfg.label_field if self.fmt == "classification" else None
         self.cleaner = Cleaner(cfg.clean, self.fmt)
@@ -167,14 +175,42 @@ class _Run:
             for item in iter_source(source):
                 yield si, item
 
-    def _detect(self, stream: Iterator[tuple[int, Row | BadRow]]
-                ) -> tuple[Iterator[tuple[int, Row | BadRow]], str]:
-        """Read ahead up to 1,000 rows to detect the format, then put them back."""
+    def _read_ahead(self, stream: Iterator[tuple[int, Row | BadRow]]
+                    ) -> tuple[Iterator[tuple[int, Row | BadRow]], list[tuple[int, Row | BadRow]]]:
+        """Read ahead up to 1,000 rows (format and tag-scheme detection), then put them back."""
         buffered: list[tuple[int, Row | BadRow]] = []
         for pair in stream:
             buffered.append(pair)
             if len(buffered) >= _DETECT_ROWS:
                 break
+
+        def chained() -> Iterator[tuple[int, Row | BadRow]]:
+            yield from buffered
+            yield from stream
+
+        return chained(), buffered
+
+    def _span_task(self, rows: list[dict[str, Any]]) -> None:
+        """NER / QA rows: check them as training reads them. QA questions on one context
+        stay in one split (``group_by: context`` unless set) and skip near-deduplication
+        (questions on one passage share its text, so they would look alike)."""
+        self.spans = SpanChecker(self.fmt, tags_config(self.cfg.token_classification))
+        self.spans.detect(rows)
+        if self.fmt != "extractive_qa":
+            return
+        split, dedup = self.cfg.split, self.cfg.dedup
+        if split.group_by is None:
+            split = split.model_copy(update={"group_by": "context"})
+            self.notes.append("questions on one context are kept in one split "
+                              "(split.group_by: context)")
+        if dedup.near:
+            dedup = dedup.model_copy(update={"near": False})
+            self.notes.append("near-duplicate detection is off for extractive_qa: questions "
+                              "on one context share its text (exact duplicates are removed)")
+        self.cfg = self.cfg.model_copy(update={"split": split, "dedup": dedup})
+
+    def _detect(self, buffered: list[tuple[int, Row | BadRow]]) -> str:
+        """The majority format of the rows read ahead."""
         rows = [item.data for _, item in buffered if isinstance(item, Row)]
         fmt = majority_format(rows, self.cfg.label_field)
         if fmt is None:
@@ -182,14 +218,9 @@ class _Run:
             raise DataError("cannot recognise the record format", where=first.where if first
                             else self.inputs[0], got=sorted(first.data) if first else None,
                             fix="records need fields of one format: instruction/output, "
-                            "messages, prompt/completion, prompt/chosen/rejected, text(+label); "
-                            "or name it with --format")
-
-        def chained() -> Iterator[tuple[int, Row | BadRow]]:
-            yield from buffered
-            yield from stream
-
-        return chained(), fmt
+                            "messages, prompt/completion, prompt/chosen/rejected, text(+label), "
+                            "tokens/ner_tags, context/question/answers; or name it with --format")
+        return fmt
 
     def _pass1_row(self, si: int, item: Row | BadRow) -> None:
         self.read += 1
@@ -198,7 +229,8 @@ class _Run:
             self.ledger.reject(si, item.where, item.reason, item.message, item.got, item.to_error())
             return
         data, where = item.data, item.where
-        problem = check_row(data, self.fmt, self.cfg.label_field)
+        problem = (self.spans.check(item) if self.spans is not None
+                   else check_row(data, self.fmt, self.cfg.label_field))
         if problem is not None:
             err = DataError(problem.message, where=f"{where} (field '{problem.field}')",
                             got=problem.value, fix=problem_fix(problem.reason, self.fmt,
@@ -231,6 +263,8 @@ class _Run:
         content = hash64("\x1e".join(f"{name}\x1f{key}" for name, key in keys))
         index = len(self.kept.where)
         label = data.get(self.cfg.label_field) if self.fmt == "classification" else None
+        if self.spans is not None:  # the same words or question with other tags or answers
+            label = self.spans.answer_key(data)
         if self.exact is not None:
             first = self.exact.check(content, index)
             if first is not None:
@@ -345,6 +379,8 @@ class _Run:
                         continue
                 split = SPLITS[split_of[i]]
                 writers[split].write(data)
+                if self.spans is not None:
+                    self.spans.count_split(split, data)
                 for key, value in data.items():
                     schema.setdefault(key, Counter())[type_name(value)] += 1
                 if self.kept.label[i] >= 0:
@@ -404,5 +440,8 @@ class _Run:
             stratify_field=self.stratify_field,
         )
         card = card_mod.build_card(facts)
+        if self.spans is not None:
+            card[self.fmt] = {**self.spans.report(length_stats), "splits": self.spans.splits(),
+                              "notes": self.notes}
         card_mod.write_card(self.stage, card)
         return card

@@ -52,6 +52,10 @@ def render_inspect(report: dict[str, Any], console: Console) -> None:
         for label, n in counts.items():
             labels.add_row(_e(label), f"{n:,}", f"{n / total:.1%}", _bar(n, top))
         console.print(labels)
+    if "token_classification" in report:
+        _render_tags(report["token_classification"], console)
+    if "extractive_qa" in report:
+        _render_qa(report["extractive_qa"], console)
     if "chat" in report:
         console.print(f"turns per conversation: {report['chat']['turns']}; roles: "
                       f"{_e(report['chat']['roles'])}")
@@ -83,6 +87,42 @@ def render_inspect(report: dict[str, Any], console: Console) -> None:
         console.print(f"[dim]{_e(sample['where'])}[/] {_e(short(sample['row'], 300))}")
 
 
+def _pcts(stats: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {stats[k]:,}" for k in ("min", "p50", "p95", "max") if k in stats)
+
+
+def _render_tags(t: dict[str, Any], console: Console) -> None:
+    console.print(f"[bold]Token classification[/]: tag scheme [bold]{t['scheme']}[/] "
+                  f"({t['scheme_source']}), {t['sentences']:,} sentences, words per sentence "
+                  f"{_pcts(t['words'])}; {t['entity_total']:,} entities, "
+                  f"{t['sentences_without_entities']:,} sentences without any")
+    table = Table(title="Entities per type", title_justify="left")
+    for col in ("type", "entities", "share", ""):
+        table.add_column(col, justify="left" if col in ("type", "") else "right")
+    total, top = t["entity_total"] or 1, max(t["entities"].values(), default=0)
+    for kind, n in t["entities"].items():
+        table.add_row(_e(kind), f"{n:,}", f"{n / total:.1%}", _bar(n, top))
+    console.print(table)
+    errors = t["tag_errors"]
+    if not errors["counts"]:
+        console.print("[green]tag-scheme errors: none[/]")
+        return
+    note = (f"; {errors['repaired']:,} I- without their B- are read as B- by training "
+            "(token_classification.invalid_tags: repair)" if errors["repaired"] else "")
+    console.print(f"[red]tag-scheme errors[/]: {_e(errors['counts'])}{note}")
+    for ex in errors["examples"][:5]:
+        console.print(f"  {_e(ex['where'])}: {_e(ex['message'])}")
+
+
+def _render_qa(q: dict[str, Any], console: Console) -> None:
+    share = q["unanswerable"] / q["questions"] if q["questions"] else 0.0
+    console.print(f"[bold]Extractive QA[/]: {q['questions']:,} questions over "
+                  f"{q['contexts']:,} contexts; answerable {q['answerable']:,}, unanswerable "
+                  f"{q['unanswerable']:,} ({share:.1%}); {q['answers']:,} answers")
+    for name in ("context", "question", "answer"):
+        console.print(f"  {name} characters: {_pcts(q[f'{name}_chars'])}")
+
+
 def render_prepare(card: dict[str, Any], console: Console) -> None:
     """Step table, splits and pointers to the reports of one ``prepare`` run."""
     steps = Table(title=f"Prepared ({card['format']}) → {_e(card.get('output', ''))}",
@@ -95,15 +135,27 @@ def render_prepare(card: dict[str, Any], console: Console) -> None:
         steps.add_row(st["step"], str(st.get("removed", "")), f"{st['rows']:,}",
                       _e(short(details, 110)) if details else "")
     console.print(steps)
+    for note in (card.get(card["format"]) or {}).get("notes", []) if isinstance(
+            card.get(card["format"]), dict) else []:
+        console.print(f"[dim]{_e(note)}[/]")
     splits = Table(title="Splits", title_justify="left")
     for col in ("split", "rows", "file"):
         splits.add_column(col, justify="right" if col == "rows" else "left")
     if card.get("labels"):
         splits.add_column(f"labels ({_e(card['labels']['field'])})")
+    task = card.get(card["format"]) if isinstance(card.get(card["format"]), dict) else None
+    if task is not None:
+        splits.add_column("entities" if card["format"] == "token_classification"
+                          else "questions")
     for name, sp in card["splits"].items():
         cells = [name, f"{sp['rows']:,}", sp["file"]]
         if card.get("labels"):
             cells.append(_e(short(card["labels"]["by_split"].get(name, {}), 80)))
+        if task is not None:
+            per = task["splits"].get(name, {})
+            cells.append(_e(short(per.get("entities", {}), 80)) if "entities" in per else
+                         f"{per.get('rows', 0):,} ({per.get('unanswerable', 0):,} unanswerable, "
+                         f"{per.get('contexts', 0):,} contexts)")
         splits.add_row(*cells)
     console.print(splits)
     bad = card["bad_input"]

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from tunesmith.data.qa import flatten_squad
 from tunesmith.data.readers import SUFFIXES, BadRow, Row, iter_jsonl, iter_rows
 from tunesmith.errors import DataError
 from tunesmith.io import file_sha256, looks_like_hub_id
@@ -52,12 +53,22 @@ def expand_inputs(inputs: list[str]) -> list[str]:
 
 
 def iter_source(source: str) -> Iterator[Row | BadRow]:
-    """Yield the records of one input; broken JSONL lines come out as ``BadRow``."""
+    """Yield the records of one input; broken JSONL lines come out as ``BadRow``; a SQuAD
+    article (``paragraphs`` > ``qas``) comes out as one row per question."""
     path = Path(source)
-    if path.is_file() and path.suffix.lower() == ".jsonl":
-        yield from iter_jsonl(path)
-    else:
-        yield from iter_rows(source)
+    items = iter_jsonl(path) if path.is_file() and path.suffix.lower() == ".jsonl" \
+        else iter_rows(source)
+    for item in items:
+        if isinstance(item, Row) and _is_squad_article(item.data):
+            yield from flatten_squad([item])
+        else:
+            yield item
+
+
+def _is_squad_article(data: dict[str, object]) -> bool:
+    paragraphs = data.get("paragraphs")
+    return (isinstance(paragraphs, list) and bool(paragraphs)
+            and isinstance(paragraphs[0], dict) and "qas" in paragraphs[0])
 
 
 def describe_source(source: str) -> dict[str, object]:
