@@ -35,7 +35,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import psutil
 import torch
@@ -109,7 +109,7 @@ class PeakSampler:
         while not self._stop.wait(self.interval):
             self.peak = max(self.peak, self.proc.memory_info().rss)
 
-    def __enter__(self) -> PeakSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
