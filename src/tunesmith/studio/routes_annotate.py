@@ -1,5 +1,5 @@
-"""Annotation queues: create one (a data file or ``analyze``'s relabel queue on the server,
-or the served completions rated down), annotators and their keys, progress, agreement, and
+"""Annotation queues: create one (a data file uploaded or on the server, ``analyze``'s
+relabel queue, or the served completions rated down), annotators and their keys, progress, agreement, and
 the export of a new dataset version. The labelling screen itself is routes_review.py."""
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
+from starlette.datastructures import UploadFile
 
 from tunesmith.errors import TunesmithError, UsageError
 from tunesmith.humaneval import people, queues
 from tunesmith.humaneval.export import export_queue
 from tunesmith.humaneval.models import Campaign, Queue
 from tunesmith.serve.feedback.export import collect
+from tunesmith.studio.datasets import store_upload
 from tunesmith.studio.render import StudioRoute, error_parts, fragment, go, page
 
 router = APIRouter(prefix="/studio/annotate", route_class=StudioRoute, include_in_schema=False)
@@ -73,11 +75,21 @@ def _build(request: Request, form: Any) -> str:
 
 @router.post("/create")
 async def create(request: Request) -> Response:
-    form = await request.form()
+    form = await request.form(max_files=1)
+    fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+    upload = form.get("upload")
     try:
-        name = await run_in_threadpool(_build, request, form)
+        if isinstance(upload, UploadFile) and upload.filename:
+            # kept with the studio's datasets (its rows read first); the queue's source
+            fields["path"] = str(await run_in_threadpool(
+                store_upload, Path(request.app.state.settings.data_dir), upload.filename,
+                upload.file))
+        name = await run_in_threadpool(_build, request, fields)
     except TunesmithError as exc:
         return fragment("error_block.html", error=error_parts(exc))
+    finally:
+        if isinstance(upload, UploadFile):
+            await upload.close()
     return go(request, f"/studio/annotate/{name}")
 
 

@@ -213,3 +213,21 @@ def test_reviewer_key_cannot_create(locked: Any, tmp_path: Path) -> None:
     assert campaigns.get_campaign(locked.app.state.db, "one")
     assert people.all_names(locked.app.state.db, type(camp)) == ["one"]
     assert tasks.list_tasks(Path(locked.app.state.settings.data_dir), ("humaneval",)) == []
+
+
+def test_queue_from_an_uploaded_file(studio: StudioClient) -> None:
+    from tunesmith.humaneval import queues
+
+    rows = "".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(3))
+    resp = studio.post("/studio/annotate/create", data={
+        "name": "up", "source": "data", "labels": "a,b"},
+        files={"upload": ("unlabelled.jsonl", rows.encode())})
+    assert resp.headers["HX-Redirect"] == "/studio/annotate/up"
+    db = studio.client.app.state.db
+    q = queues.get_queue(db, "up")
+    assert queues.progress(db, q)["rows"] == 3
+    stored = Path(studio.client.app.state.settings.data_dir) / "datasets/unlabelled.jsonl"
+    assert stored.read_text() == rows and q.source.endswith("unlabelled.jsonl")
+    bad = studio.post("/studio/annotate/create", data={"name": "up2", "source": "data"},
+                      files={"upload": ("x.txt", b"hello")})
+    assert "unsupported file type" in bad.text and "x.txt" in bad.text
