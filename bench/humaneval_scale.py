@@ -3,7 +3,7 @@ and to save an answer, in a campaign of 10,000 items and a queue of 100,000 rows
 start and with half of the work done (the issue asks for the next item in under 100 ms).
 
     python bench/humaneval_scale.py                      # 10,000 items, 100,000 rows, SQLite
-    python bench/humaneval_scale.py --items 500 --rows 2000 --trials 20   # a quick run
+    python bench/humaneval_scale.py --quick   # smoke: --items 500 --rows 2000 --trials 20
     python bench/humaneval_scale.py --db postgresql+psycopg://user@/db?host=/tmp
 
 Run it alone (timings are meaningless while other work shares the CPU). It prints median
@@ -31,7 +31,7 @@ from tunesmith.serve.db import Base, Database
 
 def _ms(samples: list[float]) -> str:
     s = sorted(samples)
-    p95 = s[min(len(s) - 1, int(round(0.95 * (len(s) - 1))))]
+    p95 = s[min(len(s) - 1, round(0.95 * (len(s) - 1)))]
     return f"median {statistics.median(s) * 1e3:6.2f} ms  p95 {p95 * 1e3:6.2f} ms"
 
 
@@ -101,7 +101,11 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=200)
     ap.add_argument("--annotators", type=int, default=4)
     ap.add_argument("--db", help="SQLAlchemy URL (default: SQLite in a temporary directory)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke check: 500 items, 2,000 rows, 20 trials (not the figures)")
     args = ap.parse_args()
+    if args.quick:
+        args.items, args.rows, args.trials = 500, 2_000, 20
     tmp = tempfile.TemporaryDirectory()
     url = args.db or f"sqlite:///{Path(tmp.name) / 'tunesmith.db'}"
     db = Database(url)
