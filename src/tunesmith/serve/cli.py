@@ -50,7 +50,11 @@ def serve(models: Annotated[Optional[list[str]], typer.Argument(
               "from INDEX (`tunesmith rag index`); responses name them. Repeatable.")] = None,
           engine: Annotated[str, typer.Option(
               help="builtin (continuous batching in this process), upstream (delegate "
-              "generation to --upstream-url), llamacpp.")] = "builtin",
+              "generation to --upstream-url), llamacpp (llama-cpp-python on the run's GGUF "
+              "export, cached; LoRA runs as GGUF adapters).")] = "builtin",
+          gguf_quant: Annotated[str, typer.Option(
+              "--gguf-quant", help="--engine llamacpp: the GGUF's weight type (f32, f16, bf16, "
+              "q8_0, q5_0, q5_1, q4_0, q4_1).")] = "q8_0",
           upstream_url: Annotated[Optional[str], typer.Option(
               "--upstream-url", help="--engine upstream: base URL of an OpenAI-compatible "
               "server (vllm serve, llama-server, tunesmith serve) serving the same names.")
@@ -79,7 +83,8 @@ def serve(models: Annotated[Optional[list[str]], typer.Argument(
                              allow_base_dirs=list(allow_base_dir or []),
                              rag=parse_rag(rag or []), engine=engine,
                              upstream_url=upstream_url, max_batch=max_batch,
-                             max_tokens_in_flight=max_tokens_in_flight, max_queue=max_queue)
+                             max_tokens_in_flight=max_tokens_in_flight, max_queue=max_queue,
+                             extra={"gguf_quant": gguf_quant})
     for flag, value in (("--max-batch", max_batch), ("--max-tokens-in-flight",
                                                      max_tokens_in_flight),
                         ("--max-queue", max_queue)):

@@ -23,7 +23,6 @@ and the scheduler's forward calls share.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import itertools
 import logging
 import threading
@@ -43,6 +42,7 @@ from tunesmith.models.load import load_causal_lm, load_tokenizer
 from tunesmith.models.registry import EMBEDDED, resolve_model_dir
 from tunesmith.serve.api.aliases import AliasReader
 from tunesmith.serve.api.decode import DecodeParams, DecodeResult, Delta
+from tunesmith.serve.api.llamacpp import LlamaCppEngine, LlamaCppHandle, check_installed
 from tunesmith.serve.api.scheduler import Job, Scheduler
 from tunesmith.serve.api.upstream import UpstreamHandle, check_reachable, load_upstream_handle
 from tunesmith.serve.paths import list_fine_tuned, resolve_model_name
@@ -150,7 +150,7 @@ class SpanHandle:
     kind: str = "token_classification"
 
 
-Handle = LMHandle | ClassifierHandle | SpanHandle | UpstreamHandle
+Handle = LMHandle | ClassifierHandle | SpanHandle | UpstreamHandle | LlamaCppHandle
 # each kind of handle: what it is and the route serving it (a request to another names it)
 ENDPOINTS = {"lm": ("text-generation model", "/v1/chat/completions or /v1/completions"),
              "classifier": ("classifier", "/v1/classify"),
@@ -171,13 +171,7 @@ def check_engine(settings: ServeSettings) -> None:
                              "server: vllm serve, llama-server, another tunesmith serve)")
         check_reachable(settings.upstream_url)
     if settings.engine == "llamacpp":
-        if importlib.util.find_spec("llama_cpp") is None:
-            raise ModelError("--engine llamacpp needs llama-cpp-python", where="--engine",
-                             fix="pip install llama-cpp-python (it compiles llama.cpp: a few "
-                             "minutes), or use --engine builtin")
-        raise ModelError("--engine llamacpp is not available in this version yet",
-                         where="--engine", fix="run llama-cpp-python's own server on the "
-                         "GGUF export and use --engine upstream --upstream-url URL")
+        check_installed()
 
 
 def served_name(spec: str) -> str:
@@ -230,6 +224,9 @@ class ModelPool:
         if self._dtype == "auto":
             self._dtype = "bfloat16" if resolve_precision("auto") == "bf16" else "float32"
         check_engine(settings)
+        self.llamacpp = LlamaCppEngine(settings.extra.get("gguf_quant", "q8_0"),
+                                       settings.max_queue) \
+            if settings.engine == "llamacpp" else None
 
     # -- loading -------------------------------------------------------------------------
     def load_settings_models(self) -> None:
@@ -272,6 +269,8 @@ class ModelPool:
             elif upstream:  # tokenizer only: the upstream server holds the weights
                 handle = load_upstream_handle(name, spec, str(self.settings.upstream_url),
                                               created)
+            elif self.llamacpp is not None:  # the run's GGUF (and GGUF LoRA) in llama.cpp
+                handle = self.llamacpp.handle(name, src, created)
             elif isinstance(src, Path) and (src / "adapter_config.json").exists():
                 handle = self._add_adapter(name, src, created)
             elif adapter_only:
@@ -391,6 +390,8 @@ class ModelPool:
 
     def _release(self, old: Handle | None) -> None:
         """Drop ``old``'s base weights from the pool when no served name uses them any more."""
+        if isinstance(old, LlamaCppHandle) and self.llamacpp is not None:
+            self.llamacpp.release(old, self.handles.values())
         if not isinstance(old, LMHandle):
             return
         if old.adapter is not None and old.group.adapters.get(old.name) == old.adapter:
