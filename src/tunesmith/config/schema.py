@@ -344,13 +344,15 @@ class SimPOConfig(_Section):
 
 class GraderConfig(_Section):
     type: Literal["exact", "regex", "json_valid", "json_schema", "json_fields", "numeric",
-                  "python"] = Field(..., description=(
+                  "python", "openai"] = Field(..., description=(
         "`exact`: the completion equals the row's `field` (stripped); `regex`: `pattern` is "
         "found in the completion (with `field`: the first group equals it); `json_valid`: "
         "the completion holds a JSON object; `json_schema`: it conforms to `schema`; "
         "`json_fields`: share of the keys of the row's `field` (an object) matched; "
         "`numeric`: the last number in the completion is within `tolerance` of `field`; "
-        "`python`: `function` (`module:name`, called as f(completion, row) -> float)."))
+        "`python`: `function` (`module:name`, called as f(completion, row) -> float); "
+        "`openai`: an OpenAI grader object in `openai` (string_check, text_similarity, "
+        "python with `source`, multi)."))
     name: str | None = Field(None, description="Name in the logs (default: the type).")
     weight: float = Field(1.0, description="Weight in the total reward (a weighted sum).")
     field: str | None = Field(None, description="The prompt row's field holding the reference.")
@@ -361,6 +363,10 @@ class GraderConfig(_Section):
     ignore_case: bool = Field(False, description="`exact`, `regex`: compare case-blind.")
     function: str | None = Field(None, description=(
         "`python`: `package.module:function`, imported at start; returns a number."))
+    openai: dict[str, Any] | None = Field(None, description=(
+        "`openai`: an OpenAI reinforcement fine-tuning grader object, e.g. {type: "
+        "string_check, input: '{{sample.output_text}}', reference: '{{item.answer}}', "
+        "operation: eq} (see docs/preference-rl.md)."))
 
 
 class GRPOConfig(_Section):

@@ -15,6 +15,8 @@ the reference in it):
   reference;
 * ``python``: ``function`` (``package.module:name``), imported when the run starts and called
   as ``f(completion: str, row: dict) -> float`` (a bool or int counts as a number).
+* ``openai``: an OpenAI grader object (``string_check``, ``text_similarity``, ``python``
+  with ``source``, ``multi``): :mod:`tunesmith.rewards.openai_graders`.
 
 A grader that raises, or returns something that is not a finite number, does not stop the
 step: :func:`grade` counts it as reward 0 and returns the failure (with its traceback) for
@@ -34,6 +36,8 @@ from typing import Any
 
 from tunesmith.config.schema import GraderConfig
 from tunesmith.errors import ConfigError
+from tunesmith.rewards.json_text import first_json_object
+from tunesmith.rewards.openai_graders import GraderSpecError, build_grader
 
 GradeFn = Callable[[str, dict[str, Any]], Any]
 NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:[eE][-+]?\d+)?")
@@ -53,19 +57,6 @@ class Grades:
     total: list[float]
     by_grader: dict[str, list[float]]
     failures: list[str] = field(default_factory=list)
-
-
-def first_json_object(text: str) -> dict[str, Any] | None:
-    """The JSON object in ``text``: the whole text, else the span from the first ``{`` to
-    the last ``}``; None when neither parses as an object."""
-    for candidate in (text.strip(), text[text.find("{"):text.rfind("}") + 1]):
-        try:
-            value = json.loads(candidate)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
 
 
 def _reference(row: dict[str, Any], name: str | None) -> Any:
@@ -147,10 +138,19 @@ def _python(c: GraderConfig) -> GradeFn:
     return fn
 
 
+def _openai(c: GraderConfig) -> GradeFn:
+    if c.openai is None:
+        raise ValueError("an openai grader needs `openai`: an OpenAI grader object")
+    try:
+        return build_grader(c.openai)
+    except GraderSpecError as exc:
+        raise ValueError(f"openai.{exc.param}: {exc}" if exc.param else str(exc)) from None
+
+
 BUILDERS: dict[str, Callable[[GraderConfig], GradeFn]] = {
     "exact": _exact, "regex": _regex, "json_schema": _json_schema,
     "json_valid": lambda c: lambda text, row: float(first_json_object(text) is not None),
-    "json_fields": _json_fields, "numeric": _numeric, "python": _python}
+    "json_fields": _json_fields, "numeric": _numeric, "python": _python, "openai": _openai}
 NEEDS_FIELD = ("exact", "json_fields", "numeric")
 
 
