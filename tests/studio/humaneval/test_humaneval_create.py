@@ -15,6 +15,7 @@ import pytest
 
 from tests.helpers.tiny import write_jsonl
 from tests.studio.conftest import StudioClient, make_studio
+from tests.studio.humaneval.test_humaneval_routes import write_eval_dir
 from tunesmith.humaneval import campaigns, people
 from tunesmith.studio import tasks
 
@@ -165,14 +166,7 @@ def test_unknown_task_is_a_page(studio: StudioClient) -> None:
 
 
 def test_eval_import_with_reviewers(studio: StudioClient, tmp_path: Path) -> None:
-    ev = tmp_path / "ev"
-    for name in ("base", "tuned"):
-        (ev / name).mkdir(parents=True)
-        write_jsonl(ev / name / "predictions.jsonl", [
-            {"index": i, "where": f"p:{i}", "input": f"Say {i}.", "reference": ["x"],
-             "prediction": f"{name} {i}", "row": {"prompt": f"Say {i}."}} for i in range(4)])
-    (ev / "metrics.json").write_text(json.dumps({"task": "generation", "models": [
-        {"name": n, "dir": n, "path": f"/m/{n}"} for n in ("base", "tuned")]}))
+    ev = write_eval_dir(tmp_path / "ev", 4)
     resp = studio.post("/studio/humaneval/create", data={
         "name": "ev", "source": "eval", "eval_dir": str(ev), "limit": "2", "overlap": "2",
         "reviewers": "rita"})

@@ -36,15 +36,20 @@ def _winner_side(html: str, model: str) -> str:
     return "left" if a.startswith(model) else "right"
 
 
-def test_overview_create_and_campaign_page(studio: StudioClient, tmp_path: Path) -> None:
-    ev = tmp_path / "ev"
+def write_eval_dir(ev: Path, n: int) -> Path:
+    """A ``tunesmith eval`` generation directory of two models, base and tuned."""
     for name in ("base", "tuned"):
         (ev / name).mkdir(parents=True)
         write_jsonl(ev / name / "predictions.jsonl", [
             {"index": i, "where": f"p:{i}", "input": f"Say {i}.", "reference": ["x"],
-             "prediction": f"{name} {i}", "row": {"prompt": f"Say {i}."}} for i in range(2)])
+             "prediction": f"{name} {i}", "row": {"prompt": f"Say {i}."}} for i in range(n)])
     (ev / "metrics.json").write_text(json.dumps({"task": "generation", "models": [
         {"name": n, "dir": n, "path": f"/m/{n}"} for n in ("base", "tuned")]}))
+    return ev
+
+
+def test_overview_create_and_campaign_page(studio: StudioClient, tmp_path: Path) -> None:
+    ev = write_eval_dir(tmp_path / "ev", 2)
     assert "No campaign yet" in studio.get("/studio/humaneval").text
     resp = studio.post("/studio/humaneval/create", data={"name": "ev", "source": "eval",
                                                          "eval_dir": str(ev)})
