@@ -224,3 +224,17 @@ def test_cli_inspect_prints_entities_and_tag_errors(app: typer.Typer, tmp_path: 
     res = CliRunner().invoke(app, ["data", "inspect", str(ids), "--labels", "O,B-PER,I-PER",
                                    "--json"])
     assert json.loads(res.output)["token_classification"]["entities"] == {"PER": 1}
+
+
+def test_prepare_counts_duplicate_words_with_other_tags_as_conflicts(tmp_path: Path) -> None:
+    rows = [{"tokens": ["Jordan", "won", str(i)], "ner_tags": ["B-PER", "O", "O"]}
+            for i in range(6)]
+    rows += [{"tokens": ["Jordan", "won", "0"], "ner_tags": ["B-LOC", "O", "O"]},  # conflict
+             {"tokens": ["Jordan", "won", "1"], "ner_tags": ["B-PER", "O", "O"]}]  # same tags
+    src = _write(tmp_path / "ner.jsonl", rows)
+    card = prepare(build_config({"inputs": [str(src)], "output": str(tmp_path / "out"),
+                                 "dedup": {"near": False}})).card
+    step = next(s for s in card["steps"] if s["step"] == "exact_dedup")
+    assert (step["removed"], step["label_conflicts"]) == (2, 1)
+    removed = [json.loads(x) for x in (tmp_path / "out" / "reports" / "removed.jsonl").open()]
+    assert [r.get("label_conflict") for r in removed] == ["the kept row has other tags", None]

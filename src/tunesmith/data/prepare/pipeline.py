@@ -73,6 +73,7 @@ class _Kept:
     where: WhereLog
     content: array = field(default_factory=lambda: array("Q"))
     label: array = field(default_factory=lambda: array("i"))
+    answer: array = field(default_factory=lambda: array("Q"))  # NER/QA: hash of tags/answers
     stratum: array = field(default_factory=lambda: array("i"))
     group: array = field(default_factory=lambda: array("Q"))
 
@@ -263,8 +264,9 @@ class _Run:
         content = hash64("\x1e".join(f"{name}\x1f{key}" for name, key in keys))
         index = len(self.kept.where)
         label = data.get(self.cfg.label_field) if self.fmt == "classification" else None
-        if self.spans is not None:  # the same words or question with other tags or answers
-            label = self.spans.answer_key(data)
+        # NER / QA: what the row says about its text (its tags; its answers), as a hash, so
+        # the same words or question with other tags or answers counts as a label conflict
+        answer = hash64(self.spans.answer_key(data)) if self.spans is not None else None
         if self.exact is not None:
             first = self.exact.check(content, index)
             if first is not None:
@@ -273,12 +275,19 @@ class _Run:
                     self.label_conflicts += 1
                     extra["label_conflict"] = [self.labels.name(self.kept.label[first]),
                                                self.labels.name(self.labels.code(label))]
+                if answer is not None and answer != self.kept.answer[first]:
+                    self.label_conflicts += 1
+                    extra["label_conflict"] = ("the kept row has other "
+                                               + ("tags" if self.fmt == "token_classification"
+                                                  else "answers"))
                 self.ledger.remove(where, "exact_dedup", "exact_duplicate", **extra)
                 return
         kept = self.kept
         kept.where.append(si, where)
         kept.content.append(content)
         kept.label.append(self.labels.code(label) if label is not None else -1)
+        if answer is not None:
+            kept.answer.append(answer)
         if self.stratify_field:
             kept.stratum.append(self.strata.code(get_path(data, self.stratify_field)))
         if group_value is not None:
