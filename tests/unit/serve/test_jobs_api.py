@@ -90,6 +90,8 @@ def test_create_errors_name_the_parameter(jobs_env: JobsEnv, tiny_model_dir: Pat
         ({"model": model, "training_file": train, "hyperparameters": {"beta": 0.1}},
          400, "hyperparameters.beta", "invalid_value"),
         ({"model": model, "training_file": train, "method": {"type": "reinforcement"}},
+         400, "method.reinforcement.grader", "missing_required_parameter"),
+        ({"model": model, "training_file": train, "method": {"type": "unsupervised"}},
          400, "method.type", "invalid_value"),
         ({"model": model, "training_file": train, "suffix": "bad suffix!"}, 400, "suffix",
          "invalid_value"),

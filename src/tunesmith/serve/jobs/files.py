@@ -5,7 +5,11 @@ Accepted (one JSON object per line, the same kind on every line):
 - ``chat``: ``{"messages": [{"role", "content", "weight"?}, ...]}`` — supervised jobs;
 - ``completion``: ``{"prompt": "...", "completion": "..."}`` — supervised jobs (legacy);
 - ``preference``: ``{"input": {"messages": [...]}, "preferred_output": [assistant message],
-  "non_preferred_output": [assistant message]}`` — ``dpo`` jobs.
+  "non_preferred_output": [assistant message]}`` — ``dpo`` jobs;
+- ``reinforcement``: ``{"messages": [..., last not from the assistant], "<field>": ...}`` —
+  ``reinforcement`` jobs (OpenAI's RFT rows: the prompt, and beside it the fields the
+  grader reads as ``{{item.<field>}}``). A file's first row is taken for one only when it
+  has such a field; after that, every row ending without an assistant turn is one.
 
 A problem is reported as a ``DataError`` naming the uploaded file's line and the field (e.g.
 ``train.jsonl:3 field messages[1].role``); chat rows are checked by the same code that reads
@@ -19,16 +23,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tunesmith.data.formats import ROLES, to_example
+from tunesmith.data.formats import ROLE_ALIASES, ROLES, to_example
 from tunesmith.data.readers import BadRow, Row, iter_jsonl
 from tunesmith.errors import DataError
 from tunesmith.io import atomic_file
 from tunesmith.serve import paths
 from tunesmith.serve.jobs.models import FileRow, new_id, now
 
-KINDS = ("chat", "completion", "preference")
+KINDS = ("chat", "completion", "preference", "reinforcement")
 MESSAGE_KEYS = {"role", "content", "name", "weight"}
 UNSUPPORTED_KEYS = {"tool_calls", "function_call", "tool_call_id", "refusal", "audio"}
+MIXED_HINT = {frozenset(("chat", "reinforcement")): (
+    ": supervised (chat) rows end with the assistant's answer; reinforcement rows end "
+    "with a user message and carry the fields the grader reads")}
 
 
 @dataclass
@@ -60,13 +67,14 @@ def validate_jsonl(path: Path, display: str) -> FileSummary:
         if isinstance(item, BadRow):
             raise replace(item, where=where).to_error()
         row = Row(item.data, where)
-        row_kind = _kind_of(row)
+        row_kind = _kind_of(row, kind)
         if kind is None:
             kind = row_kind
         elif row_kind != kind:
             raise DataError(f"line holds a {row_kind} example but the file started with "
                             f"{kind} examples", where=row.where, got=sorted(row.data),
-                            fix="keep one format per file")
+                            fix="keep one format per file" + MIXED_HINT.get(
+                                frozenset((kind, row_kind)), ""))
         _check_row(row, row_kind)
         n += 1
     if kind is None:
@@ -112,9 +120,14 @@ def render_error(exc: DataError) -> str:
 
 
 # -- per-row checks ------------------------------------------------------------------------
-def _kind_of(row: Row) -> str:
+def _kind_of(row: Row, file_kind: str | None = None) -> str:
     keys = set(row.data)
     if "messages" in keys:
+        msgs = row.data["messages"]
+        last = msgs[-1] if isinstance(msgs, list) and msgs else None
+        open_ended = isinstance(last, dict) and last.get("role") != "assistant"
+        if open_ended and (file_kind == "reinforcement" or keys - {"messages"}):
+            return "reinforcement"
         return "chat"
     if {"input", "preferred_output", "non_preferred_output"} & keys:
         return "preference"
@@ -130,6 +143,8 @@ def _check_row(row: Row, kind: str) -> None:
     if kind == "chat":
         _check_message_keys(row.data["messages"], row.where, "messages")
         to_example(row, "messages")
+    elif kind == "reinforcement":
+        _check_prompt(row)
     elif kind == "completion":
         for key in ("prompt", "completion"):  # conversational: lists of messages
             _check_message_keys(row.data[key], row.where, key)
@@ -164,6 +179,21 @@ def _check_message_keys(msgs: Any, where: str, field: str) -> None:
             raise DataError("message content must be a string", where=f"{loc}.content",
                             got=m.get("content"), fix="store the text of the message as a "
                             "string (content parts and images are not supported)")
+
+
+def _check_prompt(row: Row) -> None:
+    """A reinforcement row: messages with known roles and text, the last not the
+    assistant's (the model writes that turn)."""
+    msgs = row.data["messages"]
+    _check_message_keys(msgs, row.where, "messages")
+    for i, m in enumerate(msgs):
+        if ROLE_ALIASES.get(m["role"], m["role"]) not in ROLES:
+            raise DataError("message has an unknown role",
+                            where=f"{row.where} field messages[{i}].role", got=m["role"],
+                            fix=f"use one of {', '.join(ROLES)} (or developer)")
+    if not any(m["content"].strip() for m in msgs):
+        raise DataError("every message of the prompt is empty", where=f"{row.where} field "
+                        "messages", fix="give the user's request as the last message")
 
 
 def _check_preference(row: Row) -> None:

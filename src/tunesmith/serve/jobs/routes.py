@@ -166,6 +166,7 @@ async def create_job(request: Request) -> dict[str, Any]:
                        "with Content-Type: application/json.", code="invalid_json") from None
     req = job_spec.parse_request(body)
     settings = request.app.state.settings
+    job_spec.check_python_allowed(settings, req["grader"])
     data_dir = Path(settings.data_dir)
     method = req["method_type"]
     with request.app.state.db.session() as s:
@@ -178,13 +179,17 @@ async def create_job(request: Request) -> dict[str, Any]:
     pool = getattr(request.app.state, "pool", None)  # the jobs API also runs without models
     base = job_spec.resolve_base(settings, pool.handles if pool is not None else {},
                                  req["model"])
-    hparams = job_spec.resolve_hparams(req["hyperparameters"], train.rows)
+    hparams = job_spec.resolve_hparams(req["hyperparameters"], train.rows, method)
     job_id = new_id("ftjob-")
     config = await run_in_threadpool(job_spec.build_config, job_id, data_dir, base, method,
-                                     hparams, req["seed"], train, val, req["overrides"])
+                                     hparams, req["seed"], train, val, req["overrides"],
+                                     req["grader"])
+    method_obj = {"hyperparameters": hparams}
+    if req["grader"] is not None:
+        method_obj["grader"] = req["grader"]
     row = JobRow(id=job_id, created_at=now(), model=req["model"], training_file=train.id,
                  validation_file=val.id if val else None, status="queued",
-                 method={"type": method, method: {"hyperparameters": hparams}},
+                 method={"type": method, method: method_obj},
                  hyperparameters=hparams, spec={"config": config, "base": base},
                  suffix=req["suffix"], seed=req["seed"], metadata_=req["metadata"],
                  output_name=paths.fine_tuned_name(req["model"], req["suffix"], job_id))

@@ -158,11 +158,15 @@ class StepReporter:
                val: dict[str, Any]) -> None:
         """The step's metrics event, and its checkpoint's row if it wrote one."""
         data = {"step": step, "train_loss": values.get("loss"), "total_steps": self.total,
-                "train_mean_token_accuracy": None, **val}
+                "train_mean_token_accuracy": None, **_rewards_of(values), **val}
         msg = (f"Step {step}/{self.total}" if self.total else f"Step {step}") \
             + f": training loss={values.get('loss', float('nan')):.4f}"
+        if "train_reward_mean" in data:
+            msg += f", reward={data['train_reward_mean']:.4f}"
         if "valid_loss" in val:
             msg += f", validation loss={val['valid_loss']:.4f}"
+        if "valid_reward_mean" in val:
+            msg += f", validation reward={val['valid_reward_mean']:.4f}"
         add_event(s, self.job_id, msg, type="metrics", data=data)
         if (self.run_dir / "checkpoints" / f"step-{step}").is_dir():
             self.record_checkpoint(s, job, step, data, f"checkpoints/step-{step}")
@@ -183,6 +187,8 @@ class StepReporter:
         metrics = {k: data.get(k) for k in ("train_loss", "train_mean_token_accuracy",
                                             "valid_loss", "valid_mean_token_accuracy",
                                             "full_valid_loss", "full_valid_mean_token_accuracy")}
+        metrics.update({k: data[k] for k in ("train_reward_mean", "valid_reward_mean")
+                        if k in data})
         s.add(CheckpointRow(id=new_id("ftckpt-"), job_id=self.job_id, created_at=now(),
                             step_number=step, metrics={"step": step, **metrics},
                             fine_tuned_model_checkpoint=paths.checkpoint_name(job.output_name,
@@ -252,7 +258,8 @@ def _mark_succeeded(db: Database, job_id: str, data_dir: Path, target: Path, out
         job = s.scalar(select(JobRow).where(JobRow.id == job_id))
         job.spec = {**job.spec, "result_files": [results]}
         evals = [r for r in rows if r["step"] == steps and "val_loss" in r]
-        data = {"train_loss": next((r["loss"] for r in reversed(rows) if "loss" in r), None),
+        last = next((r for r in reversed(rows) if "loss" in r), {})
+        data = {"train_loss": last.get("loss"), **_rewards_of(last),
                 **(_val_of(evals[-1]) if evals else {})}
         if not s.scalar(select(CheckpointRow.id).where(CheckpointRow.job_id == job_id,
                                                        CheckpointRow.step_number == steps)):
@@ -280,9 +287,24 @@ def _resync_steps(db: Database, job_id: str, step: int, reporter: StepReporter) 
                 reporter.report(s, job, r["step"], r, evals.get(r["step"], {}))
 
 
+REWARD_KEYS = {"reward": "train_reward_mean", "reward_std": "train_reward_std", "kl": "kl",
+               "completion_length": "mean_completion_length", "clip_fraction": "clip_fraction",
+               "grader_failures": "grader_failures"}
+
+
+def _rewards_of(values: dict[str, Any]) -> dict[str, Any]:
+    """A reinforcement (GRPO) step's figures under the names the job's events use:
+    ``train_reward_mean`` / ``_std``, ``train_reward/<grader>`` and the GRPO diagnostics."""
+    out = {name: values[key] for key, name in REWARD_KEYS.items() if key in values}
+    out.update({f"train_{k}": v for k, v in values.items() if k.startswith("reward/")})
+    return out
+
+
 def _val_of(row: dict[str, Any]) -> dict[str, Any]:
     """A ``metrics.jsonl`` evaluation row in OpenAI's metric names."""
     out = {"valid_loss": row["val_loss"], "full_valid_loss": row["val_loss"]}
+    if "val_reward" in row:
+        out["valid_reward_mean"] = row["val_reward"]
     if "val_token_accuracy" in row:
         out["valid_mean_token_accuracy"] = row["val_token_accuracy"]
         out["full_valid_mean_token_accuracy"] = row["val_token_accuracy"]
@@ -293,15 +315,18 @@ def _results_file(db: Database, data_dir: Path, rows: list[dict[str, Any]]) -> s
     """OpenAI's results file: a CSV of step, train_loss and validation figures."""
     buf = io.StringIO()
     out = csv.writer(buf)
+    rl = any("reward" in r for r in rows)
     out.writerow(["step", "train_loss", "train_accuracy", "valid_loss",
-                  "valid_mean_token_accuracy"])
+                  "valid_mean_token_accuracy"]
+                 + (["train_reward_mean", "valid_reward_mean"] if rl else []))
     by_step: dict[int, dict[str, Any]] = {}
     for r in rows:
         by_step.setdefault(r["step"], {}).update(r)
     for step in sorted(by_step):
         r = by_step[step]
         out.writerow([step, r.get("loss", ""), "", r.get("val_loss", ""),
-                      r.get("val_token_accuracy", "")])
+                      r.get("val_token_accuracy", "")]
+                     + ([r.get("reward", ""), r.get("val_reward", "")] if rl else []))
     text = buf.getvalue().encode("utf-8")
     file_id = new_id("file-", 22)
     path = paths.file_path(data_dir, file_id)

@@ -1,15 +1,24 @@
 """A fine-tuning job request → checked job fields and the ``RunConfig`` it trains with.
 
 The request has OpenAI's shape (``model``, ``training_file``, ``validation_file``,
-``hyperparameters`` or ``method: {type: supervised|dpo, <type>: {hyperparameters}}``,
-``suffix``, ``seed``, ``metadata``) plus an optional tunesmith extension,
+``hyperparameters`` or ``method: {type: supervised|dpo|reinforcement, <type>:
+{hyperparameters}}``, ``suffix``, ``seed``, ``metadata``) plus an optional tunesmith extension,
 ``"tunesmith": {"section.key": value, ...}``, which overrides any key of the training config
 (for example ``{"method.type": "full", "data.max_length": 256, "train.max_steps": 20}``).
 
 ``"auto"`` hyperparameters resolve to documented defaults once the training file's size is
 known: ``n_epochs`` 3, ``batch_size`` min(8, examples), ``learning_rate_multiplier`` 1 (times
 the base rate in ``config.schema.BASE_LR``: supervised 2e-4 for LoRA, 2e-5 for full/freeze;
-dpo 5e-5 for LoRA, 1e-6 for full/freeze), ``beta`` 0.1. Every problem becomes an ``APIError``
+dpo and reinforcement 5e-5 for LoRA, 1e-6 for full/freeze), ``beta`` 0.1.
+
+Reinforcement jobs (``method.reinforcement: {grader, hyperparameters}``) train ``task: grpo``
+with the OpenAI grader object as a grader of type ``openai``
+(:mod:`tunesmith.rewards.openai_graders`); their ``"auto"`` values: ``n_epochs`` 1,
+``batch_size`` min(4, examples) prompts, ``compute_multiplier`` 1 (G = round(4 x it),
+at least 2, completions per prompt), ``eval_interval`` one evaluation per epoch (with a
+validation file), ``eval_samples`` 1 and ``reasoning_effort`` "default" (both accepted and
+ignored: evaluation is one greedy completion per prompt; the models do not reason on
+request). Every problem becomes an ``APIError``
 (400, or 404 for an unknown model or file) naming the parameter. Every value is bounded
 (lengths, counts, finite numbers, storable text), and the base model is one the server may
 train (:func:`resolve_base`).
@@ -18,6 +27,7 @@ train (:func:`resolve_base`).
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
 from pathlib import Path
@@ -30,6 +40,7 @@ from tunesmith.errors import ConfigError
 from tunesmith.io import looks_like_hub_id
 from tunesmith.models.registry import EMBEDDED
 from tunesmith.recipes import RECIPES
+from tunesmith.rewards.openai_graders import GraderSpecError, check_grader, uses_python
 from tunesmith.serve import paths
 from tunesmith.serve.api.errors import APIError, model_not_found, shown
 from tunesmith.serve.api.schemas import text_problem
@@ -38,22 +49,37 @@ from tunesmith.serve.settings import ServeSettings
 from tunesmith.train.engine import plan_steps
 
 MIN_TRAIN_EXAMPLES = 10  # OpenAI's minimum
-AUTO = {"n_epochs": 3, "learning_rate_multiplier": 1.0, "beta": 0.1}
-MAX_BATCH = 8
-TASK_OF_METHOD = {"supervised": "sft", "dpo": "dpo"}
+AUTO = {"n_epochs": 3, "learning_rate_multiplier": 1.0, "beta": 0.1, "compute_multiplier": 1.0,
+        "eval_samples": 1, "reasoning_effort": "default"}
+AUTO_RL = {"n_epochs": 1}  # reinforcement: every epoch samples G completions per prompt
+MAX_BATCH = {"reinforcement": 4}  # "auto" batch size: at most this many (others: 8)
+BASE_GENERATIONS = 4  # G at compute_multiplier 1
+TASK_OF_METHOD = {"supervised": "sft", "dpo": "dpo", "reinforcement": "grpo"}
+LR_OF_METHOD = {"supervised": "sft", "dpo": "dpo", "reinforcement": "dpo"}  # BASE_LR's rows
+REASONING_EFFORTS = ("default", "low", "medium", "high")
+PYTHON_GRADERS_ENV = "TUNESMITH_PYTHON_GRADERS"  # "0" / "off": refuse python graders
 MAX_BASE_MODEL = 512  # characters of `model` (a directory path under --allow-base-dir)
 MAX_FILE_ID = 64
 MAX_METADATA = (16, 64, 512)  # pairs, characters of a key, of a value (OpenAI's limits)
 MAX_OVERRIDES = (64, 128)  # keys of `tunesmith`, characters of one key
 MAX_STEPS = 2 ** 31 - 1  # optimizer steps of one job (the step counters are SQL INTEGERs)
 LIMITS = {"n_epochs": (int, 1, 50), "batch_size": (int, 1, 256),
-          "learning_rate_multiplier": (float, 1e-6, 10.0), "beta": (float, 1e-6, 2.0)}
+          "learning_rate_multiplier": (float, 1e-6, 10.0), "beta": (float, 1e-6, 2.0),
+          "compute_multiplier": (float, 0.01, 16.0), "eval_interval": (int, 1, MAX_STEPS),
+          "eval_samples": (int, 1, 1000)}
 METHOD_HPARAMS = {"supervised": ("n_epochs", "batch_size", "learning_rate_multiplier"),
-                  "dpo": ("n_epochs", "batch_size", "learning_rate_multiplier", "beta")}
-FILE_KIND = {"supervised": ("chat", "completion"), "dpo": ("preference",)}
+                  "dpo": ("n_epochs", "batch_size", "learning_rate_multiplier", "beta"),
+                  "reinforcement": ("n_epochs", "batch_size", "learning_rate_multiplier",
+                                    "compute_multiplier", "eval_interval", "eval_samples",
+                                    "reasoning_effort")}
+FILE_KIND = {"supervised": ("chat", "completion"), "dpo": ("preference",),
+             "reinforcement": ("reinforcement",)}
+FILE_HINT = {"reinforcement": " (rows of messages ending with a user message, with the fields "
+             "the grader reads beside them)"}
 DATA_FORMAT = {"chat": "messages", "completion": "prompt_completion"}  # dpo: recognised
 RESERVED = ("name", "task", "output", "model.name", "model.trust_remote_code", "data.train",
-            "data.validation", "data.format", "data.mixture")
+            "data.validation", "data.format", "data.mixture", "grpo.graders",
+            "grpo.prompt_field")
 _SUFFIX = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _REPO_CHARS = re.compile(r"^[\w.-]+/[\w.-]+$")  # a hub id has no spaces, colons or slashes
 _KNOWN = {"model", "training_file", "validation_file", "hyperparameters", "method", "suffix",
@@ -130,7 +156,8 @@ def parse_request(body: Any) -> dict[str, Any]:
     return {"model": body["model"], "training_file": body["training_file"],
             "validation_file": body.get("validation_file"), "suffix": suffix, "seed": seed,
             "metadata": metadata, "method_type": method_type, "hyperparameters": hparams,
-            "overrides": overrides}
+            "overrides": overrides, "grader": _grader(body) if method_type == "reinforcement"
+            else None}
 
 
 def _check_values(value: Any, where: str) -> None:
@@ -179,13 +206,17 @@ def _method(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if method is None:
         method = {"type": "supervised", "supervised": {"hyperparameters": legacy or {}}}
     if not isinstance(method, dict) or not isinstance(method.get("type"), str):
-        raise APIError(400, "'method' must be an object with a 'type' (supervised or dpo).",
-                       param="method", code="invalid_value")
+        raise APIError(400, "'method' must be an object with a 'type' (supervised, dpo or "
+                       "reinforcement).", param="method", code="invalid_value")
     kind = method["type"]
     if kind not in METHOD_HPARAMS:
-        raise APIError(400, f"Method type {shown(kind)} is not supported; use 'supervised' or "
-                       "'dpo'.",
+        raise APIError(400, f"Method type {shown(kind)} is not supported; use 'supervised', "
+                       "'dpo' or 'reinforcement'.",
                        param="method.type", code="invalid_value")
+    if kind == "reinforcement" and "grpo" not in RECIPES:
+        raise APIError(400, "Method 'reinforcement' needs the GRPO recipe (task: grpo), which "
+                       "this tunesmith installation does not have.", param="method.type",
+                       code="unsupported_method")
     if kind == "dpo" and not dpo_available():
         raise APIError(400, "Method 'dpo' needs the DPO recipe (task: dpo), which this "
                        "tunesmith installation does not have; use method type 'supervised'.",
@@ -194,6 +225,12 @@ def _method(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if not isinstance(section, dict):
         raise APIError(400, f"'method.{kind}' must be an object.", param=f"method.{kind}",
                        code="invalid_type")
+    allowed = {"hyperparameters", "grader"} if kind == "reinforcement" else {"hyperparameters"}
+    extra = sorted(set(section) - allowed)
+    if extra:
+        raise APIError(400, f"Unrecognized argument 'method.{kind}.{extra[0]}'; a {kind} "
+                       f"method takes {' and '.join(sorted(allowed))}.",
+                       param=f"method.{kind}.{extra[0]}", code="unknown_parameter")
     requested = section.get("hyperparameters") or {}
     where = f"method.{kind}.hyperparameters" if body.get("method") is not None \
         else "hyperparameters"
@@ -214,8 +251,48 @@ def _method(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return kind, {k: requested.get(k, "auto") for k in METHOD_HPARAMS[kind]}
 
 
+def _grader(body: dict[str, Any]) -> dict[str, Any]:
+    """The checked grader object of a reinforcement job (no code runs here)."""
+    where = "method.reinforcement.grader"
+    grader = (body["method"].get("reinforcement") or {}).get("grader")
+    if grader is None:
+        raise APIError(400, f"Missing required parameter: '{where}' (a string_check, "
+                       "text_similarity, python or multi grader object).", param=where,
+                       code="missing_required_parameter")
+    try:
+        check_grader(grader)
+    except GraderSpecError as exc:
+        param = f"{where}.{exc.param}" if exc.param else where
+        raise APIError(400, f"Invalid grader at '{param}': {exc}.", param=param,
+                       code="invalid_value") from None
+    return grader
+
+
+def python_graders_allowed(settings: ServeSettings) -> bool:
+    """Whether this server runs python graders (the client's code, in the job's training
+    process): yes unless ``settings.extra["python_graders"]`` is false or the environment
+    sets TUNESMITH_PYTHON_GRADERS to 0/false/off/no."""
+    if "python_graders" in settings.extra:
+        return bool(settings.extra["python_graders"])
+    return os.environ.get(PYTHON_GRADERS_ENV, "1").strip().lower() not in (
+        "0", "false", "off", "no")
+
+
+def check_python_allowed(settings: ServeSettings, grader: dict[str, Any] | None) -> None:
+    if grader is not None and uses_python(grader) and not python_graders_allowed(settings):
+        raise APIError(400, "Python graders are disabled on this server (they run the "
+                       f"client's code; its operator set {PYTHON_GRADERS_ENV}=0). Use "
+                       "string_check, text_similarity or multi graders.",
+                       param="method.reinforcement.grader", code="python_grader_disabled")
+
+
 def _check_hparam(key: str, value: Any, param: str) -> None:
     if value == "auto" or value is None:
+        return
+    if key == "reasoning_effort":
+        if value not in REASONING_EFFORTS:
+            raise APIError(400, f"'{param}' must be one of {', '.join(REASONING_EFFORTS)} "
+                           f"(got {shown(value)}).", param=param, code="invalid_value")
         return
     typ, lo, hi = LIMITS[key]
     ok = not isinstance(value, bool) and isinstance(value, (int, float) if typ is float else int)
@@ -225,12 +302,16 @@ def _check_hparam(key: str, value: Any, param: str) -> None:
                        f"(got {shown(value)}).", param=param, code="invalid_value")
 
 
-def resolve_hparams(requested: dict[str, Any], n_train: int) -> dict[str, Any]:
-    """Replace ``"auto"`` by the documented defaults."""
+def resolve_hparams(requested: dict[str, Any], n_train: int, method: str = "supervised"
+                    ) -> dict[str, Any]:
+    """Replace ``"auto"`` by the documented defaults (``eval_interval``: None, one
+    evaluation per epoch)."""
+    auto = {**AUTO, **(AUTO_RL if method == "reinforcement" else {})}
     out = {}
     for key, value in requested.items():
         if value in ("auto", None):
-            value = min(MAX_BATCH, n_train) if key == "batch_size" else AUTO[key]
+            value = (min(MAX_BATCH.get(method, 8), n_train) if key == "batch_size"
+                     else auto.get(key))
         out[key] = value
     return out
 
@@ -245,7 +326,8 @@ def check_file(row: FileRow | None, file_id: str, param: str, method: str) -> Fi
     if row.kind not in FILE_KIND[method]:
         need = " or ".join(FILE_KIND[method])
         raise APIError(400, f"File {file_id} holds {row.kind} examples but {method} jobs need "
-                       f"{need} examples.", param=param, code="invalid_file_format")
+                       f"{need} examples{FILE_HINT.get(method, '')}.", param=param,
+                       code="invalid_file_format")
     if param == "training_file" and row.rows < MIN_TRAIN_EXAMPLES:
         raise APIError(400, f"Training file {file_id} has {row.rows} example(s), but must have "
                        f"at least {MIN_TRAIN_EXAMPLES} examples.", param=param,
@@ -285,10 +367,11 @@ def resolve_base(settings: ServeSettings, served: dict[str, Any], model: str) ->
 
 def build_config(job_id: str, data_dir: Path, base: str, method: str,
                  hparams: dict[str, Any], seed: int, train_file: FileRow,
-                 val_file: FileRow | None, overrides: dict[str, Any]) -> dict[str, Any]:
+                 val_file: FileRow | None, overrides: dict[str, Any],
+                 grader: dict[str, Any] | None = None) -> dict[str, Any]:
     """The raw training config (validated here, stored on the job, re-validated by the worker)."""
     raw: dict[str, Any] = {
-        "name": job_id, "task": "dpo" if method == "dpo" else "sft",
+        "name": job_id, "task": TASK_OF_METHOD[method],
         "model": {"name": base},
         "method": {"type": "lora"},
         "data": {"train": str(paths.file_path(data_dir, train_file.id))},
@@ -302,12 +385,17 @@ def build_config(job_id: str, data_dir: Path, base: str, method: str,
         raw["data"]["validation"] = str(paths.file_path(data_dir, val_file.id))
     if method == "dpo":
         raw["dpo"] = {"beta": hparams["beta"]}
+    if method == "reinforcement":
+        assert grader is not None
+        raw["grpo"] = {"prompt_field": "messages", "num_generations": max(
+            2, round(BASE_GENERATIONS * hparams["compute_multiplier"])), "graders": [
+            {"type": "openai", "name": grader.get("name") or grader["type"], "openai": grader}]}
     for key, value in overrides.items():
         _set(raw, key, value)
     lr_given = "train.lr" in overrides
     cfg = _validate(raw)
     if not lr_given:
-        raw["train"]["lr"] = (BASE_LR[TASK_OF_METHOD[method]][cfg.method.type]
+        raw["train"]["lr"] = (BASE_LR[LR_OF_METHOD[method]][cfg.method.type]
                               * hparams["learning_rate_multiplier"])
     cfg = _validate(raw)
     per_epoch, total = _plan(train_file.rows, cfg)
@@ -316,7 +404,10 @@ def build_config(job_id: str, data_dir: Path, base: str, method: str,
         raw["train"].setdefault("keep_last", 3)
         if val_file is not None and "train.eval_every" not in overrides:
             raw["train"]["eval_every"] = raw["train"]["save_every"]
-        _validate(raw)
+    if hparams.get("eval_interval") and val_file is not None \
+            and "train.eval_every" not in overrides:
+        raw["train"]["eval_every"] = hparams["eval_interval"]
+    _validate(raw)
     return raw
 
 
