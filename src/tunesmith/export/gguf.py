@@ -31,7 +31,7 @@ from tunesmith.export import measure
 from tunesmith.export.gguf_vocab import add_vocab, vocab_metadata
 from tunesmith.export.llamacpp import tokens_per_s
 from tunesmith.export.merge import load_full
-from tunesmith.export.modelfile import write_modelfile
+from tunesmith.export.modelfile import run_reasoning, write_modelfile
 from tunesmith.export.source import ExportSource
 from tunesmith.models.registry import convert_gguf
 
@@ -223,7 +223,7 @@ def export_gguf(source: ExportSource, quant: str, tmp: Path, info: dict[str, Any
               f"identical; logits max |Δ| {dist['max_abs']:.3g} ({100 * dist['relative']:.2f}% "
               f"of range), top-1 agreement {100 * dist['top1_agreement']:.1f}% over "
               f"{dist['positions']} positions")]
-    checks.append(write_modelfile(tmp, path.name, tok))
+    checks.append(write_modelfile(tmp, path.name, tok, run_reasoning(source.run_dir)))
     info["checks"] = checks
     info["gguf"] = {"file": path.name, "logits": dist}
     fig: dict[str, Any] = {"method": f"GGUF {quant}",

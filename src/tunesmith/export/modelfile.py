@@ -7,6 +7,11 @@ it is rendered for probe conversations and split into the text around each role'
 several conversations (with and without a system message, multi-turn). Only when they agree
 does the Modelfile get a ``TEMPLATE``; otherwise it relies on the template embedded in the
 GGUF and the export's checks say so.
+
+A ChatML model (SmolLM2, any model trained on tool conversations with the built-in tool
+template) gets the tool-aware template of :mod:`tunesmith.export.modelfile_tools` instead:
+tools, tool calls, tool results and reasoning (per the run's ``data.reasoning``), checked
+the same way on conversations with tools.
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from tunesmith.export.modelfile_tools import TOOL_PROBES, derive_tool_spec, go_tool_template
 
 MARK = {"system": "\x01SYS\x01", "user": "\x01USR\x01", "assistant": "\x01AST\x01"}
 PROBES: list[list[dict[str, str]]] = [
@@ -113,14 +122,27 @@ def go_template(spec: ChatSpec) -> str:
             + "{{ end }}" + _go_literal(spec.generation))
 
 
-def stop_tokens(tok: Any, spec: ChatSpec | None) -> list[str]:
-    """EOS plus every special token that opens or closes a turn in the template."""
+def stop_tokens(tok: Any, pieces: str) -> list[str]:
+    """EOS plus every special token in ``pieces``, the text that opens and closes turns
+    (never the markup inside an assistant turn: ``<tool_call>`` or ``<think>`` must not stop
+    generation, even where the tokenizer makes them special tokens)."""
     stops = [tok.eos_token] if tok.eos_token else []
     specials = [t for t in tok.all_special_tokens if t and t != tok.pad_token]
-    pieces = "".join(list(spec.prefix.values()) + list(spec.suffix.values())
-                     + [spec.generation]) if spec else ""
     stops += [t for t in specials if t in pieces and t not in stops]
     return stops
+
+
+def _turn_pieces(spec: ChatSpec) -> str:
+    return "".join(list(spec.prefix.values()) + list(spec.suffix.values()) + [spec.generation])
+
+
+def run_reasoning(run_dir: Path | None) -> str:
+    """The run's ``data.reasoning`` (keep | mask | drop; ``keep`` without a run config)."""
+    f = run_dir / "config.yaml" if run_dir is not None else None
+    if f is None or not f.exists():
+        return "keep"
+    cfg = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+    return str((cfg.get("data") or {}).get("reasoning") or "keep")
 
 
 def verify_spec(tok: Any, spec: ChatSpec) -> bool:
@@ -136,26 +158,42 @@ def verify_spec(tok: Any, spec: ChatSpec) -> bool:
     return True
 
 
-def modelfile_text(gguf_name: str, tok: Any) -> tuple[str, str]:
-    """The Modelfile and a one-line check result for the card."""
-    spec = derive_spec(tok) if getattr(tok, "chat_template", None) else None
-    lines = [f"FROM ./{gguf_name}"]
-    if spec is not None and verify_spec(tok, spec):
-        lines.append(f'TEMPLATE """{go_template(spec)}"""')
-        if spec.default_system:
-            lines.append(f'SYSTEM """{spec.default_system}"""')
+def modelfile_text(gguf_name: str, tok: Any, reasoning: str = "keep") -> tuple[str, str]:
+    """The Modelfile and a one-line check result for the card.
+
+    A ChatML model gets the tool-aware template (tools, calls, results, reasoning per
+    ``reasoning``, the run's data.reasoning) when it renders every probe like the tokenizer;
+    other models the per-role template measured from theirs (no tools); else no TEMPLATE.
+    """
+    has_template = bool(getattr(tok, "chat_template", None))
+    tool_spec = derive_tool_spec(tok, reasoning, PROBES) if has_template else None
+    spec = derive_spec(tok) if has_template and tool_spec is None else None
+    template, system, pieces = None, None, ""
+    if tool_spec is not None:
+        template, system = go_tool_template(tool_spec), tool_spec.default_system
+        pieces = f"<|im_start|>system\nuser\nassistant\n{tok.eos_token}"
         check = (f"Modelfile TEMPLATE renders exactly like the tokenizer's chat template on "
-                 f"{len(PROBES)} probe conversations")
+                 f"{len(PROBES) + len(TOOL_PROBES)} probe conversations, {len(TOOL_PROBES)} of "
+                 f"them with tools, parallel calls, tool results and reasoning "
+                 f"(data.reasoning: {reasoning}); the rendered calls parse back")
+    elif spec is not None and verify_spec(tok, spec):
+        template, system, pieces = go_template(spec), spec.default_system, _turn_pieces(spec)
+        check = (f"Modelfile TEMPLATE renders exactly like the tokenizer's chat template on "
+                 f"{len(PROBES)} probe conversations (without tools: not a ChatML template)")
     else:
         check = ("Modelfile has no TEMPLATE: the chat template is not a per-role prefix/suffix "
                  "format; Ollama uses the template embedded in the GGUF")
-    for stop in stop_tokens(tok, spec):
-        lines.append(f'PARAMETER stop "{stop}"')
+    lines = [f"FROM ./{gguf_name}"]
+    if template is not None:
+        lines.append(f'TEMPLATE """{template}"""')
+    if system:
+        lines.append(f'SYSTEM """{system}"""')
+    lines += [f'PARAMETER stop "{stop}"' for stop in stop_tokens(tok, pieces)]
     lines.append("PARAMETER temperature 0.7")
     return "\n".join(lines) + "\n", check
 
 
-def write_modelfile(out_dir: Path, gguf_name: str, tok: Any) -> str:
-    text, check = modelfile_text(gguf_name, tok)
+def write_modelfile(out_dir: Path, gguf_name: str, tok: Any, reasoning: str = "keep") -> str:
+    text, check = modelfile_text(gguf_name, tok, reasoning)
     (out_dir / "Modelfile").write_text(text, encoding="utf-8")
     return check
