@@ -88,3 +88,63 @@ def test_fine_tune_then_chat_with_the_openai_client(server: tuple[str, Path]) ->
     pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
     assert len(pieces) > 1 and "".join(pieces) == reply.choices[0].message.content
     assert job.fine_tuned_model in [m.id for m in client.models.list()]
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tmp_path_factory: pytest.TempPathFactory,
+                tiny_model_dir: Path) -> Iterator[tuple[str, Path]]:
+    data = tmp_path_factory.mktemp("rft-data")
+    with running_server(["--api-key", KEY, "--allow-base-dir", str(tiny_model_dir.parent)],
+                        data) as base:
+        yield base, data
+
+
+def test_reinforcement_job_with_the_openai_client(tiny_server: tuple[str, Path],
+                                                  tiny_model_dir: Path) -> None:
+    """OpenAI's RFT client code against tunesmith: RFT rows, a multi grader (string_check +
+    python), the job runs to succeeded and its events and checkpoints carry the reward."""
+    import openai
+
+    base, data = tiny_server
+    client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    rows = [{"messages": [{"role": "user", "content": f"Say yes to {t}."}], "answer": "yes"}
+            for t in TOPICS]
+    upload = client.files.create(file=("rft.jsonl", io.BytesIO(
+        "".join(json.dumps(r) + "\n" for r in rows).encode())), purpose="fine-tune")
+    grader = {"type": "multi", "calculate_output": "0.7 * says + 0.3 * short", "graders": {
+        "says": {"type": "string_check", "name": "says", "input": "{{sample.output_text}}",
+                 "reference": "{{item.answer}}", "operation": "ilike"},
+        "short": {"type": "python", "name": "short", "source":
+                  "def grade(sample, item):\n"
+                  "    return 1.0 if len(sample['output_text']) <= 8 else 0.0\n"}}}
+    with pytest.raises(openai.BadRequestError) as bad:  # an OpenAI error object, with param
+        client.fine_tuning.jobs.create(
+            model=str(tiny_model_dir), training_file=upload.id,
+            method={"type": "reinforcement", "reinforcement": {"grader": {
+                **grader, "calculate_output": "says + tone"}}})
+    assert bad.value.status_code == 400
+    assert bad.value.body["param"] == "method.reinforcement.grader.calculate_output"
+    job = client.fine_tuning.jobs.create(
+        model=str(tiny_model_dir), training_file=upload.id, seed=3, suffix="rl",
+        method={"type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": {
+            "n_epochs": 1, "batch_size": 4, "compute_multiplier": 1, "reasoning_effort": "low"}}},
+        extra_body={"tunesmith": {"data.max_length": 96, "grpo.max_new_tokens": 3,
+                                  "method.type": "full", "train.lr": 0.01}})
+    assert job.status == "queued" and job.method.type == "reinforcement"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job.id)
+        if job.status in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(1)
+    logs = [p.read_text()[-2000:] for p in sorted(data.glob("jobs/*.log"))]
+    assert job.status == "succeeded", (job.error, logs)
+    metrics = [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100)
+               if e.type == "metrics"]
+    assert sorted(e.data["step"] for e in metrics) == [1, 2, 3]  # 12 prompts / 4 per step
+    for event in metrics:
+        assert 0.0 <= event.data["train_reward_mean"] <= 1.0
+        assert "train_reward/score" not in event.data  # named by its type: multi
+        assert "train_reward/multi" in event.data and "reward=" in event.message
+    ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert ckpts[0].step_number == 3 and "train_reward_mean" in ckpts[0].metrics.model_extra
