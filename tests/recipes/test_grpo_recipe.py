@@ -72,6 +72,25 @@ def test_reward_rises_on_a_toy_task(tiny_model_dir: Path, prompts_file: Path,
     assert "val_reward" in res.loop.last_eval and res.reference == "copy"
 
 
+def test_lora_reward_rises_with_the_adapter_as_reference(tiny_model_dir: Path,
+                                                         prompts_file: Path,
+                                                         tmp_path: Path) -> None:
+    """LoRA: the adapter must reach the output layer on the tiny model (its hidden size of
+    32 behind a norm cannot move the tied head's logits far), so lm_head is a target."""
+    cfg = _cfg(tiny_model_dir, prompts_file, tmp_path,
+               method={"type": "lora", "r": 8, "alpha": 16,
+                       "target_modules": ["q_proj", "v_proj", "lm_head"]},
+               train={"lr": 8e-2, "max_steps": 8, "eval_every": 8})
+    res = grpo.run(cfg, progress=False)
+    steps = _steps(res.run_dir)
+    first = sum(s["reward"] for s in steps[:3]) / 3
+    last = sum(s["reward"] for s in steps[-3:]) / 3
+    assert last > first + 0.2, [s["reward"] for s in steps]
+    assert res.reference == "adapter"  # the KL's reference: the adapter disabled
+    assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6) and steps[-1]["kl"] > 0
+    assert (res.final_dir / "adapter" / "adapter_config.json").is_file()
+
+
 def test_resume_reproduces_the_run_with_reused_rollouts(tiny_model_dir: Path,
                                                         prompts_file: Path,
                                                         tmp_path: Path) -> None:
