@@ -60,8 +60,18 @@ def prefill(model: Any, ids: list[int], adapter: str | None, past: Any = None,
     pos = torch.arange(start, start + len(ids), device=device).unsqueeze(0)
     with torch.inference_mode():
         out = model(input_ids=x, position_ids=pos, past_key_values=past, use_cache=True,
-                    **forward_kwargs(model, [adapter]))
+                    **forward_kwargs(model, [adapter]), **last_logits_only(model))
     return out.logits[:, -1, :].float().cpu(), out.past_key_values
+
+
+def last_logits_only(model: Any) -> dict[str, Any]:
+    """``logits_to_keep=1`` where the model takes it: a prompt's forward then projects only
+    its last position on the vocabulary (what ``generate`` does), not every position (a
+    512-token chunk of SmolLM2 would otherwise compute 512 x 49152 logits, 100 MB, to keep
+    one row)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    supports = getattr(base, "_supports_logits_to_keep", None)
+    return {"logits_to_keep": 1} if supports is not None and supports() else {}
 
 
 class BatchCache:
