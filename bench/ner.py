@@ -24,39 +24,25 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import SHARED, peak_rss_mib, print_table, run_worker, scratch_dir
-
-
-def _rows(path: Path, n: int) -> list[dict[str, Any]]:
-    out = []
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            out.append(json.loads(line))
-            if len(out) >= n:
-                break
-    return out
+from bench.common import peak_rss_mib, scratch_dir
+from bench.spans_common import (
+    main,
+    parser,
+    shared_rows,
+    split_files,
+    trainer_arguments,
+    tunesmith_config,
+)
 
 
 def worker_tunesmith(args: argparse.Namespace) -> dict[str, Any]:
-    from tunesmith.config import validate_dict
     from tunesmith.evaluate.spans_eval import run_span_eval
     from tunesmith.recipes.token_classify import run
 
     out = scratch_dir("bench-ner-")
-    train = out / "train.jsonl"
-    train.write_text("".join(json.dumps(r) + "\n" for r in _rows(
-        SHARED / args.dataset / "train.jsonl", args.train_rows)))
-    test = out / "test.jsonl"
-    test.write_text("".join(json.dumps(r) + "\n" for r in _rows(
-        SHARED / args.dataset / "test.jsonl", args.test_rows)))
-    cfg = validate_dict({
-        "name": "ner", "task": "token_classification", "model": {"name": args.model},
-        "method": {"type": args.method}, "data": {"train": str(train)},
-        "token_classification": {"max_length": args.max_length},
-        "train": {"max_steps": args.steps, "batch_size": args.batch, "lr": args.lr,
-                  "scheduler": "linear", "warmup_steps": 0, "save_every": 10**6,
-                  "seed": 42},
-        "output": {"dir": str(out), "tensorboard": False}})
+    train, test = split_files(args.dataset, args, out)
+    cfg = tunesmith_config(args, "token_classification", {"max_length": args.max_length},
+                           train, out, warmup_steps=0)
     t0 = time.perf_counter()
     result = run(cfg, overwrite=True, progress=False)
     train_s = time.perf_counter() - t0
@@ -80,7 +66,6 @@ def worker_trainer(args: argparse.Namespace) -> dict[str, Any]:
         AutoTokenizer,
         DataCollatorForTokenClassification,
         Trainer,
-        TrainingArguments,
     )
 
     from tunesmith.data.tags import entity_types, iob2_labels, to_iob2
@@ -88,8 +73,8 @@ def worker_trainer(args: argparse.Namespace) -> dict[str, Any]:
     from tunesmith.models.registry import resolve_model_dir
 
     src = str(resolve_model_dir(args.model))
-    train = _rows(SHARED / args.dataset / "train.jsonl", args.train_rows)
-    test = _rows(SHARED / args.dataset / "test.jsonl", args.test_rows)
+    train = shared_rows(args.dataset, "train", args.train_rows)
+    test = shared_rows(args.dataset, "test", args.test_rows)
     labels = iob2_labels(entity_types(t for r in train for t in r["ner_tags"]))
     l2i = {n: i for i, n in enumerate(labels)}
     tok = AutoTokenizer.from_pretrained(src, add_prefix_space=True) \
@@ -114,10 +99,7 @@ def worker_trainer(args: argparse.Namespace) -> dict[str, Any]:
         src, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=l2i)
     model.config.pad_token_id = tok.pad_token_id
     tr = encode(train)
-    targs = TrainingArguments(output_dir=str(scratch_dir("bench-ner-hf-")), max_steps=args.steps,
-                              per_device_train_batch_size=args.batch, learning_rate=args.lr,
-                              lr_scheduler_type="linear", save_strategy="no", report_to=[],
-                              logging_steps=50, seed=42, use_cpu=not torch.cuda.is_available())
+    targs = trainer_arguments(args, scratch_dir("bench-ner-hf-"))
     collator = DataCollatorForTokenClassification(tok)
     trainer = Trainer(model=model, args=targs, train_dataset=[
         {k: v for k, v in e.items() if k != "word_ids"} for e in tr], data_collator=collator)
@@ -150,36 +132,12 @@ def worker_trainer(args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--worker", choices=["tunesmith", "trainer"])
-    ap.add_argument("--model", default="minilm-l6")
-    ap.add_argument("--method", default="full")
+def cli() -> None:
+    ap = parser(__doc__, train_rows=4800, test_rows=3453, max_length=128)
     ap.add_argument("--dataset", default="conll2003")
-    ap.add_argument("--train-rows", type=int, default=4800)
-    ap.add_argument("--test-rows", type=int, default=3453)
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=5e-5)
-    ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--json", help="Also write the rows here.")
-    args = ap.parse_args()
-    if args.worker:
-        fn = worker_tunesmith if args.worker == "tunesmith" else worker_trainer
-        print(json.dumps(fn(args)))
-        return
-    passed = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-              if k not in ("worker", "json")]
-    rows = [run_worker(__file__, name, passed) for name in ("trainer", "tunesmith")]
-    print_table(rows, ["contender", "entity_f1", "examples_per_s", "train_s", "peak_rss_mib",
-                       "wall_s"])
-    t, p = rows[1], rows[0]
-    print(f"tunesmith vs Trainer: F1 {t['entity_f1'] - p['entity_f1']:+.2f} points, "
-          f"speed x{t['examples_per_s'] / p['examples_per_s']:.2f}, "
-          f"peak RSS x{t['peak_rss_mib'] / p['peak_rss_mib']:.2f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    main(__file__, ap.parse_args(), {"tunesmith": worker_tunesmith, "trainer": worker_trainer},
+         ["entity_f1", "examples_per_s"], quality=["entity_f1"], speed="examples_per_s")
 
 
 if __name__ == "__main__":
-    main()
+    cli()

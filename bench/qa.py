@@ -17,32 +17,21 @@ EM/F1, so the figures compare training, not post-processing. Speed: training win
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import SHARED, peak_rss_mib, print_table, run_worker, scratch_dir
-
-
-def _rows(path: Path, n: int) -> list[dict[str, Any]]:
-    out = []
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            out.append(json.loads(line))
-            if len(out) >= n:
-                break
-    return out
-
-
-def _files(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
-    train, test = out / "train.jsonl", out / "test.jsonl"
-    for path, split, n in ((train, "train", args.train_rows), (test, "test", args.test_rows)):
-        path.write_text("".join(json.dumps(r) + "\n" for r in _rows(
-            SHARED / "squad_v1" / f"{split}.jsonl", n)))
-    return train, test
+from bench.common import peak_rss_mib, scratch_dir
+from bench.spans_common import (
+    main,
+    parser,
+    shared_rows,
+    split_files,
+    trainer_arguments,
+    tunesmith_config,
+)
 
 
 def _score(model: Any, tok: Any, test: Path, args: argparse.Namespace) -> float:
@@ -58,20 +47,14 @@ def _score(model: Any, tok: Any, test: Path, args: argparse.Namespace) -> float:
 
 
 def worker_tunesmith(args: argparse.Namespace) -> dict[str, Any]:
-    from tunesmith.config import validate_dict
     from tunesmith.inference.spans import load_span_predictor
     from tunesmith.inference.spans_file import predict_answers_file
     from tunesmith.recipes.qa import run
 
     out = scratch_dir("bench-qa-")
-    train, test = _files(args, out)
-    cfg = validate_dict({
-        "name": "qa", "task": "extractive_qa", "model": {"name": args.model},
-        "method": {"type": args.method}, "data": {"train": str(train)},
-        "extractive_qa": {"max_length": args.max_length, "doc_stride": args.stride},
-        "train": {"max_steps": args.steps, "batch_size": args.batch, "lr": args.lr,
-                  "scheduler": "linear", "save_every": 10**6, "seed": 42},
-        "output": {"dir": str(out), "tensorboard": False}})
+    train, test = split_files("squad_v1", args, out)
+    cfg = tunesmith_config(args, "extractive_qa", {"max_length": args.max_length,
+                                                   "doc_stride": args.stride}, train, out)
     t0 = time.perf_counter()
     result = run(cfg, overwrite=True, progress=False)
     train_s = time.perf_counter() - t0
@@ -83,12 +66,10 @@ def worker_tunesmith(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def worker_trainer(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
     from transformers import (
         AutoModelForQuestionAnswering,
         AutoTokenizer,
         Trainer,
-        TrainingArguments,
         default_data_collator,
     )
 
@@ -96,8 +77,8 @@ def worker_trainer(args: argparse.Namespace) -> dict[str, Any]:
 
     src = str(resolve_model_dir(args.model))
     out = scratch_dir("bench-qa-hf-")
-    train, test = _files(args, out)
-    rows = _rows(train, args.train_rows)
+    _, test = split_files("squad_v1", args, out)
+    rows = shared_rows("squad_v1", "train", args.train_rows)
     tok = AutoTokenizer.from_pretrained(src)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -130,10 +111,7 @@ def worker_trainer(args: argparse.Namespace) -> dict[str, Any]:
         feats.append(feat)
     model = AutoModelForQuestionAnswering.from_pretrained(src)
     model.config.pad_token_id = tok.pad_token_id
-    targs = TrainingArguments(output_dir=str(out / "hf"), max_steps=args.steps,
-                              per_device_train_batch_size=args.batch, learning_rate=args.lr,
-                              lr_scheduler_type="linear", save_strategy="no", report_to=[],
-                              logging_steps=50, seed=42, use_cpu=not torch.cuda.is_available())
+    targs = trainer_arguments(args, out / "hf")
     trainer = Trainer(model=model, args=targs, train_dataset=feats,
                       data_collator=default_data_collator)
     t0 = time.perf_counter()
@@ -146,37 +124,13 @@ def worker_trainer(args: argparse.Namespace) -> dict[str, Any]:
             "train_s": round(train_s, 1), "peak_rss_mib": round(peak_rss_mib(), 0)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--worker", choices=["tunesmith", "trainer"])
-    ap.add_argument("--model", default="minilm-l6")
-    ap.add_argument("--method", default="full")
-    ap.add_argument("--train-rows", type=int, default=8017)
-    ap.add_argument("--test-rows", type=int, default=1979)
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=5e-5)
-    ap.add_argument("--max-length", type=int, default=384)
+def cli() -> None:
+    ap = parser(__doc__, train_rows=8017, test_rows=1979, max_length=384)
     ap.add_argument("--stride", type=int, default=128)
-    ap.add_argument("--json", help="Also write the rows here.")
-    args = ap.parse_args()
-    if args.worker:
-        fn = worker_tunesmith if args.worker == "tunesmith" else worker_trainer
-        print(json.dumps(fn(args)))
-        return
-    passed = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-              if k not in ("worker", "json")]
-    rows = [run_worker(__file__, name, passed) for name in ("trainer", "tunesmith")]
-    print_table(rows, ["contender", "exact_match", "f1", "windows_per_s", "train_s",
-                       "peak_rss_mib", "wall_s"])
-    t, p = rows[1], rows[0]
-    print(f"tunesmith vs Trainer: F1 {t['f1'] - p['f1']:+.2f} points, EM "
-          f"{t['exact_match'] - p['exact_match']:+.2f}, speed "
-          f"x{t['windows_per_s'] / p['windows_per_s']:.2f}, peak RSS "
-          f"x{t['peak_rss_mib'] / p['peak_rss_mib']:.2f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    main(__file__, ap.parse_args(), {"tunesmith": worker_tunesmith, "trainer": worker_trainer},
+         ["exact_match", "f1", "windows_per_s"], quality=["f1", "exact_match"],
+         speed="windows_per_s")
 
 
 if __name__ == "__main__":
-    main()
+    cli()
