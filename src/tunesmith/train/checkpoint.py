@@ -9,6 +9,10 @@ the one before it is used). The directory is written through
 it is renamed into place its tensors are read back and compared with the in-memory ones
 (``train/verify.py``): a checkpoint that does not hold what was trained never becomes the
 latest.
+
+Under FSDP (``train/fsdp.py``) the weights are the full, gathered ones and the optimizer
+state is ``optimizer_full.pt`` (the full state keyed by parameter name, not by the process's
+parameter order), so the checkpoint resumes at any number of processes.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from torch import nn
 
 from tunesmith.errors import CheckpointError, first_line
 from tunesmith.io import atomic_directory, file_sha256
-from tunesmith.train.verify import verify_optimizer, verify_weights
+from tunesmith.train import fsdp
+from tunesmith.train.verify import saved_name, trained_lora_b_in, verify_optimizer, verify_weights
 
 STATE_FILE = "trainer_state.json"
 CHECKSUMS = "checksums.json"
@@ -41,18 +46,44 @@ def save_weights(model: nn.Module, tokenizer: Any, out: Path) -> None:
 
 
 def save_checkpoint(path: Path, model: nn.Module, tokenizer: Any, optimizer: Any,
-                    scheduler: Any, state: dict[str, Any]) -> None:
+                    scheduler: Any, state: dict[str, Any],
+                    full: tuple[dict[str, Any], dict[str, Any]] | None = None) -> None:
     """Write ``path`` atomically; raises ``CheckpointError`` naming the tensor (and leaves
-    no ``path``) when what was written differs from what is in memory."""
+    no ``path``) when what was written differs from what is in memory.
+
+    ``full``: the gathered (model, optimizer) state of a sharded (FSDP) model
+    (``train/fsdp.py``), written and verified instead of the process's own shards; the
+    optimizer state then goes to ``optimizer_full.pt``, keyed by parameter name."""
     with atomic_directory(path) as tmp:
-        save_weights(model, tokenizer, tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if full is None:
+            save_weights(model, tokenizer, tmp)
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        else:
+            model.save_pretrained(tmp, state_dict=full[0], safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            torch.save(full[1], tmp / fsdp.OPTIMIZER_FILE)
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-        verify_weights(tmp, model, optimizer)
-        verify_optimizer(tmp / "optimizer.pt", optimizer)
+        if full is None:
+            verify_weights(tmp, model, optimizer)
+            verify_optimizer(tmp / "optimizer.pt", optimizer)
+        else:
+            verify_weights(tmp, model, expected=_as_saved(model, full[0]),
+                           trained=trained_lora_b_in(model, full[1]))
+            verify_optimizer(tmp / fsdp.OPTIMIZER_FILE, None, want=full[1])
         write_checksums(tmp)
+
+
+def _as_saved(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What ``save_pretrained(state_dict=weights)`` writes: the adapter's tensors for a
+    PeftModel, else all of them."""
+    if hasattr(model, "peft_config"):
+        # deferred: peft is heavy and only adapters need it
+        from peft import get_peft_model_state_dict
+
+        return dict(get_peft_model_state_dict(model, state_dict=weights))
+    return weights
 
 
 def rotate(checkpoints: Path, keep: int) -> None:
@@ -115,15 +146,15 @@ def latest_checkpoint(run_dir: Path) -> Path:
                           "restore the checkpoints directory from a backup")
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: Any, scheduler: Any
-                    ) -> dict[str, Any]:
+def load_checkpoint(path: Path, model: nn.Module, optimizer: Any, scheduler: Any,
+                    root: nn.Module | None = None) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler and RNG; return the trainer state.
 
     A file that cannot be read (a checkpoint written before checksums, damaged since) is one
     CheckpointError naming it, with the fix: remove that checkpoint to resume from the one
     before."""
     try:
-        return _load(path, model, optimizer, scheduler)
+        return _load(path, model, optimizer, scheduler, root or model)
     except (RuntimeError, EOFError, ValueError, KeyError, pickle.UnpicklingError,
             SafetensorError) as exc:
         raise CheckpointError(f"cannot read the checkpoint ({first_line(exc)})",
@@ -131,8 +162,15 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: Any, scheduler: Any
                               "checkpoint before it, or start again with --overwrite") from None
 
 
-def _load(path: Path, model: nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
-    if (path / "adapter_model.safetensors").exists():
+def _load(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, root: nn.Module
+          ) -> dict[str, Any]:
+    if (path / fsdp.OPTIMIZER_FILE).exists():  # gathered: any number of processes
+        _load_full(path, root, model, optimizer)
+    elif fsdp.is_sharded(root):
+        raise CheckpointError("this checkpoint was written without FSDP; an FSDP run resumes "
+                              "only from checkpoints written under FSDP", where=str(path),
+                              fix="resume without ACCELERATE_USE_FSDP, or start again")
+    elif (path / "adapter_model.safetensors").exists():
         # deferred: peft is heavy and only adapters need it
         from peft import set_peft_model_state_dict
 
@@ -150,10 +188,24 @@ def _load(path: Path, model: nn.Module, optimizer: Any, scheduler: Any) -> dict[
             raise CheckpointError("checkpoint weights do not match the model", where=str(path),
                                   got=f"missing {sorted(set(missing) - tied)[:3]}, unexpected "
                                   f"{sorted(unexpected)[:3]}", fix="resume with the same config")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    if not (path / fsdp.OPTIMIZER_FILE).exists():
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     set_rng_state(torch.load(path / "rng.pt", weights_only=True))
     return json.loads((path / STATE_FILE).read_text())
+
+
+def _load_full(path: Path, root: nn.Module, model: nn.Module, optimizer: Any) -> None:
+    """A checkpoint of gathered tensors onto this process's model (sharded or not)."""
+    weights: dict[str, torch.Tensor] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        weights.update(load_file(f))
+    if hasattr(model, "peft_config"):  # adapter names as saved -> the model's own names
+        names = {saved_name(n, model): n
+                 for n, _ in model.named_parameters(remove_duplicate=False)}
+        weights = {names.get(k, k): v for k, v in weights.items()}
+    optim = torch.load(path / fsdp.OPTIMIZER_FILE, weights_only=True)
+    fsdp.load_full_state(root, model, optimizer, weights, optim)
 
 
 def rng_state() -> dict[str, Any]:

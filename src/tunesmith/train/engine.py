@@ -25,12 +25,13 @@ from torch import nn
 from tunesmith.config.schema import RunConfig
 from tunesmith.data.collate import epoch_batches
 from tunesmith.device import accelerate_mixed_precision
-from tunesmith.errors import TrainingError, TrainingInterrupted
+from tunesmith.errors import ConfigError, TrainingError, TrainingInterrupted
 from tunesmith.io import atomic_directory
 from tunesmith.models.adapters import GradualUnfreezer
 from tunesmith.models.artifacts import EVAL_FILE
 from tunesmith.models.merge import save_trained
 from tunesmith.train import checkpoint as ckpt
+from tunesmith.train import fsdp
 from tunesmith.train.distributed import check_world_size
 from tunesmith.train.early_stopping import check_metric_available, is_improvement
 from tunesmith.train.optim import build_optimizer, build_scheduler
@@ -202,12 +203,25 @@ class TrainLoop:
         self.tracker = Tracker(run_dir, enabled=False)  # the run's own, opened by run()
         self.show_progress = show_progress and accelerator.is_main_process
         self.module = objective.module
+        self.fsdp = fsdp.requested()
+        if self.fsdp:  # tunesmith shards the model itself (train/fsdp.py)
+            if unfreezer is not None or objective.val_size:
+                raise ConfigError("FSDP runs do not support validation or gradual "
+                                  "unfreezing yet", where="ACCELERATE_USE_FSDP",
+                                  got="validation data" if objective.val_size else
+                                  "train.unfreeze", fix="remove the validation data "
+                                  "(data.validation, data.val_split) or train.unfreeze, or "
+                                  "train without FSDP")
+            fsdp.shard(self.module, self.module.model, accelerator.device)
         self.optimizer = build_optimizer(self.module.model, self.tc,
                                          all_params=unfreezer is not None)
         self.per_epoch, self.total = plan_steps(len(objective.train_lengths), cfg,
                                                 accelerator.num_processes)
         self.scheduler = build_scheduler(self.optimizer, self.tc, self.total)
-        self.wrapped, self.optimizer = accelerator.prepare(self.module, self.optimizer)
+        if self.fsdp:
+            self.wrapped = self.module
+        else:
+            self.wrapped, self.optimizer = accelerator.prepare(self.module, self.optimizer)
 
     # -- public -------------------------------------------------------------------------
     def run(self, resume_from: Path | None = None) -> LoopResult:
@@ -216,7 +230,7 @@ class TrainLoop:
                                  "best_step": None, "bad_evals": 0, "unfrozen": 0}
         if resume_from is not None:
             state = ckpt.load_checkpoint(resume_from, self.module.model, self.optimizer,
-                                         self.scheduler)
+                                         self.scheduler, self.module)
             if self.unfreezer is not None:
                 self.unfreezer.restore(state["unfrozen"])
             if acc.is_main_process:
@@ -333,7 +347,9 @@ class TrainLoop:
         loss_sum, seen = 0.0, 0
         sums: dict[str, float] = {}
         for i, idx in enumerate(mine):
-            sync = contextlib.nullcontext() if i == len(mine) - 1 else acc.no_sync(self.wrapped)
+            last = i == len(mine) - 1
+            sync = (fsdp.accumulate(self.module, last) if self.fsdp else
+                    contextlib.nullcontext() if last else acc.no_sync(self.wrapped))
             with sync, acc.autocast():
                 out = self.obj.train_batch(self.wrapped, idx, acc.device)
                 loss = out.loss_sum / max(units, 1) * acc.num_processes * weight
@@ -345,7 +361,7 @@ class TrainLoop:
         gnorm = 0.0
         params = [p for p in self.module.parameters() if p.requires_grad]
         if self.tc.max_grad_norm:
-            gnorm = float(acc.clip_grad_norm_(params, self.tc.max_grad_norm))
+            gnorm = fsdp.as_float(acc.clip_grad_norm_(params, self.tc.max_grad_norm))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -410,6 +426,10 @@ class TrainLoop:
     def save_final(self, result: LoopResult) -> Path:
         """Write ``final/`` (weights + the last evaluation) atomically; returns its path."""
         final = self.run_dir / "final"
+        if self.fsdp:  # every process gathers; the main one writes from the full weights
+            weights = fsdp.full_state(self.module, self.module.model, self.optimizer)[0]
+            if self.acc.is_main_process:
+                fsdp.to_plain(self.module.model, weights)
         if self.acc.is_main_process:
             try:
                 with atomic_directory(final) as tmp:
@@ -440,11 +460,14 @@ class TrainLoop:
         them instead of leaving the others waiting in the next step's all-reduce."""
         self.acc.wait_for_everyone()
         failure: Exception | None = None
+        # FSDP: every process takes part in gathering the full state the main one writes
+        full = fsdp.full_state(self.module, self.module.model, self.optimizer) if self.fsdp else None
         if self.acc.is_main_process:
             path = self.run_dir / "checkpoints" / f"step-{step}"
             try:
                 ckpt.save_checkpoint(path, self.acc.unwrap_model(self.wrapped).model,
-                                     self.tok, self.optimizer, self.scheduler, dict(state))
+                                     self.tok, self.optimizer, self.scheduler, dict(state),
+                                     full)
                 self.obj.on_checkpoint(path)
                 ckpt.rotate(self.run_dir / "checkpoints", self.tc.keep_last)
             except Exception as exc:  # re-raised below, after the other processes know
@@ -474,6 +497,7 @@ def make_accelerator(precision: str) -> Any:
     previous = AcceleratorState._shared_state.get("_mixed_precision")
     if previous is not None and previous != mixed:
         AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    with fsdp.hidden_from_accelerate():  # tunesmith shards the model itself (train/fsdp.py)
+        accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
     check_world_size(accelerator)  # torchrun / Kubernetes: never silently one process
     return accelerator

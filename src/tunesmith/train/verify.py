@@ -69,15 +69,28 @@ def trained_lora_b(model: nn.Module, optimizer: Any) -> set[str]:
         name = by_param.get(id(p))
         m = s.get("exp_avg") if isinstance(s, Mapping) else None
         if name is not None and m is not None and bool(_full(m).ne(0).any()):
-            out.add(_saved_name(name, model))
+            out.add(saved_name(name, model))
+    return out
+
+
+def trained_lora_b_in(model: nn.Module, optim_state: Mapping[str, Any]) -> set[str]:
+    """As :func:`trained_lora_b`, from a full optimizer state keyed by parameter name (the
+    gathered state of an FSDP run)."""
+    out: set[str] = set()
+    for name, s in (optim_state.get("state") or {}).items():
+        m = s.get("exp_avg") if isinstance(s, Mapping) else None
+        if "lora_B" in str(name) and m is not None and bool(m.ne(0).any()):
+            out.add(saved_name(str(name), model))
     return out
 
 
 def verify_weights(directory: Path, model: nn.Module, optimizer: Any = None,
-                   expected: Mapping[str, torch.Tensor] | None = None) -> None:
+                   expected: Mapping[str, torch.Tensor] | None = None,
+                   trained: set[str] | None = None) -> None:
     """Raise :class:`CheckpointError` unless the weight files in ``directory`` hold exactly
     the in-memory tensors (``expected``: by default what ``save_weights`` writes from
-    ``model``). A tensor tied to another (the LM head and the embeddings) may be left out."""
+    ``model``). A tensor tied to another (the LM head and the embeddings) may be left out.
+    ``trained``: the LoRA B matrices that trained (default: from ``optimizer``'s state)."""
     want = dict(expected) if expected is not None else expected_weights(model)
     got = saved_weights(directory)
     if not got:
@@ -89,16 +102,19 @@ def verify_weights(directory: Path, model: nn.Module, optimizer: Any = None,
                 continue
             _fail(directory, f"tensor {name} was not saved", name, "missing from the files")
         compare(directory, name, t, got[name])
-    for name in sorted(trained_lora_b(model, optimizer) & set(got)):
+    trained = trained if trained is not None else trained_lora_b(model, optimizer)
+    for name in sorted(trained & set(got)):
         if not bool(got[name].ne(0).any()):
             _fail(directory, f"LoRA matrix {name} trained but was saved as all zeros", name,
                   f"shape {tuple(got[name].shape)}, every value 0")
 
 
-def verify_optimizer(path: Path, optimizer: Any) -> None:
-    """``optimizer.pt`` read back equals ``optimizer.state_dict()`` tensor by tensor."""
+def verify_optimizer(path: Path, optimizer: Any, want: Mapping[str, Any] | None = None
+                     ) -> None:
+    """``optimizer.pt`` read back equals ``optimizer.state_dict()`` (or ``want``: a gathered
+    full state) tensor by tensor."""
     saved = torch.load(path, weights_only=True)
-    want = optimizer.state_dict()
+    want = optimizer.state_dict() if want is None else want
     for key, a, b in _pairs("", want.get("state", {}), saved.get("state", {})):
         if b is None:
             _fail(path.parent, f"optimizer state {key} was not saved", key, "missing")
@@ -145,7 +161,7 @@ def _storage(t: torch.Tensor) -> tuple[int, int]:
     return (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else (id(t), 0)
 
 
-def _saved_name(param_name: str, model: nn.Module) -> str:
+def saved_name(param_name: str, model: nn.Module) -> str:
     """A PeftModel parameter name as peft saves it (the adapter name dropped)."""
     for adapter in getattr(model, "peft_config", {}):
         param_name = param_name.replace(f".{adapter}.", ".")
