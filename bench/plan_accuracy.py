@@ -7,7 +7,11 @@ in another (its own peak RSS from ``getrusage(RUSAGE_CHILDREN)``, its training t
 The default models are the tiny in-process ones of the tests (fast; RSS dominated by Python
 and torch); ``--model DIR`` (e.g. SmolLM2's converted directory) for a real-sized one.
 
-    python bench/plan_accuracy.py [--steps 30] [--plan-steps 4] [--model DIR]
+    python bench/plan_accuracy.py [--steps 30] [--plan-steps 4] [--model DIR] [--quick]
+
+The activation term is sized at the largest micro-batch the run really forms from the
+tokenised data (the rows here are short: ~20 tokens against max_length 128), which is what
+this measures against a bound from max_length.
 
 Timing figures are only meaningful on an otherwise idle machine.
 """
@@ -27,9 +31,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import MALLOC_ENV  # noqa: E402
-from tests.helpers.tiny import build_tiny_model_dir, write_jsonl  # noqa: E402
-from tests.helpers.tiny_cls import build_tiny_llama_cls_dir, write_sentiment  # noqa: E402
+from bench.common import MALLOC_ENV
+from tests.helpers.tiny import build_tiny_model_dir, write_jsonl
+from tests.helpers.tiny_cls import build_tiny_llama_cls_dir, write_sentiment
 
 
 def configs(tmp: Path, steps: int, model: Path | None) -> dict[str, dict[str, Any]]:
@@ -80,7 +84,10 @@ def main() -> None:
     ap.add_argument("--plan-steps", type=int, default=4)
     ap.add_argument("--model", type=Path)
     ap.add_argument("--only", choices=["lora", "full", "classification"])
+    ap.add_argument("--quick", action="store_true", help="smoke settings: 8 steps, plan 2")
     args = ap.parse_args()
+    if args.quick:
+        args.steps, args.plan_steps = 8, 2
     table = []
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
