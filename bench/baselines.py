@@ -8,8 +8,13 @@ Three studies (each can run alone with --only):
              LoRA + RAG. EM/F1 with CIs (tunesmith's exact_match/token_f1, and the official
              SQuAD EM/F1 from the same predictions), prompt tokens, latency.
   demo       the demo task (support message → JSON): zero-shot, few-shot, LoRA-tuned.
-  forgetting the general-ability suite before/after the demo's LoRA run and after a full
-             fine-tune of the same data (paired-bootstrap CIs).
+  forgetting what mitigates forgetting: variants of the demo fine-tune (LoRA vs full, each
+             at its default and at a 5x learning rate, and the full 5x run with replay
+             of general instruction data through `data.mixture`), each scored on the
+             packaged general suite before/after (paired-bootstrap CI) and on the demo
+             task (exact match, paired CI vs zero-shot). The replay data is Dolly
+             open_qa (shared copy, instruction → answer), not the suite's items: no
+             variant is trained on what it is scored on.
 
 Every option goes through `tunesmith baseline`'s code (evaluate/baseline.py), so the figures
 are what the command reports. Run alone on an idle machine for timings:
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -30,20 +36,33 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SHARED, scratch_dir  # noqa: E402
-from tunesmith.config.load import validate_dict  # noqa: E402
-from tunesmith.data.readers import read_rows  # noqa: E402
-from tunesmith.demo.task import make_dataset  # noqa: E402
-from tunesmith.evaluate.baseline import options, run_baseline  # noqa: E402
-from tunesmith.evaluate.forgetting import before_after  # noqa: E402
-from tunesmith.evaluate.tasks import EvalSettings  # noqa: E402
-from tunesmith.metrics import squad  # noqa: E402
-from tunesmith.rag.index import IndexSettings, build_index  # noqa: E402
-from tunesmith.rag.raft import RaftSettings, raft_rows  # noqa: E402
-from tunesmith.rag.search import open_index  # noqa: E402
-from tunesmith.recipes import run_task  # noqa: E402
+from bench.common import SHARED, scratch_dir
+from tunesmith.config.load import validate_dict
+from tunesmith.data.readers import read_rows
+from tunesmith.demo.task import make_dataset
+from tunesmith.evaluate import general as G
+from tunesmith.evaluate.baseline import options, run_baseline
+from tunesmith.evaluate.forgetting import score_model
+from tunesmith.evaluate.metrics import aggregator, bootstrap_ci, paired_bootstrap, stats_matrix
+from tunesmith.evaluate.results import load_eval_dir
+from tunesmith.evaluate.runner import run_eval
+from tunesmith.evaluate.tasks import EvalSettings
+from tunesmith.metrics import squad
+from tunesmith.rag.index import IndexSettings, build_index
+from tunesmith.rag.raft import RaftSettings, raft_rows
+from tunesmith.rag.search import open_index
+from tunesmith.recipes import run_task
 
 MODEL = "smollm2-135m-instruct"
+REPLAY = SHARED / "dolly_open_qa" / "train.jsonl"  # general instructions, disjoint from the suite
+# (name, method, learning rate, replay fraction); the first is the demo study's LoRA run
+# (None: --replay-fraction), most telling first
+VARIANTS = [("LoRA, lr 2e-4", "lora", 2e-4, 0.0), ("full, lr 2e-5", "full", 2e-5, 0.0),
+            ("full, lr 1e-4", "full", 1e-4, 0.0), ("full, lr 1e-4, replay", "full", 1e-4, None),
+            ("LoRA, lr 1e-3", "lora", 1e-3, 0.0)]
+# what each mitigation changes, read on the same suite items: (mitigated, unmitigated)
+CONTRASTS = [("LoRA, lr 2e-4", "full, lr 2e-5"), ("full, lr 2e-5", "full, lr 1e-4"),
+             ("LoRA, lr 2e-4", "LoRA, lr 1e-3"), ("full, lr 1e-4, replay", "full, lr 1e-4")]
 QA_PROMPT = "Answer the question with a short span of words.\nQuestion: {question}"
 
 
@@ -54,11 +73,20 @@ def _jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def _train(tmp: Path, name: str, train: Path, steps: int, method: str = "lora",
-           lr: float | None = None) -> tuple[Path, dict[str, Any]]:
+           lr: float | None = None, replay: float = 0.0, batch_size: int = 8
+           ) -> tuple[Path, dict[str, Any]]:
+    """One run; with ``replay`` > 0 a `data.mixture` of the task (weight 1 − replay) and the
+    general instruction data (weight replay, i.e. that fraction of the batches)."""
+    data: dict[str, Any] = {"train": str(train), "max_length": 512}
+    if replay:
+        data = {"max_length": 512, "mixture": {"datasets": [
+            {"name": "task", "train": str(train), "format": "messages", "weight": 1 - replay},
+            {"name": "replay", "train": str(REPLAY), "format": "alpaca", "weight": replay,
+             "max_examples": 500}]}}
     raw = {"name": name, "model": {"name": MODEL},
            "method": {"type": method, **({"r": 16, "alpha": 32} if method == "lora" else {})},
-           "data": {"train": str(train), "max_length": 512},
-           "train": {"max_steps": steps, "batch_size": 8, "seed": 0,
+           "data": data,
+           "train": {"max_steps": steps, "batch_size": batch_size, "seed": 0,
                      **({"lr": lr} if lr else {})},
            "output": {"dir": str(tmp / "runs"), "tensorboard": False}}
     started = time.perf_counter()
@@ -95,7 +123,7 @@ def study_squad(tmp: Path, a: argparse.Namespace) -> dict[str, Any]:
         for r in train_rows])
     raft = _jsonl(tmp / "squad-raft.jsonl", raft_rows(train_rows, RaftSettings(
         distractors=2, gold_fraction=0.8), open_index(index)))
-    tuned, training = _train(tmp, "squad-lora", raft, a.steps)
+    tuned, training = _train(tmp, "squad-lora", raft, a.steps, batch_size=a.batch_size)
     s = EvalSettings(prompt_template=QA_PROMPT, reference_field="answers", max_new_tokens=16,
                      batch_size=8, shots_select="bm25", rag_k=3, bootstrap=a.bootstrap)
     res = run_baseline(options(MODEL, s, str(shots), a.shots, str(index), str(tuned), training),
@@ -112,25 +140,81 @@ def study_demo(tmp: Path, a: argparse.Namespace) -> dict[str, Any]:
             for split, n, seed in (("train", a.n_train, 7), ("test", a.n_test, 9))}
     train = _jsonl(tmp / "demo-train.jsonl", rows["train"])
     test = _jsonl(tmp / "demo-test.jsonl", rows["test"])
-    tuned, training = _train(tmp, "demo-lora", train, a.steps)
+    tuned, training = _train(tmp, "demo-lora", train, a.steps, batch_size=a.batch_size)
     s = EvalSettings(max_new_tokens=48, batch_size=8, shots_select="bm25",
                      bootstrap=a.bootstrap)
     res = run_baseline(options(MODEL, s, str(train), a.shots, None, str(tuned), training),
                        str(test), tmp / "demo-baseline", "exact_match", a.bootstrap)
-    return {**res, "lora_final": str(tuned), "train_file": str(train)}
+    return {**res, "lora_final": str(tuned), "lora_training": training,
+            "train_file": str(train), "test_file": str(test)}
 
 
-def study_forgetting(tmp: Path, a: argparse.Namespace, demo: dict[str, Any] | None
-                     ) -> dict[str, Any]:
+def _task(model: str | Path, test: Path, out: Path, s: EvalSettings) -> dict[str, Any]:
+    """The demo task's exact match of one model, with the per-example statistics."""
+    run_eval([str(model)], str(test), out, s)
+    _, records = load_eval_dir(out)
+    recs = next(iter(records.values()))
+    stats = stats_matrix("exact_match", recs)
+    value, lo, hi = bootstrap_ci(stats, aggregator("exact_match"), s.bootstrap)
+    return {"value": value, "ci95": [lo, hi], "stats": stats}
+
+
+def contrasts(records: dict[str, list[dict[str, Any]]], n_boot: int) -> list[dict[str, Any]]:
+    """General-suite accuracy of each mitigated variant minus its unmitigated twin, paired
+    on the same items (both fine-tuned from the same base on the same task data)."""
+    out = []
+    for better, worse in CONTRASTS:
+        if better in records and worse in records:
+            c = G.compare(records[worse], records[better], n_boot)
+            out.append({"mitigated": better, "unmitigated": worse, "difference": c["delta"],
+                        "ci95": c["ci95"], "p_value": c["p_value"]})
+    return out
+
+
+def study_forgetting(tmp: Path, a: argparse.Namespace, demo: dict[str, Any] | None,
+                     save: Any = None) -> dict[str, Any]:
+    """Every variant: the general suite before/after (the base scored once, each variant
+    paired against it on the same items) and the demo task's exact match (paired against
+    zero-shot). Each variant's figures are added (and ``save``d) as soon as they exist."""
     train = Path(demo["train_file"]) if demo else _jsonl(
         tmp / "demo-train.jsonl", [t.as_messages() for t in make_dataset(a.n_train, 7)])
-    lora = Path(demo["lora_final"]) if demo else _train(tmp, "demo-lora", train, a.steps)[0]
-    full, _ = _train(tmp, "demo-full", train, a.steps, "full", 2e-5)
-    out = {}
-    for name, model in (("lora", lora), ("full", full)):
-        r = before_after(MODEL, model, tmp / f"general-{name}", limit=a.general_limit,
-                         n_boot=a.bootstrap)
-        out[name] = {k: r[k] for k in ("before", "after", "delta", "ci95", "items", "forgot")}
+    test = Path(demo["test_file"]) if demo else _jsonl(
+        tmp / "demo-test.jsonl", [t.as_messages() for t in make_dataset(a.n_test, 9)])
+    sets = a.general_sets.split(",") if a.general_sets else None
+    base = score_model(MODEL, sets, a.general_limit, a.bootstrap)
+    s = EvalSettings(max_new_tokens=48, batch_size=8, bootstrap=a.bootstrap)
+    zero = _task(MODEL, test, tmp / "forgetting-task" / "zero-shot", s)
+    em = aggregator("exact_match")
+    out: dict[str, Any] = {
+        "items": base["items"], "before": base["score"], "before_ci95": base["ci95"],
+        "before_sets": {k: v["acc"] for k, v in base["sets"].items()},
+        "task_examples": len(zero["stats"]), "zero_shot_task": zero["value"],
+        "zero_shot_task_ci95": zero["ci95"], "variants": [], "contrasts": []}
+    kept: dict[str, list[dict[str, Any]]] = {}
+    for name, method, lr, replay in VARIANTS:
+        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+        if a.variants and slug not in a.variants.split(","):
+            continue
+        replay = a.replay_fraction if replay is None else replay
+        if demo and (method, lr, replay) == ("lora", 2e-4, 0.0):
+            model, training = Path(demo["lora_final"]), demo["lora_training"]
+        else:
+            model, training = _train(tmp, slug, train, a.steps, method, lr, replay,
+                                     a.batch_size)
+        after = score_model(model, sets, a.general_limit, a.bootstrap)
+        task = _task(model, test, tmp / "forgetting-task" / name.replace(" ", "_"), s)
+        vs = paired_bootstrap(zero["stats"], task["stats"], em, a.bootstrap)
+        out["variants"].append({
+            "variant": name, "method": method, "lr": lr, "replay": replay,
+            **G.compare(base["records"], after["records"], a.bootstrap),
+            "after_sets": {k: v["acc"] for k, v in after["sets"].items()},
+            "task_em": task["value"], "task_ci95": task["ci95"],
+            "task_vs_zero_shot": vs["delta"], "task_vs_zero_shot_ci95": [vs["low"], vs["high"]],
+            "training": training})
+        kept[name] = after["records"]
+        out["contrasts"] = contrasts(kept, a.bootstrap)
+        if save:
+            save(out)
     return out
 
 
@@ -142,7 +226,15 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=800)
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--shots", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=8, help="training batch size")
     p.add_argument("--general-limit", type=int, default=None, help="items per general set")
+    p.add_argument("--general-sets", default=None,
+                   help="comma-separated general sets to score (default: all)")
+    p.add_argument("--replay-fraction", type=float, default=0.25,
+                   help="share of the replay variant's batches drawn from the general data")
+    p.add_argument("--variants", default=None, help="comma-separated forgetting variants to "
+                   "run, by slug (lora-lr-2e-4, full-lr-2e-5, full-lr-1e-4, "
+                   "full-lr-1e-4-replay, lora-lr-1e-3; default: all)")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--out", type=Path, default=None, help="write all figures as JSON here")
     a = p.parse_args()
@@ -151,12 +243,21 @@ def main() -> None:
     tmp = scratch_dir("bench-baselines-")
     todo = a.only or ["squad", "demo", "forgetting"]
     figures: dict[str, Any] = {"settings": {k: v for k, v in vars(a).items() if k != "out"}}
+
+    def save(part: dict[str, Any] | None = None) -> None:
+        if part is not None:
+            figures["forgetting"] = part
+        if a.out:
+            a.out.write_text(json.dumps(figures, indent=1, default=str))
+
     if "squad" in todo:
         figures["squad"] = study_squad(tmp, a)
+        save()
     if "demo" in todo:
         figures["demo"] = study_demo(tmp, a)
+        save()
     if "forgetting" in todo:
-        figures["forgetting"] = study_forgetting(tmp, a, figures.get("demo"))
+        figures["forgetting"] = study_forgetting(tmp, a, figures.get("demo"), save)
     for study in ("squad", "demo"):
         if study in figures:
             f = figures[study]
@@ -168,9 +269,17 @@ def main() -> None:
                       f"{o['ci95'][1]:.4f}]  prompt tokens {o['prompt_tokens']:.0f}  latency "
                       f"{o['latency_ms']:.0f} ms{extra}")
             print("decision:", f["decision"]["reason"])
-    for name, r in figures.get("forgetting", {}).items():
-        print(f"forgetting after {name}: {r['before']:.4f} → {r['after']:.4f} "
-              f"({r['delta']:+.4f} [{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}], {r['items']} items)")
+    if "forgetting" in figures:
+        f = figures["forgetting"]
+        print(f"\n## forgetting: general suite {f['items']} items, base {f['before']:.4f}; "
+              f"demo exact match, zero-shot {f['zero_shot_task']:.4f}")
+        for v in f["variants"]:
+            print(f"{v['variant']:24} general {v['after']:.4f} ({v['delta']:+.4f} "
+                  f"[{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}])  task EM {v['task_em']:.4f} "
+                  f"[{v['task_ci95'][0]:.4f}, {v['task_ci95'][1]:.4f}]")
+        for c in f["contrasts"]:
+            print(f"{c['mitigated']} − {c['unmitigated']}: {c['difference']:+.4f} "
+                  f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]")
     if a.out:
         a.out.write_text(json.dumps(figures, indent=1, default=str))
 
