@@ -10,7 +10,14 @@ Servers, each started here as a subprocess and measured one after another:
   builtin-1     the same with ``--max-batch 1`` (one request at a time: the old behaviour)
   adapters      the built-in engine with ``--adapters K`` LoRA adapters over the model, the
                 clients' requests spread over them (needs ``--adapter-runs`` dirs)
-  llamacpp      llama-cpp-python's own OpenAI server on ``--gguf`` (where installed)
+  engine-llamacpp  `tunesmith serve MODEL --engine llamacpp --gguf-quant Q` (llama.cpp in
+                tunesmith's process, on the GGUF it exports and caches)
+  llamacpp      llama-cpp-python's own OpenAI server on ``--gguf``, by default the very GGUF
+                the llamacpp engine uses (where llama-cpp-python and its server extras are
+                installed)
+
+Single-stream decode speed (issue 26 point 4) is the 1-client level:
+    python bench/serve_load.py --clients 1 --servers builtin,engine-llamacpp,llamacpp
 
 Prints, per server and level: aggregate completion tokens/s, requests/s, time to first token
 and end-to-end latency p50/p99, failed requests, the server's peak RSS. Timings are only
@@ -178,14 +185,36 @@ def server_command(name: str, args: argparse.Namespace, port: int, data: Path
         names = [f"a{i}" for i in range(len(runs))]
         extra = [x for i, r in enumerate(runs) for x in ("--adapter", f"a{i}={r}")]
         return tunesmith + extra, names
+    if name == "engine-llamacpp":
+        if not llama_cpp_installed():
+            return None
+        return tunesmith + ["--engine", "llamacpp", "--gguf-quant", args.gguf_quant], [
+            args.model]
     if name == "llamacpp":
         import importlib.util
 
-        if importlib.util.find_spec("llama_cpp") is None or not args.gguf:
+        server_deps = ("sse_starlette", "starlette_context", "pydantic_settings")
+        if not llama_cpp_installed() or any(importlib.util.find_spec(m) is None
+                                            for m in server_deps):
             return None
-        return [sys.executable, "-m", "llama_cpp.server", "--model", args.gguf, "--host",
+        gguf = args.gguf or str(engine_gguf(args.model, args.gguf_quant))
+        return [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host",
                 "127.0.0.1", "--port", str(port), "--model_alias", args.model], [args.model]
     raise SystemExit(f"unknown server {name}")
+
+
+def llama_cpp_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def engine_gguf(model: str, quant: str) -> Path:
+    """The GGUF that `--engine llamacpp` serves for ``model`` (exported once, cached)."""
+    from tunesmith.models.registry import resolve_model_dir
+    from tunesmith.serve.api.llamacpp import cached_gguf
+
+    return cached_gguf(Path(str(resolve_model_dir(model))), quant)
 
 
 def main() -> None:
@@ -194,9 +223,12 @@ def main() -> None:
     ap.add_argument("--clients", default="1,4,16,32")
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--servers", default="builtin,builtin-1,adapters,llamacpp")
+    ap.add_argument("--servers",
+                    default="builtin,builtin-1,adapters,engine-llamacpp,llamacpp")
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--gguf", default=os.environ.get("TUNESMITH_BENCH_GGUF", ""))
+    ap.add_argument("--gguf", default=os.environ.get("TUNESMITH_BENCH_GGUF", ""),
+                    help="GGUF for llama-cpp-python's server (default: the llamacpp engine's)")
+    ap.add_argument("--gguf-quant", default="q8_0", help="--engine llamacpp's weight type")
     ap.add_argument("--adapter-runs", default="", help="comma-separated LoRA run dirs")
     ap.add_argument("--quick", action="store_true", help="smoke settings (seconds, not figures)")
     args = ap.parse_args()
