@@ -10,7 +10,9 @@ fraction is the real one.
 
 Distractors are the question's nearest chunks in ``--index`` that are not the gold
 passage (hard negatives, what retrieval really returns), else other rows' gold passages
-drawn at random.
+drawn at random; when the index holds too few other passages for ``--distractors``, the
+rest are drawn at random from the other rows' gold passages, so every row shows the number
+asked (as far as the data has distinct passages).
 """
 
 from __future__ import annotations
@@ -81,6 +83,9 @@ def raft_rows(rows: Sequence[Row], s: RaftSettings, index: Index | None = None
     for i, (row, question, answer, gold) in enumerate(parsed):
         if hits is not None:
             pool = [h.text for h in hits[i] if h.text not in gold and gold not in h.text]
+            if len(pool) < s.distractors:  # a small index: top up with other rows' golds
+                spare = [g for g in golds if g != gold and g not in pool]
+                pool += rng.sample(spare, min(len(spare), s.distractors - len(pool)))
         else:
             pool = rng.sample([g for g in golds if g != gold], s.distractors)
         passages = [Text(t) for t in pool[:s.distractors]]

@@ -4,6 +4,7 @@ corpus, the refusals, RAFT rows and the CLI (the embedded MiniLM encodes)."""
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ def test_chunks_overlap_are_substrings_and_start_on_words(embedder) -> None:
     for c in chunks:
         assert text[c.start:c.end] == c.text and c.text.startswith("token")
         assert len(embedder.tok(c.text, add_special_tokens=False).input_ids) <= 24
-    for a, b in zip(chunks, chunks[1:]):
+    for a, b in pairwise(chunks):
         assert b.start < a.end  # consecutive chunks overlap
     assert chunks[-1].end == len(text)
 
@@ -140,6 +141,24 @@ def test_raft_rows_hold_the_gold_in_the_stated_fraction(tmp_path: Path) -> None:
         assert r["messages"][1]["content"] == src["answers"]["text"][0]
     again = raft_rows(read_rows(data), RaftSettings(distractors=2, gold_fraction=0.6, seed=3))
     assert again == out
+
+
+def test_raft_rows_top_up_distractors_a_small_index_lacks(tmp_path: Path, embedder) -> None:
+    """An index of 3 passages holds at most 2-3 distractors for a row: the rest come from
+    the other rows' gold passages, so every row shows the 4 asked, none of them its gold."""
+    small = write_jsonl(tmp_path / "docs.jsonl", [{"id": k, "text": FACTS[k]}
+                                                  for k in ("volcano", "bridge", "enzyme")])
+    build_index([small], tmp_path / "idx", IndexSettings(chunk_tokens=64, overlap=8),
+                embedder=embedder)
+    rows = [{"question": QUESTIONS[k], "answers": {"text": [k]}, "context": FACTS[k]}
+            for k in FACTS]
+    data = write_jsonl(tmp_path / "qa.jsonl", rows)
+    out = raft_rows(read_rows(data), RaftSettings(distractors=4, gold_fraction=0.0),
+                    open_index(tmp_path / "idx"))
+    for r, src in zip(out, rows):
+        user = r["messages"][0]["content"]
+        shown = [v for v in FACTS.values() if v in user]
+        assert len(shown) == 4 and src["context"] not in shown
 
 
 def test_cli_index_query_eval_and_rag_sft(tmp_path: Path, capsys: pytest.CaptureFixture
