@@ -91,6 +91,18 @@ def test_lora_reward_rises_with_the_adapter_as_reference(tiny_model_dir: Path,
     assert (res.final_dir / "adapter" / "adapter_config.json").is_file()
 
 
+def test_lora_under_bf16_samples_with_the_frozen_base_in_bf16(tiny_model_dir: Path,
+                                                              prompts_file: Path,
+                                                              tmp_path: Path) -> None:
+    """The rollouts run under the training autocast: LoRA keeps the frozen base's weights
+    in bf16 (train.frozen_in_compute_dtype), which a plain fp32 decode cannot multiply."""
+    cfg = _cfg(tiny_model_dir, prompts_file, tmp_path,
+               method={"type": "lora", "r": 4, "alpha": 8},
+               train={"precision": "bf16", "max_steps": 1, "eval_every": 1})
+    res = grpo.run(cfg, progress=False)
+    assert res.loop.steps == 1 and "val_reward" in res.loop.last_eval
+
+
 def test_resume_reproduces_the_run_with_reused_rollouts(tiny_model_dir: Path,
                                                         prompts_file: Path,
                                                         tmp_path: Path) -> None:

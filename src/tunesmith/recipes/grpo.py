@@ -62,7 +62,10 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
     def sample(prompts: list[list[int]], n: int, seed: int | None) -> list[list[int]]:
         greedy = seed is None  # evaluation: one greedy completion per prompt
         settings = replace(rollout, seed=seed, temperature=0.0 if greedy else g.temperature)
-        return sample_ids(model, tok, prompts, settings, n)
+        # under the training precision: with LoRA the frozen base may hold bf16 weights
+        # (train.frozen_in_compute_dtype) beside the fp32 adapter
+        with accelerator.autocast():
+            return sample_ids(model, tok, prompts, settings, n)
 
     objective = GRPOObjective(model, tok, data, cfg, precision, sample, graders, accelerator,
                               copy)
