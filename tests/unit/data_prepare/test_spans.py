@@ -238,3 +238,12 @@ def test_prepare_counts_duplicate_words_with_other_tags_as_conflicts(tmp_path: P
     assert (step["removed"], step["label_conflicts"]) == (2, 1)
     removed = [json.loads(x) for x in (tmp_path / "out" / "reports" / "removed.jsonl").open()]
     assert [r.get("label_conflict") for r in removed] == ["the kept row has other tags", None]
+
+
+def test_cleaning_never_empties_an_answer() -> None:
+    data = {"context": "Intro. <br> and more", "question": "Q?",
+            "answers": [{"text": "<br>", "answer_start": 7}]}
+    new = span_map(data, "extractive_qa", lambda t: t.replace("<br>", "").strip())
+    a = new["answers"][0]
+    assert a["text"] == "<br>" and new["context"][a["answer_start"]:][:4] == "<br>"
+    assert new["context"] == "Intro. <br> and more"

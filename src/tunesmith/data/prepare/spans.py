@@ -34,6 +34,7 @@ from typing import Any
 from tunesmith.config.schema import ExtractiveQAConfig, TokenClassificationConfig
 from tunesmith.data.formats import Problem
 from tunesmith.data.prepare.card import short
+from tunesmith.data.prepare.config import TagsConfig
 from tunesmith.data.qa import QA_FIXES, to_question
 from tunesmith.data.readers import Row
 from tunesmith.data.tags import detect_scheme, iob2_spans, to_iob2
@@ -129,7 +130,10 @@ def _map_context(context: str, answers: Any, fn: Callable[[str], str]) -> tuple[
         rest = piece[len(lead):]
         trail = rest[len(rest.rstrip()):] if k < last else ""
         core = rest[:len(rest) - len(trail)]
-        piece = lead + (fn(core) if core else "") + trail
+        cleaned = fn(core) if core else ""
+        if core and not cleaned.strip() and any(s <= a and b <= s + len(t) for t, s in pairs):
+            cleaned = core  # cleaning never empties an answer (it would read as "no answer")
+        piece = lead + cleaned + trail
         pieces.append(piece)
         pos += len(piece)
         new_at[b] = pos
@@ -144,7 +148,8 @@ def _map_context(context: str, answers: Any, fn: Callable[[str], str]) -> tuple[
 
 
 def span_empty(data: dict[str, Any], fmt: str) -> str | None:
-    """The first text left empty by cleaning (a word, the question, the context, an answer)."""
+    """The first text left empty by cleaning: a word, the question, the context (an answer is
+    never emptied: see :func:`_map_context`)."""
     if fmt == "token_classification":
         for i, w in enumerate(data.get(TOKENS) or []):
             if isinstance(w, str) and not w.strip():
@@ -153,13 +158,10 @@ def span_empty(data: dict[str, Any], fmt: str) -> str | None:
     for name in (QUESTION, CONTEXT):
         if isinstance(data.get(name), str) and not data[name].strip():
             return name
-    for i, (text, _) in enumerate(_answer_pairs(data.get(ANSWERS)) or []):
-        if not text.strip():
-            return f"{ANSWERS}.text[{i}]"
     return None
 
 
-def tags_config(tags: Any) -> TokenClassificationConfig:
+def tags_config(tags: TagsConfig) -> TokenClassificationConfig:
     """The training section's settings from ``data prepare``'s ``token_classification``."""
     return TokenClassificationConfig(labels=tags.labels, scheme=tags.scheme,
                                      invalid_tags=tags.invalid_tags)
