@@ -122,23 +122,27 @@ def free_port() -> int:
 
 
 def start_studio(data_dir: Path, runs: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``tunesmith studio --api-key ...`` on a free port; returned at once (the caller stops
+    it whatever happens next), with its address."""
     port = free_port()
     out = log.open("a")
     proc = subprocess.Popen([sys.executable, "-m", "tunesmith", "studio", "--data-dir",
                              str(data_dir), "--runs", str(runs), "--port", str(port),
                              "--api-key", ADMIN_KEY], stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
     deadline = time.time() + 300
     while time.time() < deadline:
         if proc.poll() is not None:
             sys.exit(f"the studio exited ({proc.returncode}); see {log}:\n" + _tail(log))
         try:
             if httpx.get(url + "/studio/login", timeout=2).status_code == 200:
-                return proc, url
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    proc.terminate()
     sys.exit("the studio did not start within 300 s")
 
 
@@ -326,6 +330,7 @@ def main() -> None:
 
         shutil.rmtree(data_dir, ignore_errors=True)  # fresh campaigns on every run
         studio, url = start_studio(data_dir, runs, log)
+        wait_ready(studio, url, log)
         admin = admin_client(url)
 
         # 2-3. round 1: base vs tuned, created in the studio, rated over HTTP
