@@ -9,16 +9,23 @@ Contenders, each in its own subprocess:
   tunesmith     ``load_for_inference`` (bf16 weights where the CPU runs bf16 natively) and
                 ``inference.generate``: length-sorted, left-padded batches with a KV cache
   tunesmith-fp32  the same in fp32 (separates batching from precision)
+  serve-builtin   single-stream decode of `tunesmith serve`'s built-in engine: one prompt at
+                a time through the continuous-batching scheduler (no HTTP), ``--dtype``
+  serve-llamacpp  the same through `--engine llamacpp` (llama.cpp on the GGUF it exports and
+                caches, ``--gguf-quant``), where llama-cpp-python is installed
 
 Prints generated tokens per second, the agreement of the greedy replies with the
 transformers fp32 replies (exact text), and the ratios.
 
     python bench/generate.py [--prompts 32] [--max-new-tokens 64] [--batch-size 8]
+    python bench/generate.py --contenders transformers,serve-builtin,serve-llamacpp \
+        --batch-size 1                  # single-stream decode speed of the serve engines
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -78,9 +85,48 @@ def worker_tunesmith(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
             "replies": replies, "peak_rss_mib": peak_rss_mib()}
 
 
+def worker_serve(args: argparse.Namespace, engine: str) -> dict[str, Any]:
+    """One prompt at a time through a serve engine's handle (what one client gets)."""
+    import tempfile
+
+    from tunesmith.inference.generate import render_prompt
+    from tunesmith.serve.api.decode import DecodeParams
+    from tunesmith.serve.api.engines import ModelPool
+    from tunesmith.serve.settings import ServeSettings
+
+    name = "smollm2-135m-instruct"
+    pool = ModelPool(ServeSettings(models=[name], dtype=args.dtype, engine=engine,
+                                   data_dir=Path(tempfile.mkdtemp(prefix="bench-gen-")),
+                                   extra={"gguf_quant": args.gguf_quant}))
+    pool.load_settings_models()  # (the llamacpp engine exports its GGUF here, once)
+    h = pool.handles[name]
+    params = DecodeParams(max_tokens=args.max_new_tokens, temperature=0.0)
+    encoded = [h.tokenizer(render_prompt(h.tokenizer, p), add_special_tokens=False)["input_ids"]
+               for p in prompts(args.prompts)]
+    h.generate([(encoded[0], DecodeParams(max_tokens=4, temperature=0.0))])  # warm-up
+    replies, new_tokens = [], 0
+    t0 = time.perf_counter()
+    for ids in encoded:
+        (res,) = h.generate([(ids, params)])
+        # EOS included, as the transformers contender counts
+        new_tokens += min(res.completion_tokens + (res.finish_reasons[0] == "stop"),
+                          args.max_new_tokens)
+        replies.append(res.texts[0].strip())
+    seconds = time.perf_counter() - t0
+    return {"tokens_per_s": new_tokens / seconds, "new_tokens": new_tokens, "seconds": seconds,
+            "replies": replies, "peak_rss_mib": peak_rss_mib()}
+
+
+CONTENDERS = ("transformers", "tunesmith-fp32", "tunesmith", "serve-builtin", "serve-llamacpp")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--worker", choices=["transformers", "tunesmith", "tunesmith-fp32"])
+    ap.add_argument("--worker", choices=CONTENDERS)
+    ap.add_argument("--contenders", default="transformers,tunesmith-fp32,tunesmith",
+                    help=f"comma-separated, the first is the reference: {', '.join(CONTENDERS)}")
+    ap.add_argument("--dtype", default="auto", help="serve-builtin's --dtype")
+    ap.add_argument("--gguf-quant", default="q8_0", help="serve-llamacpp's weight type")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -89,19 +135,27 @@ def main() -> None:
     if args.worker:
         if args.worker == "transformers":
             result = worker_transformers(args)
+        elif args.worker.startswith("serve-"):
+            result = worker_serve(args, args.worker.removeprefix("serve-"))
         else:
             result = worker_tunesmith(args, "float32" if args.worker.endswith("fp32") else "auto")
         print(json.dumps(result))
         return
     passthrough = ["--prompts", str(args.prompts), "--max-new-tokens", str(args.max_new_tokens),
-                   "--batch-size", str(args.batch_size)]
+                   "--batch-size", str(args.batch_size), "--dtype", args.dtype,
+                   "--gguf-quant", args.gguf_quant]
     rows = []
-    for name in ("transformers", "tunesmith-fp32", "tunesmith"):
+    for name in args.contenders.split(","):
+        if name not in CONTENDERS:
+            raise SystemExit(f"unknown contender {name}; use {', '.join(CONTENDERS)}")
+        if name == "serve-llamacpp" and importlib.util.find_spec("llama_cpp") is None:
+            print(f"  skipping {name}: llama-cpp-python is not installed", flush=True)
+            continue
         r = run_worker(__file__, name, passthrough)
         r["name"] = name
         rows.append(r)
         print(f"  {name}: {r['tokens_per_s']:.1f} new tokens/s", flush=True)
-    base = rows[0]
+    base = rows[0]  # the reference: the first contender
     for r in rows:
         same = sum(a == b for a, b in zip(r["replies"], base["replies"]))
         r["same_reply_%"] = 100 * same / len(base["replies"])
@@ -111,7 +165,7 @@ def main() -> None:
                        "peak_rss_mib", "wall_s"])
     print()
     for r in rows[1:]:
-        print(f"ratio {r['name']} / transformers generate: tokens/s "
+        print(f"ratio {r['name']} / {base['name']}: tokens/s "
               f"x{r['tokens_per_s'] / base['tokens_per_s']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(

@@ -248,8 +248,8 @@ def test_llamacpp_engine_answers_like_llama_cpp_called_directly(
     assert pool.handles["tiny"].base is pool.handles["ad"].base  # one base in memory
     tok = load_tokenizer(tiny["base"])
     msgs = [{"role": "user", "content": "Say hello."}]
-    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-    ids = ids["input_ids"] if isinstance(ids, dict) else list(ids)
+    ids = tok(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False),
+              add_special_tokens=False)["input_ids"]  # as routes.py renders a chat
     gguf = cached_gguf(tiny["base"], "f32")
 
     def direct(lora: Path | None) -> str:
@@ -275,6 +275,14 @@ def test_llamacpp_engine_answers_like_llama_cpp_called_directly(
     assert answers["tiny"] == {direct(None)}
     assert answers["ad"] == {direct(tiny["lora"])}
     assert answers["tiny"] != answers["ad"]  # the adapter changes the answer
+    # and the f32 GGUF + GGUF LoRA decode what transformers + PEFT decode (scale, layout)
+    builtin = TestClient(create_app(ServeSettings(
+        models=[f"tiny={tiny['base']}", f"ad={tiny['lora']}"], dtype="float32",
+        data_dir=tmp_path / "builtin", jobs_worker=False)))
+    for name in ("tiny", "ad"):
+        r = builtin.post("/v1/chat/completions", json={"model": name, "messages": msgs,
+                                                        "max_tokens": 12, "temperature": 0})
+        assert {r.json()["choices"][0]["message"]["content"]} == answers[name], name
     # streaming reassembles to the same text
     r = client.post("/v1/chat/completions", json={"model": "ad", "messages": msgs,
                                                    "max_tokens": 12, "temperature": 0,
