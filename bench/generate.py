@@ -11,6 +11,9 @@ Contenders, each in its own subprocess:
   tunesmith-fp32  the same in fp32 (separates batching from precision)
   serve-builtin   single-stream decode of `tunesmith serve`'s built-in engine: one prompt at
                 a time through the continuous-batching scheduler (no HTTP), ``--dtype``
+  serve-direct    the built-in engine's decode step (batch_decode.py) called in this thread, no
+                scheduler thread, no text: serve-builtin minus it is the per-token cost of
+                the scheduler, its thread hand-offs and the text/stop-string handling
   serve-llamacpp  the same through `--engine llamacpp` (llama.cpp on the GGUF it exports and
                 caches, ``--gguf-quant``), where llama-cpp-python is installed
 
@@ -18,8 +21,8 @@ Prints generated tokens per second, the agreement of the greedy replies with the
 transformers fp32 replies (exact text), and the ratios.
 
     python bench/generate.py [--prompts 32] [--max-new-tokens 64] [--batch-size 8]
-    python bench/generate.py --contenders transformers,serve-builtin,serve-llamacpp \
-        --batch-size 1                  # single-stream decode speed of the serve engines
+    python bench/generate.py --contenders transformers,serve-builtin,serve-direct,serve-llamacpp
+                                        # single-stream decode speed of the serve engines
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ def worker_serve(args: argparse.Namespace, engine: str) -> dict[str, Any]:
     from tunesmith.serve.settings import ServeSettings
 
     name = "smollm2-135m-instruct"
+    direct = engine == "direct"
+    engine = "builtin" if direct else engine
     pool = ModelPool(ServeSettings(models=[name], dtype=args.dtype, engine=engine,
                                    data_dir=Path(tempfile.mkdtemp(prefix="bench-gen-")),
                                    extra={"gguf_quant": args.gguf_quant}))
@@ -107,6 +112,10 @@ def worker_serve(args: argparse.Namespace, engine: str) -> dict[str, Any]:
     replies, new_tokens = [], 0
     t0 = time.perf_counter()
     for ids in encoded:
+        if direct:
+            replies.append("")
+            new_tokens += direct_decode(h, ids, args.max_new_tokens)
+            continue
         (res,) = h.generate([(ids, params)])
         # EOS included, as the transformers contender counts
         new_tokens += min(res.completion_tokens + (res.finish_reasons[0] == "stop"),
@@ -117,7 +126,23 @@ def worker_serve(args: argparse.Namespace, engine: str) -> dict[str, Any]:
             "replies": replies, "peak_rss_mib": peak_rss_mib()}
 
 
-CONTENDERS = ("transformers", "tunesmith-fp32", "tunesmith", "serve-builtin", "serve-llamacpp")
+def direct_decode(h: Any, ids: list[int], max_new_tokens: int) -> int:
+    """Greedy decode with the scheduler's prefill and batch step, in this thread; tokens."""
+    from tunesmith.serve.api.batch_decode import BatchCache, prefill
+
+    eos, model = set(h.eos_ids()), h.group.model
+    logits, past = prefill(model, ids, None)
+    batch = BatchCache()
+    batch.add(past, len(ids), 1)
+    token, n = int(logits.argmax(-1)), 1
+    while token not in eos and n < max_new_tokens:
+        token = int(batch.step(model, [token], [None]).argmax(-1))
+        n += 1
+    return n
+
+
+CONTENDERS = ("transformers", "tunesmith-fp32", "tunesmith", "serve-builtin", "serve-direct",
+              "serve-llamacpp")
 
 
 def main() -> None:

@@ -26,11 +26,13 @@ computed with the other adapter).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import importlib.util
 import json
 import logging
+import os
 import secrets
 import threading
 from collections.abc import Iterator
@@ -111,6 +113,38 @@ def cached_lora_gguf(adapter_dir: Path, base_config: Any) -> Path:
     return path
 
 
+_PATCH = threading.Lock()
+
+
+@contextlib.contextmanager
+def _no_extra_buffer_types() -> Iterator[None]:
+    """Load weights without llama.cpp's extra CPU buffer types (AMX, repacked layouts)
+    unless ``TUNESMITH_LLAMACPP_EXTRA_BUFTS=1``: on this project's machines a native build
+    with AMX_INT8 segfaults on the first forward of a quantized (q8_0, q4_0) GGUF; f16/f32
+    are unaffected. ``Llama`` does not take the flag, so its default is patched while it
+    loads."""
+    # deferred: optional (llama-cpp-python)
+    import llama_cpp.llama as llama_module
+
+    if os.environ.get("TUNESMITH_LLAMACPP_EXTRA_BUFTS") == "1":
+        yield
+        return
+    lib = llama_module.llama_cpp
+    with _PATCH:
+        default = lib.llama_model_default_params
+
+        def params() -> Any:
+            p = default()
+            p.use_extra_bufts = False
+            return p
+
+        lib.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            lib.llama_model_default_params = default
+
+
 class LlamaCppBase:
     """One base GGUF loaded in llama.cpp, the LoRA adapters loaded over it, and its lock."""
 
@@ -120,8 +154,9 @@ class LlamaCppBase:
         from llama_cpp import Llama
 
         self.key, self.gguf, self.n_ctx, self.max_queue = key, gguf, n_ctx, max_queue
-        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=torch.get_num_threads(),
-                         verbose=False)
+        with _no_extra_buffer_types():
+            self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx,
+                             n_threads=torch.get_num_threads(), verbose=False)
         self.lock = threading.Lock()
         self.adapters: dict[str, Any] = {}  # adapter GGUF path → llama_adapter_lora_p
         self.current: str | None = None  # the adapter set on the context now
