@@ -12,7 +12,7 @@
 5. Serves the run (``tunesmith serve``) and calls it with the ``openai`` client passing
    ``tools``; prints the parsed ``tool_calls``.
 
-    nice -n 15 python bench/tools_example.py [--steps 60] [--heldout 60] [--quick]
+    nice -n 15 python bench/tools_example.py [--steps 24] [--heldout 32] [--threads 1] [--quick]
                                              [--data /work/shared/data/glaive_toolcall_en/train.jsonl]
 
 ``--data`` trains on an existing OpenAI-format tool file instead of the generated rows (the
