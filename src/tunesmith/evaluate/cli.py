@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -132,17 +132,41 @@ def eval_command(
     table.add_column("metric")
     for m in summary["models"]:
         table.add_column(escape(m["name"]), justify="right")
-    for k in summary["models"][0]["metrics"]:
-        table.add_row(k, *[f"{m['metrics'][k]:.4f}" for m in summary["models"]])
-    table.add_row("prompt tokens", *[f"{m['cost']['prompt_tokens']:.1f}"
-                                     for m in summary["models"]])
-    table.add_row("latency ms", *[f"{m['cost']['latency_ms']:.1f}" for m in summary["models"]])
+    cells = [metric_cells(m["metrics"]) for m in summary["models"]]
+    for k in cells[0]:
+        table.add_row(escape(k), *[c.get(k, "-") for c in cells])
+    if all("cost" in m for m in summary["models"]):
+        table.add_row("prompt tokens", *[f"{m['cost']['prompt_tokens']:.1f}"
+                                         for m in summary["models"]])
+        table.add_row("latency ms", *[f"{m['cost']['latency_ms']:.1f}"
+                                      for m in summary["models"]])
     out.print(table)
-    for c in summary["comparison"]:
+    for c in summary.get("comparison", []):
         mark = "[bold]*[/]" if c["significant"] else " "
         out.print(f"{mark} {c['metric']}: {escape(c['model'])} − {escape(c['baseline'])} = "
                   f"{c['delta']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}] p={c['p_value']:.3f}")
     out.print(f"→ {summary['out_dir']}/report.html")
+
+
+def metric_cells(metrics: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A model's metrics as table cells: numbers as they are, nested blocks (per category or
+    entity type: ``tool-calls``' ``{"simple": {"ast_accuracy": .., "ast_ci95": [lo, hi]}}``)
+    flattened to ``simple · ast_accuracy`` with the block's 95 % interval beside its value."""
+    cells: dict[str, str] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            cells.update(metric_cells(value, f"{name} · "))
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        elif isinstance(value, int):
+            cells[name] = str(value)
+        else:
+            ci = metrics.get(key.replace("_accuracy", "_ci95"))
+            cells[name] = f"{value:.4f}" + (
+                f" [{ci[0]:.2f}, {ci[1]:.2f}]" if key.endswith("_accuracy")
+                and isinstance(ci, list) and len(ci) == 2 else "")
+    return cells
 
 
 def _general(models: list[str], general: bool, output: Optional[Path], limit: Optional[int],

@@ -113,3 +113,23 @@ def test_shared_bfcl_and_glaive_slices(tmp_path: Path, tiny_model_dir: Path) -> 
     summary = run_eval([str(tiny_model_dir)], str(small), tmp_path / "o",
                        EvalSettings(task="tool-calls", max_new_tokens=4, dtype="float32"))
     assert summary["models"][0]["metrics"]["parallel"]["n"] == 2
+
+
+def test_eval_cli_prints_per_category_figures(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`tunesmith eval --task tool-calls` prints each category's accuracies with their
+    intervals (its metrics are nested per category and it has no cost block)."""
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    rows = [{"category": "simple", "messages": [
+        {"role": "user", "content": "play"},
+        {"role": "assistant", "tool_calls": [_call("spotify_play", artist="A", duration=1)]}],
+        "tools": TOOLS[:1]}] * 2
+    data = write_jsonl(tmp_path / "calls.jsonl", rows)
+    res = CliRunner().invoke(app, ["eval", str(tiny_model_dir), "--data", str(data), "--task",
+                                   "tool-calls", "--max-new-tokens", "8", "--dtype", "float32",
+                                   "-o", str(tmp_path / "out")], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "simple · ast_accuracy" in res.output and "all · n" in res.output
+    assert "0.0000 [0.00, 0.66]" in res.output  # 0 of 2 with its Wilson interval
