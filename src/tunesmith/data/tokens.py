@@ -79,7 +79,7 @@ class TokData:
     scheme: str = "iob2"
 
 
-_FIXES = {
+TOKEN_FIXES = {
     "missing words": "every row needs a list of words in the field named by "
                      "token_classification.tokens_field",
     "words not a list of strings": "store the words as a JSON list of strings",
@@ -102,8 +102,8 @@ _FIXES = {
 
 
 # -- reading ----------------------------------------------------------------------------------
-def _names(row: Row, tcfg: TokenClassificationConfig, problems: list[tuple[str, str, Any]]
-           ) -> tuple[list[str], list[str]] | None:
+def tag_names(row: Row, tcfg: TokenClassificationConfig, problems: list[tuple[str, str, Any]]
+              ) -> tuple[list[str], list[str]] | None:
     """The row's words and tag names, or None (with a problem recorded)."""
     d = row.data
     words, tags = d.get(tcfg.tokens_field), d.get(tcfg.tags_field)
@@ -149,7 +149,7 @@ def _raise(problems: list[tuple[str, str, Any]], total: int, path: str) -> None:
     kind, where, got = problems[0]
     summary = ", ".join(f"{n} {k}" for k, n in counts.items())
     raise DataError(f"{len(problems)} of {total} rows in {path} are unusable ({summary}); "
-                    f"the first: {kind}", where=where, got=got, fix=_FIXES[kind])
+                    f"the first: {kind}", where=where, got=got, fix=TOKEN_FIXES[kind])
 
 
 def read_sentences(path: str, tcfg: TokenClassificationConfig, scheme: str | None = None,
@@ -161,7 +161,7 @@ def read_sentences(path: str, tcfg: TokenClassificationConfig, scheme: str | Non
     if Path(path).is_file():
         stats.sha256 = file_sha256(path)
     problems: list[tuple[str, str, Any]] = []
-    raw = [(row, _names(row, tcfg, problems)) for row in rows]
+    raw = [(row, tag_names(row, tcfg, problems)) for row in rows]
     _raise(problems, len(rows), path)
     scheme = scheme or (tcfg.scheme if tcfg.scheme != "auto"
                         else detect_scheme(n[1] for _, n in raw if n))

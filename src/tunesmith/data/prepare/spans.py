@@ -38,8 +38,7 @@ from tunesmith.data.prepare.config import TagsConfig
 from tunesmith.data.qa import QA_FIXES, to_question
 from tunesmith.data.readers import Row
 from tunesmith.data.tags import detect_scheme, iob2_spans, to_iob2
-from tunesmith.data.tokens import _FIXES as TOKEN_FIXES
-from tunesmith.data.tokens import _names as tag_names
+from tunesmith.data.tokens import TOKEN_FIXES, tag_names
 
 SPAN_FORMATS = ("token_classification", "extractive_qa")
 TOKENS, TAGS = "tokens", "ner_tags"
