@@ -287,7 +287,7 @@ def main() -> None:
     # small: the documented run shared two CPU cores with other work (about 6-10 tokens/s
     # of training); an idle machine can afford the demo's 40 SFT steps
     ap.add_argument("--sft-steps", type=int, default=8)
-    ap.add_argument("--dpo-steps", type=int, default=6)
+    ap.add_argument("--dpo-steps", type=int, default=3)
     ap.add_argument("--train-examples", type=int, default=200)
     ap.add_argument("--max-new-tokens", type=int, default=44)
     ap.add_argument("--out", type=Path, default=None,
