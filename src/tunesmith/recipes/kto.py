@@ -20,7 +20,7 @@ from tunesmith.models.artifacts import resolve_artifact
 from tunesmith.recipes import common
 from tunesmith.train.engine import LoopResult, StepCallback, TrainLoop
 from tunesmith.train.objectives.kto import KTOObjective
-from tunesmith.train.reference import model_fingerprint, resolve_reference
+from tunesmith.train.reference import model_fingerprint, resolve_reference, starts_from_adapter
 
 
 @dataclass
@@ -39,7 +39,8 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
     tok = common.build_tokenizer(cfg)
     data = prepare_rated(cfg.data, cfg.kto, tok, cfg.train.seed)  # before the model loads
     model, tok, unfreezer = common.build_causal_lm(cfg, tok)
-    reference = resolve_reference(cfg.kto.reference, model, "kto.reference")
+    reference = resolve_reference(cfg.kto.reference, model, "kto.reference",
+                                  starts_from_adapter(cfg.model.name))
     objective = KTOObjective(model, tok, data, cfg, precision, reference)
     cached = None
     if reference == "precompute":  # before the first update, by the same weights

@@ -264,8 +264,8 @@ def promote(candidate: Annotated[str, typer.Argument(
                   "(dry run: nothing changed)")
     else:
         failed = ", ".join(g["metric"] for g in result["gates"] if not g["promote"])
-        out.print(f"[red]refused[/]: {escape(candidate)} is worse than {escape(over)} on "
-                  f"{escape(failed)} beyond the tolerance; nothing changed")
+        out.print(f"[red]refused[/]: {escape(candidate)} did not pass the {escape(failed)} "
+                  f"gate against {escape(over)} (why: above); nothing changed")
     err.print(f"report: {result['report'] or result['out_dir'] + '/promote.json'}")
     if not result["passed"]:
         raise typer.Exit(1)

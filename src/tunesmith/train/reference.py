@@ -16,14 +16,25 @@ from torch import nn
 from tunesmith.data.cache import read_torch_entry, write_torch_entry
 from tunesmith.errors import ConfigError
 from tunesmith.io import cache_root, file_sha256
+from tunesmith.models.artifacts import is_adapter_dir, resolve_artifact
 
 
-def resolve_reference(mode: str, model: nn.Module, field: str) -> str:
+def starts_from_adapter(name: str) -> bool:
+    """True when ``model.name`` is a LoRA run or adapter directory whose adapter training
+    continues (DPO/KTO after an SFT LoRA run)."""
+    path = Path(name).expanduser()
+    return path.is_dir() and is_adapter_dir(resolve_artifact(name))
+
+
+def resolve_reference(mode: str, model: nn.Module, field: str,
+                      continues_adapter: bool = False) -> str:
     """``adapter`` or ``precompute`` for a ``<section>.reference`` setting (``auto`` picks:
-    the adapter disabled for LoRA, log-probabilities precomputed otherwise)."""
+    the adapter disabled for a new LoRA, log-probabilities precomputed otherwise — also when
+    the adapter continues a LoRA run, whose reference is that run's model, not the base that
+    disabling the adapter would give)."""
     is_peft = hasattr(model, "disable_adapter")
     if mode == "auto":
-        return "adapter" if is_peft else "precompute"
+        return "adapter" if is_peft and not continues_adapter else "precompute"
     if mode == "adapter" and not is_peft:
         raise ConfigError(f"{field} adapter needs a LoRA model", where=field, got=mode,
                           fix=f"use method.type lora, or {field} precompute")

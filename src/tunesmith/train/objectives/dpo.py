@@ -42,6 +42,7 @@ from tunesmith.train.reference import (
     TwoSequenceReference,
     model_fingerprint,  # noqa: F401 (re-exported)
     resolve_reference,
+    starts_from_adapter,
 )
 
 
@@ -88,7 +89,8 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
 
 def reference_mode(cfg: RunConfig, model: nn.Module) -> str:
     """``adapter`` or ``precompute`` for ``dpo.reference`` (``auto`` picks by method)."""
-    return resolve_reference(cfg.dpo.reference, model, "dpo.reference")
+    return resolve_reference(cfg.dpo.reference, model, "dpo.reference",
+                             starts_from_adapter(cfg.model.name))
 
 
 class DPOObjective(TwoSequenceReference, Objective):
