@@ -46,6 +46,20 @@ class DecodeResult:
     completion_tokens: int
 
 
+def collect_streams(stream: Any, prompts: list[tuple[list[int], DecodeParams]]
+                    ) -> list[DecodeResult]:
+    """Whole answers from an engine's ``stream(ids, params, cancel, stats)`` (the engines that
+    generate by streaming: llamacpp, upstream)."""
+    out = []
+    for ids, prm in prompts:
+        texts, reasons, stats = [""] * prm.n, ["length"] * prm.n, {}
+        for d in stream(ids, prm, threading.Event(), stats):
+            texts[d.index] += d.text
+            reasons[d.index] = d.finish_reason or reasons[d.index]
+        out.append(DecodeResult(texts, reasons, stats.get("completion_tokens", 0)))
+    return out
+
+
 def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float,
                 generator: torch.Generator) -> torch.Tensor:
     """Greedy at temperature 0, else temperature + nucleus (top-p) sampling; [n, vocab] → [n].

@@ -44,7 +44,13 @@ from typing import Any
 from tunesmith.errors import ModelError
 from tunesmith.inference.generate import eos_ids
 from tunesmith.io import atomic_directory, cache_root
-from tunesmith.serve.api.decode import ChoiceText, DecodeParams, DecodeResult, Delta
+from tunesmith.serve.api.decode import (
+    ChoiceText,
+    DecodeParams,
+    DecodeResult,
+    Delta,
+    collect_streams,
+)
 from tunesmith.serve.api.scheduler import QueueFull
 
 log = logging.getLogger("tunesmith.serve")
@@ -274,14 +280,7 @@ class LlamaCppHandle:
             tokens.close()
 
     def generate(self, prompts: list[tuple[list[int], DecodeParams]]) -> list[DecodeResult]:
-        out = []
-        for ids, prm in prompts:
-            texts, reasons, stats = [""] * prm.n, ["length"] * prm.n, {}
-            for d in self.stream(ids, prm, threading.Event(), stats):
-                texts[d.index] += d.text
-                reasons[d.index] = d.finish_reason or reasons[d.index]
-            out.append(DecodeResult(texts, reasons, stats.get("completion_tokens", 0)))
-        return out
+        return collect_streams(self.stream, prompts)
 
 
 class LlamaCppEngine:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.errors import ModelError
-from tunesmith.serve.api.decode import DecodeParams, DecodeResult, Delta
+from tunesmith.serve.api.decode import DecodeParams, DecodeResult, Delta, collect_streams
 from tunesmith.serve.api.errors import APIError
 
 TIMEOUT_S = 600.0  # one request's whole generation; connecting is bounded by CONNECT_S
@@ -102,14 +102,7 @@ class UpstreamHandle:
                            code="upstream_unavailable") from None
 
     def generate(self, prompts: list[tuple[list[int], DecodeParams]]) -> list[DecodeResult]:
-        out = []
-        for ids, prm in prompts:
-            texts, reasons, stats = [""] * prm.n, ["length"] * prm.n, {}
-            for d in self.stream(ids, prm, threading.Event(), stats):
-                texts[d.index] += d.text
-                reasons[d.index] = d.finish_reason or reasons[d.index]
-            out.append(DecodeResult(texts, reasons, stats.get("completion_tokens", 0)))
-        return out
+        return collect_streams(self.stream, prompts)
 
 
 def _passed_on(r: Any) -> APIError:
