@@ -138,15 +138,10 @@ class ClassifierHandle:
 
 
 @dataclass
-class SpanHandle:
+class SpanHandle(ClassifierHandle):
     """An entity (``token_classification``) or answer (``extractive_qa``) model; its kind
     is the task. One forward pass at a time under its lock, like a classifier."""
 
-    name: str
-    source: str
-    predictor: Any
-    created: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
     kind: str = "token_classification"
 
 
