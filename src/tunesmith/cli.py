@@ -191,7 +191,8 @@ def data_preview(config: ConfigArg, overrides: Overrides = None,
     from tunesmith.models.load import load_tokenizer
 
     cfg = load_config(config, overrides)
-    tok = load_tokenizer(resolve_artifact(cfg.model.name), cfg.model.chat_template)
+    tok = load_tokenizer(resolve_artifact(cfg.model.name), cfg.model.chat_template,
+                         template_kwargs=cfg.model.chat_template_kwargs)
     preview(cfg, tok, n, out)
 
 

@@ -23,6 +23,12 @@ class ModelConfig(_Section):
     chat_template: str | None = Field(None, description=(
         "Override the tokenizer's chat template: a Jinja string, a path to a .jinja file, "
         "or a built-in name (`chatml`, `alpaca`)."))
+    chat_template_kwargs: dict[str, bool | int | float | str] = Field(
+        default_factory=dict, description=(
+            "Switches the chat template reads, e.g. `{enable_thinking: false}` for Qwen3-style "
+            "templates. Written into the saved template as defaults, so evaluation, serving, "
+            "merging and export render what training did. A key the template never reads is "
+            "an error. See docs/tools-and-reasoning.md."))
     trust_remote_code: bool = Field(False, description="Allow model code from the checkpoint "
                                     "to run. Off by default for safety.")
     allow_pickle: bool = Field(False, description=(

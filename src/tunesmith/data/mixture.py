@@ -32,6 +32,7 @@ from tunesmith.data.collate import epoch_batches
 from tunesmith.data.formats import detect_training_format, to_example
 from tunesmith.data.pipeline import SplitStats, encode_file, split_off
 from tunesmith.data.readers import read_rows
+from tunesmith.data.template_switches import bake, baked
 from tunesmith.data.templates import Encoded, Encoder, resolve_chat_template
 from tunesmith.errors import DataError
 from tunesmith.io import cache_root, file_sha256
@@ -163,7 +164,9 @@ def prepare_mixture(data: DataConfig, mix: MixtureConfig, tokenizer: Any, seed: 
         tok = tokenizer
         if ds.chat_template:
             tok = copy.copy(tokenizer)
-            tok.chat_template = resolve_chat_template(ds.chat_template)
+            # the model's switches, where this task's template reads them
+            tok.chat_template = bake(resolve_chat_template(ds.chat_template),
+                                     baked(tokenizer.chat_template), strict=False)
         system = ds.system_prompt if ds.system_prompt is not None else data.system_prompt
         dcfg = data.model_copy(update={"mixture": None, "format": ds.format, "train": ds.train,
                                        "validation": ds.validation, "system_prompt": None,

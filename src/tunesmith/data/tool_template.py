@@ -99,7 +99,8 @@ def tool_template_for(tok: Any) -> str:
 
 
 def render_chat(tok: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                add_generation_prompt: bool = True, reasoning: str = "keep") -> str:
+                add_generation_prompt: bool = True, reasoning: str = "keep",
+                template_kwargs: dict[str, Any] | None = None) -> str:
     """A conversation as the model was trained on it: the one renderer of serving and eval.
 
     ``messages`` are in the data shape (``reasoning`` beside ``content``); with tools on a
@@ -112,4 +113,5 @@ def render_chat(tok: Any, messages: list[dict[str, Any]], tools: list[dict[str, 
         template) else template
     msgs = template_messages(messages, reasoning, renders_reasoning(chosen))
     return tok.apply_chat_template(msgs, tools=tools or None, chat_template=chosen,
-                                   tokenize=False, add_generation_prompt=add_generation_prompt)
+                                   tokenize=False, add_generation_prompt=add_generation_prompt,
+                                   **(template_kwargs or {}))

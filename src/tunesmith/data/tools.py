@@ -9,7 +9,7 @@ renders, so that training, preview, serving, export and evaluation see the same 
 
 - :func:`check_tools` / :func:`check_calls` / :func:`check_tool_results` raise a DataError
   naming the line and field (an unknown function, arguments that are not a JSON object or
-  miss a required parameter, a tool result answering no call).
+  do not conform to the function's JSON Schema, a tool result answering no call).
 - :func:`template_messages` applies ``data.reasoning`` (keep | mask | drop) and writes the
   reasoning where the template reads it: ``reasoning_content`` for a template that renders
   it, else a ``<think>`` block at the start of the content.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from tunesmith.errors import DataError
@@ -35,8 +36,6 @@ CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 # that is trained or masked as a whole.
 THINK_RE = re.compile(r"<think>(.*?)</think>[ \t]*\n*", re.S)
 CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.S)
-JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool,
-              "array": list, "object": dict, "null": type(None)}
 
 
 def check_tools(value: Any, where: str) -> list[dict[str, Any]]:
@@ -66,6 +65,12 @@ def check_tools(value: Any, where: str) -> list[dict[str, Any]]:
             raise DataError("tool parameters must be a JSON schema object",
                             where=f"{loc}.function.parameters", got=params,
                             fix='e.g. {"type": "object", "properties": {...}, "required": [...]}')
+        problem = schema_error(params)
+        if problem:
+            raise DataError(f"tool parameters are not a valid JSON Schema: {problem}",
+                            where=f"{loc}.function.parameters", got=params,
+                            fix="use JSON Schema types (string, number, integer, boolean, array, "
+                            "object, null) and keywords")
         out.append({"type": "function", "function": fn})
     names = [t["function"]["name"] for t in out]
     dup = next((n for n in names if names.count(n) > 1), None)
@@ -128,24 +133,55 @@ def check_calls(calls: Any, loc: str, tools: list[dict[str, Any]] | None,
     return out
 
 
+@lru_cache(maxsize=256)
+def _validator(schema_json: str) -> Any:
+    # deferred: jsonschema is needed only for rows with tool calls
+    from jsonschema.validators import validator_for
+
+    schema = json.loads(schema_json)
+    return validator_for(schema)(schema)  # the draft the schema names; 2020-12 by default
+
+
+def schema_error(schema: dict[str, Any]) -> str | None:
+    """Why ``schema`` is not a valid JSON Schema (of its draft), or None when it is."""
+    # deferred: as above
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        type(_validator(json.dumps(schema, sort_keys=True))).check_schema(schema)
+    except SchemaError as exc:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.absolute_path)
+        return f"{exc.message} (at parameters{where})"
+    return None
+
+
 def schema_problem(args: dict[str, Any], schema: dict[str, Any], where: str) -> None:
-    """Raise when ``args`` lacks a required parameter or has a top-level value of the wrong
-    JSON type (the checks that catch real data mistakes; full JSON Schema is not needed)."""
-    props = schema.get("properties") or {}
-    for key in schema.get("required") or []:
-        if key not in args:
-            raise DataError("tool call arguments miss a required parameter", where=where,
-                            got=key, fix=f"add `{key}` to the arguments, or drop it from the "
-                            "schema's `required`")
-    for key, value in args.items():
-        kind = (props.get(key) or {}).get("type") if isinstance(props.get(key), dict) else None
-        types = [kind] if isinstance(kind, str) else kind if isinstance(kind, list) else []
-        py = tuple(t for k in types if k in JSON_TYPES for t in
-                   (JSON_TYPES[k] if isinstance(JSON_TYPES[k], tuple) else (JSON_TYPES[k],)))
-        if py and (not isinstance(value, py) or (isinstance(value, bool) and bool not in py)):
-            raise DataError(f"tool call argument `{key}` does not match its schema type",
-                            where=f"{where}.{key}", got=value,
-                            fix=f"give a value of type {'/'.join(types)}")
+    """Raise when ``args`` do not conform to the function's JSON Schema (``jsonschema``, the
+    draft the schema names; nested objects, arrays, enums and bounds included), naming the
+    argument's path and the most relevant failure."""
+    # deferred: as above
+    from jsonschema.exceptions import best_match
+
+    error = best_match(_validator(json.dumps(schema, sort_keys=True)).iter_errors(args))
+    if error is None:
+        return
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in (error.instance or {})]
+        raise DataError("tool call arguments miss a required parameter", where=f"{where}{path}",
+                        got=missing[0] if missing else error.message,
+                        fix=f"add `{missing[0] if missing else '?'}` to the arguments, or drop it "
+                        "from the schema's `required`")
+    if error.validator == "type":
+        types = error.validator_value if isinstance(error.validator_value, list) else [
+            error.validator_value]
+        raise DataError(f"tool call argument `{path.lstrip('.') or '(arguments)'}` does not "
+                        "match its schema type", where=f"{where}{path}", got=error.instance,
+                        fix=f"give a value of type {'/'.join(map(str, types))}")
+    raise DataError(f"tool call arguments do not match the function's schema ({error.message})",
+                    where=f"{where}{path}", got=error.instance,
+                    fix=f"make the value satisfy the schema's `{error.validator}`: "
+                    f"{json.dumps(error.validator_value, ensure_ascii=False)[:200]}")
 
 
 def check_tool_results(msgs: list[dict[str, Any]], where: str, fieldname: str) -> None:

@@ -25,8 +25,10 @@ class GenerationSettings:
     batch_size: int = 8
 
 
-def render_prompt(tok: Any, prompt: Prompt, system: str | None = None) -> str:
-    """Chat prompts go through the chat template; plain strings too when there is one."""
+def render_prompt(tok: Any, prompt: Prompt, system: str | None = None,
+                  template_kwargs: dict[str, Any] | None = None) -> str:
+    """Chat prompts go through the chat template; plain strings too when there is one.
+    ``template_kwargs`` override the template's switches (a request's chat_template_kwargs)."""
     if isinstance(prompt, str):
         if not getattr(tok, "chat_template", None):
             return prompt
@@ -34,7 +36,8 @@ def render_prompt(tok: Any, prompt: Prompt, system: str | None = None) -> str:
     msgs = [{"role": m["role"], "content": m["content"]} for m in prompt]
     if system and msgs[0]["role"] != "system":
         msgs = [{"role": "system", "content": system}] + msgs
-    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True,
+                                   **(template_kwargs or {}))
 
 
 def generate(model: Any, tok: Any, prompts: list[Prompt], settings: GenerationSettings

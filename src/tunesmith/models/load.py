@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
+from tunesmith.data import template_switches
 from tunesmith.data.templates import resolve_chat_template
 from tunesmith.device import DTYPES, inference_dtype
 from tunesmith.errors import ModelError, first_line
@@ -49,7 +50,10 @@ def load_errors(what: str, where: str, fix: str = MODEL_FIX) -> Iterator[None]:
 
 
 def load_tokenizer(source: Path | str, chat_template: str | None = None,
-                   trust_remote_code: bool = False) -> Any:
+                   trust_remote_code: bool = False,
+                   template_kwargs: dict[str, Any] | None = None) -> Any:
+    """The tokenizer of ``source``; ``chat_template`` replaces its template, and
+    ``template_kwargs`` (``model.chat_template_kwargs``) are written into it as defaults."""
     # deferred: transformers is heavy and only this path needs it
     from transformers import AutoTokenizer
 
@@ -58,6 +62,8 @@ def load_tokenizer(source: Path | str, chat_template: str | None = None,
         tok = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
     if chat_template:
         tok.chat_template = resolve_chat_template(chat_template)
+    if template_kwargs:
+        template_switches.apply(tok, template_kwargs)
     if tok.pad_token_id is None:
         # Padding positions are masked by attention and labels, so any id works; prefer
         # unk, then eos (labels are built from lengths, never from the pad id).

@@ -47,7 +47,8 @@ def setup(cfg: RunConfig) -> tuple[str, Any]:
 def build_tokenizer(cfg: RunConfig, chat_template: bool = True) -> Any:
     source = resolve_artifact(cfg.model.name)
     return load_tokenizer(source, cfg.model.chat_template if chat_template else None,
-                          cfg.model.trust_remote_code)
+                          cfg.model.trust_remote_code,
+                          cfg.model.chat_template_kwargs if chat_template else None)
 
 
 def prepare_model(model: Any, cfg: RunConfig, precision: str, lora: bool,

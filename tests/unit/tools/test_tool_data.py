@@ -202,3 +202,44 @@ def test_data_prepare_rejects_bad_tool_rows_with_the_field() -> None:
     problem = check_row(row, "messages")
     assert problem is not None and problem.reason == "bad_tool_call"
     assert problem.field == "messages[1].tool_calls[0].function.name" and problem.value == "nope"
+
+
+def test_arguments_are_checked_against_the_full_json_schema() -> None:
+    # nested objects, arrays, enums and bounds, as jsonschema reads the function's schema
+    booking = {"type": "function", "function": {"name": "book", "parameters": {
+        "type": "object", "required": ["seat", "passengers"], "properties": {
+            "seat": {"type": "string", "enum": ["aisle", "window"]},
+            "passengers": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["name"],
+                "properties": {"name": {"type": "string"}, "age": {"type": "integer",
+                                                                   "minimum": 0}}}}}}}}
+
+    def row(args: dict[str, Any]) -> dict[str, Any]:
+        call = {"id": "c1", "type": "function",
+                "function": {"name": "book", "arguments": json.dumps(args)}}
+        return {"tools": [booking], "messages": [
+            {"role": "user", "content": "Book it"},
+            {"role": "assistant", "content": None, "tool_calls": [call]}]}
+
+    good = {"seat": "aisle", "passengers": [{"name": "Zoë", "age": 31}]}
+    to_example(Row(row(good), "t.jsonl:1"), "messages")
+    where = "t.jsonl:2 field messages[1].tool_calls[0].function.arguments"
+    for args, what, path, got in [
+        ({**good, "seat": "middle"}, "do not match the function's schema", ".seat", "middle"),
+        ({**good, "passengers": [{"name": "A", "age": -1}]}, "do not match",
+         ".passengers[0].age", -1),
+        ({**good, "passengers": [{"age": 3}]}, "miss a required parameter", ".passengers[0]",
+         "name"),
+        ({**good, "passengers": [{"name": 7}]}, "does not match its schema type",
+         ".passengers[0].name", 7),
+        ({**good, "passengers": []}, "do not match", ".passengers", [])]:
+        with pytest.raises(DataError) as info:
+            to_example(Row(row(args), "t.jsonl:2"), "messages")
+        err = info.value
+        assert what in err.what and err.where == where + path and err.got == got, err.render()
+    broken = copy.deepcopy(row(good))
+    broken["tools"][0]["function"]["parameters"]["properties"]["seat"]["type"] = "text"
+    with pytest.raises(DataError) as info:
+        to_example(Row(broken, "t.jsonl:3"), "messages")
+    assert "not a valid JSON Schema" in info.value.what and "properties.seat.type" in \
+        info.value.what and info.value.where == "t.jsonl:3 field tools[0].function.parameters"

@@ -23,6 +23,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from tunesmith.data.template_switches import template_switches, unread
 from tunesmith.data.tool_template import render_chat
 from tunesmith.inference.generate import render_prompt
 from tunesmith.serve.api.completions import new_id, record_completion
@@ -119,13 +120,20 @@ def _chat_prompt(handle: LMHandle, body: ChatCompletionRequest, hits: list[Any] 
         raise APIError(400, f"`{handle.name}` has no chat template; use POST /v1/completions "
                        "with a plain prompt.", param="model", code="no_chat_template")
     messages = augmented([m.as_template_message() for m in body.messages], list(hits))
+    switches = body.chat_template_kwargs or {}
+    for key in unread(str(tok.chat_template), switches):
+        known = template_switches(str(tok.chat_template))
+        raise APIError(400, f"`{handle.name}`'s chat template never reads `{key}`, so it would "
+                       "change nothing; " + (f"its switches are: {', '.join(known)}." if known
+                                             else "it has no switches."),
+                       param=f"chat_template_kwargs.{key}", code="invalid_value")
     try:
         if tools and (tools.tools or any(len(m) > 2 for m in messages)):
             # tools, calls, results or reasoning: the renderer training used
-            text = render_chat(tok, messages, tools.tools) + (tools.prefix if tools.active
-                                                              else "")
+            text = render_chat(tok, messages, tools.tools, template_kwargs=switches) + (
+                tools.prefix if tools.active else "")
         else:
-            text = render_prompt(tok, messages)
+            text = render_prompt(tok, messages, template_kwargs=switches)
     except Exception as exc:  # a template may reject a role order (e.g. two system turns)
         raise APIError(400, f"The chat template rejected these messages: {exc}",
                        param="messages", code="invalid_messages") from None

@@ -31,6 +31,7 @@ MAX_INPUTS = 2048  # texts of one classify request
 MAX_STOP = 4  # stop sequences (OpenAI's limit)
 MAX_STOP_CHARS = 256  # characters of one stop sequence (matched at every token)
 MAX_TOOLS = 128  # functions of one request (OpenAI's limit)
+MAX_SWITCHES = 16  # chat_template_kwargs of one request
 MAX_LOGIT_BIAS = 300  # entries of logit_bias (OpenAI's limit; the field is unsupported)
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"  # ids this server hands out (file-, ftjob-, chatcmpl-)
 
@@ -182,6 +183,10 @@ class ChatCompletionRequest(_Sampling):
     tools: Union[Annotated[list[ToolSpec], Field(max_length=MAX_TOOLS)], None] = None
     tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
     parallel_tool_calls: bool | None = None
+    # vLLM's extension: the chat template's switches (enable_thinking...) for this request;
+    # the run's model.chat_template_kwargs are the defaults baked into its template
+    chat_template_kwargs: Union[Annotated[dict[Name, Union[bool, int, float, Name]],
+                                          Field(max_length=MAX_SWITCHES)], None] = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
