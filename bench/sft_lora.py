@@ -127,8 +127,14 @@ def worker_tunesmith(args: argparse.Namespace) -> dict:
         raw.setdefault(section, {})[name] = yaml.safe_load(value)
     cfg = validate_dict(raw)
     stamps: list[tuple[float, int, float]] = []
-    result = sft.run(cfg, progress=False, callbacks=[
-        lambda step, v: stamps.append((time.perf_counter(), v["step_tokens"], v["loss"]))])
+    callbacks: list = [
+        lambda step, v: stamps.append((time.perf_counter(), v["step_tokens"], v["loss"]))]
+    profiler = StepProfiler(args.profile) if args.profile else None
+    if profiler is not None:
+        callbacks.append(profiler)
+    result = sft.run(cfg, progress=False, callbacks=callbacks)
+    if profiler is not None:
+        return profiler.summary()
     summary = summarise(stamps, result.loop.losses[-1])  # peak RSS of training, before eval
     from tunesmith.models.load import load_for_inference
 
@@ -137,6 +143,148 @@ def worker_tunesmith(args: argparse.Namespace) -> dict:
         model.to("cuda")
     return {**summary, "heldout_loss": heldout_loss(model, tok, heldout_rows(args),
                                                     args.max_length)}
+
+
+# -- profile of a step (--profile N) ------------------------------------------------------------
+# SmolLM2-135M's feature sizes (hidden, k/v width, MLP width, LoRA rank): a matrix product's
+# dimensions that are not one of these count tokens
+FEATURE_DIMS = {576, 192, 960, 1536, 3072, 16, 48, 32}
+LINEAR_NAMES = {(576, 576): "q/o (576x576)", (576, 192): "k/v (576->192)",
+                (576, 960): "q|k|v fused (576->960)", (576, 1008): "q|k|v + LoRA A fused",
+                (576, 1536): "gate/up (576->1536)", (1536, 576): "down (1536->576)",
+                (576, 3072): "gate|up fused (576->3072)", (576, 3120): "gate|up + LoRA A",
+                (576, 16): "LoRA A (576->16)", (576, 48): "LoRA A x3 batched (576->48)",
+                (16, 576): "LoRA B (16->576)", (16, 192): "LoRA B (16->192)"}
+
+
+class StepProfiler:
+    """A training-loop callback: ``torch.profiler`` (record_shapes) over ``steps`` optimizer
+    steps after the first, with each micro-batch's forward and backward marked, so the
+    self time of every operator is attributed to forward, backward or the rest of the step
+    (clipping, optimizer); matrix products are split by role (frozen base, LoRA; input or
+    weight gradient) from their shapes."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps, self.seen, self.prof = steps, 0, None
+
+    def on_start(self, loop) -> None:
+        import torch
+
+        obj, acc, step = loop.obj, loop.acc, loop._step
+        train_batch, backward = obj.train_batch, acc.backward
+
+        def fwd(*a, **k):
+            with torch.profiler.record_function("phase::forward"):
+                return train_batch(*a, **k)
+
+        def bwd(*a, **k):
+            with torch.profiler.record_function("phase::backward"):
+                return backward(*a, **k)
+
+        def profiled_step(group):
+            self.seen += 1
+            if self.seen == 2:  # step 1 (one-off allocations) is not profiled
+                self.prof = torch.profiler.profile(
+                    activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
+                self.prof.start()
+            out = step(group)
+            if self.seen == 1 + self.steps and self.prof is not None:
+                self.prof.stop()
+            return out
+
+        obj.train_batch, acc.backward, loop._step = fwd, bwd, profiled_step
+
+    def __call__(self, step: int, values: dict) -> None:
+        pass
+
+    def summary(self) -> dict:
+        if self.prof is None or self.seen < 1 + self.steps:
+            raise SystemExit(f"--profile {self.steps} needs at least {self.steps + 1} steps")
+        return profile_summary(self.prof.events())
+
+
+def _phase(ev) -> str:
+    p = ev
+    while p is not None:
+        if p.name.startswith("phase::"):
+            return p.name.split("::", 1)[1]
+        p = p.cpu_parent
+    return "other"
+
+
+def _node(ev) -> str | None:
+    p = ev.cpu_parent
+    while p is not None:
+        if p.name.startswith("autograd::engine::evaluate_function: "):
+            return p.name.split(": ", 1)[1]
+        p = p.cpu_parent
+    return None
+
+
+def _matmul_role(ev, phase: str) -> str | None:
+    """What a 2-D product computes, from its shapes [[a, b], [b, c]]."""
+    shapes = [s for s in (ev.input_shapes or []) if s]
+    if ev.name not in ("aten::mm", "aten::addmm") or len(shapes) < 2:
+        return None
+    (a, b), (_, c) = shapes[-2][-2:], shapes[-1][-2:]
+    if phase == "forward":  # x [N, in] @ W.T [in, out]
+        return f"forward {LINEAR_NAMES.get((b, c), f'{b}->{c}')}"
+    if a not in FEATURE_DIMS:  # grad_out [N, out] @ W [out, in]: the input's gradient
+        return f"backward grad_input {LINEAR_NAMES.get((c, b), f'{c}->{b}')}"
+    if b not in FEATURE_DIMS:  # grad_out.T [out, N] @ x [N, in]: a weight's gradient
+        return f"backward grad_weight {LINEAR_NAMES.get((c, a), f'{c}->{a}')}"
+    return None
+
+
+def profile_summary(events) -> dict:
+    by_op: dict[tuple[str, str], float] = {}
+    by_node: dict[str, float] = {}
+    by_role: dict[str, float] = {}
+    detail: dict[str, float] = {}  # copies and elementwise products: who calls them, shapes
+    phases: dict[str, float] = {}
+    for ev in events:
+        if ev.name.startswith(("phase::", "autograd::engine::evaluate_function")) or \
+                ev.name.startswith("ProfilerStep"):
+            continue
+        us = ev.self_cpu_time_total
+        if not us:
+            continue
+        phase = _phase(ev)
+        phases[phase] = phases.get(phase, 0.0) + us
+        by_op[(phase, ev.name)] = by_op.get((phase, ev.name), 0.0) + us
+        if phase == "backward":
+            node = _node(ev) or "(outside autograd nodes)"
+            by_node[node] = by_node.get(node, 0.0) + us
+        if ev.name in ("aten::copy_", "aten::mul", "aten::add", "aten::fill_"):
+            caller = ev.cpu_parent.name if ev.cpu_parent is not None else "-"
+            if phase == "backward":
+                caller = _node(ev) or caller
+            key = f"{phase} {ev.name} <- {caller} {ev.input_shapes[:2]}"
+            detail[key] = detail.get(key, 0.0) + us
+        role = _matmul_role(ev, phase)
+        if role is not None:
+            by_role[role] = by_role.get(role, 0.0) + us
+    total = sum(phases.values())
+
+    def share(d: dict) -> list:
+        return [(k, round(100 * v / total, 2)) for k, v in sorted(d.items(), key=lambda x: -x[1])]
+    return {"total_self_ms": total / 1e3, "phases_%": dict(share(phases)),
+            "ops_%": [(f"{p} {n}", v) for (p, n), v in share(by_op)[:30]],
+            "backward_nodes_%": share(by_node)[:20], "matmul_roles_%": share(by_role),
+            "elementwise_detail_%": share(detail)[:25]}
+
+
+def print_profile(r: dict) -> None:
+    print("\nshare of the profiled steps' operator self time (proportions only)")
+    print("phases:", ", ".join(f"{k} {v:.1f} %" for k, v in r["phases_%"].items()))
+    for title, key in (("top operators (phase, op)", "ops_%"),
+                       ("backward by autograd node", "backward_nodes_%"),
+                       ("matrix products by role", "matmul_roles_%"),
+                       ("copies and elementwise ops by caller and shapes",
+                        "elementwise_detail_%")):
+        print(f"\n{title}:")
+        for name, v in r[key]:
+            print(f"  {v:6.2f} %  {name}")
 
 
 def heldout_rows(args: argparse.Namespace) -> list[dict]:
@@ -249,8 +397,13 @@ def main() -> None:
     ap.add_argument("--set", action="append", help="tunesmith config override (section.key=v)")
     ap.add_argument("--ablation", action="store_true",
                     help="tunesmith only, one technique switched off at a time")
-    ap.add_argument("--variants", help="with --ablation: comma-separated rows to run (repeats "
-                    "allowed, to see drift)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="tunesmith only: torch.profiler over N steps after the first; "
+                    "prints where a step's time goes (needs --steps >= N + 1)")
+    ap.add_argument("--variants", help="with --ablation: comma-separated rows to run, by name "
+                    "or a part of it only one name holds (repeats allowed, to see drift)")
+    ap.add_argument("--repeat", type=int, default=1, help="with --ablation: run the rows this "
+                    "many rounds, alternating, and compare medians")
     args = ap.parse_args()
     if args.worker:
         fn = worker_tunesmith if args.worker == "tunesmith" else worker_trl
@@ -264,6 +417,13 @@ def main() -> None:
     if args.ablation:
         return ablation(args, passthrough)
     passthrough += [x for item in args.set or [] for x in ("--set", item)]
+    if args.profile:
+        result = run_worker(__file__, "tunesmith", [*passthrough, "--profile",
+                                                    str(args.profile)], MALLOC_ENV)
+        print_profile(result)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1))
+        return
     measure = cuda_matmul_peak_gflops if on_cuda() else matmul_peak_gflops
     peak = {p: measure(p) for p in ("fp32", "bf16")}
     n_params = count_params(args.model_dir) if args.model_dir else N_PARAMS
@@ -322,30 +482,65 @@ ABLATIONS = {
     "bf16 attention everywhere (fp32_attention_below 0)": (["train.fp32_attention_below=0"],
                                                            MALLOC_ENV),
     "loss_chunk_size 1024": (["train.loss_chunk_size=1024"], MALLOC_ENV),
+    "one product per projection (fused_projections off)": (["train.fused_projections=false"],
+                                                           MALLOC_ENV),
+    "one LoRA A product per projection (batched_lora_a off)": (["train.batched_lora_a=false"],
+                                                               MALLOC_ENV),
     "compile on": (["train.compile=true"], MALLOC_ENV),
     "gradient checkpointing on": (["train.gradient_checkpointing=true"], MALLOC_ENV),
 }
 
 
+def variant_name(text: str) -> str:
+    """An ablation row by its name or a part of it that only one name holds."""
+    if text in ABLATIONS:
+        return text
+    hits = [n for n in ABLATIONS if text.lower() in n.lower()]
+    if len(hits) != 1:
+        raise SystemExit(f"--variants: {text!r} matches {hits or 'no row'}; rows: "
+                         + "; ".join(ABLATIONS))
+    return hits[0]
+
+
 def ablation(args: argparse.Namespace, passthrough: list[str]) -> None:
+    """Each row in its own worker; with ``--repeat N`` the rows run N rounds, alternating,
+    and the summary compares each row's median with the first row's (the machine drifts)."""
     rows = []
-    names = args.variants.split(",") if args.variants else list(ABLATIONS)
-    for name in names:
-        sets, env = ABLATIONS[name]
-        extra = [x for item in sets for x in ("--set", item)]
-        r = run_worker(__file__, "tunesmith", [*passthrough, *extra], env)
-        r["name"] = name
-        rows.append(r)
-        print(f"  {name}: {r['tokens_per_s']:.1f} tok/s, peak RSS {r['peak_rss_mib']:.0f} MiB",
-              flush=True)
+    names = [variant_name(v.strip()) for v in args.variants.split(",")] if args.variants \
+        else list(ABLATIONS)
+    for round_ in range(args.repeat):
+        for name in names:
+            sets, env = ABLATIONS[name]
+            extra = [x for item in sets for x in ("--set", item)]
+            r = run_worker(__file__, "tunesmith", [*passthrough, *extra], env)
+            r["name"], r["round"] = name, round_ + 1
+            rows.append(r)
+            print(f"  {name} (round {round_ + 1}): {r['tokens_per_s']:.1f} tok/s, peak RSS "
+                  f"{r['peak_rss_mib']:.0f} MiB", flush=True)
     base = rows[0]
     for r in rows:
         r["speed_vs_defaults"] = r["tokens_per_s"] / base["tokens_per_s"]
-    print(f"\ntunesmith ablation, SFT {args.method}, {args.steps} steps")
-    print_table(rows, ["name", "tokens_per_s", "speed_vs_defaults", "peak_rss_mib",
+    print(f"\ntunesmith ablation, SFT {args.method}, {args.steps} steps, {args.repeat} round(s)")
+    print_table(rows, ["name", "round", "tokens_per_s", "speed_vs_defaults", "peak_rss_mib",
                        "heldout_loss", "wall_s"])
+    summary = []
+    if args.repeat > 1:
+        import statistics
+
+        for name in dict.fromkeys(names):
+            mine = [r for r in rows if r["name"] == name]
+            summary.append({"name": name, "runs": len(mine),
+                            "median_tokens_per_s": statistics.median(
+                                r["tokens_per_s"] for r in mine),
+                            "peak_rss_mib": max(r["peak_rss_mib"] for r in mine),
+                            "heldout_loss": mine[0]["heldout_loss"]})
+        for s_ in summary:
+            s_["speed_vs_first"] = s_["median_tokens_per_s"] / summary[0]["median_tokens_per_s"]
+        print(f"\nmedians over the rounds, against {summary[0]['name']!r}")
+        print_table(summary, ["name", "runs", "median_tokens_per_s", "speed_vs_first",
+                              "peak_rss_mib", "heldout_loss"])
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
 
 
 if __name__ == "__main__":

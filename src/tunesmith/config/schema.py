@@ -244,6 +244,18 @@ class TrainConfig(_Section):
         "up) the autocast dtype directly: one cast and one saved copy instead of one per "
         "reader, identical forward values. Their gradients are summed in the compute dtype "
         "under autocast. `false`: the stock modules."))
+    fused_projections: bool = Field(True, description=(
+        "Frozen base (LoRA, frozen layers): compute q/k/v, and gate/up, as one matrix "
+        "product with their weights stored side by side (the modules' weights become views "
+        "of that block: saved weights, adapters and state dicts are unchanged), and the "
+        "input's gradient as one product too. Same arithmetic, fewer and larger products; "
+        "anything unusual (weights that train, LoRA dropout, DoRA) takes the stock path. "
+        "Not with `compile`. `false`: one product per projection."))
+    batched_lora_a: bool = Field(True, description=(
+        "With `fused_projections`: the LoRA A matrices of q/k/v (of gate/up) join the "
+        "frozen base's product, and their weight gradients are one product too; each "
+        "projection's LoRA B and scaling are applied as before. `false`: one A product per "
+        "projection."))
     loss_chunk_size: int = Field(256, ge=64, description=(
         "Positions per chunk in the fused LM-head + cross-entropy: each chunk holds a "
         "float32 chunk x vocabulary block of logits at the end of the forward pass, the "

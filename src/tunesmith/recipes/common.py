@@ -22,6 +22,7 @@ from tunesmith.models import adapters
 from tunesmith.models.artifacts import resolve_artifact
 from tunesmith.models.attention import attend_short_in_fp32
 from tunesmith.models.classifier import apply_head_method, load_classifier
+from tunesmith.models.fused_linear import fuse_projections
 from tunesmith.models.fused_norm import fuse_rms_norms
 from tunesmith.models.load import load_causal_lm, load_tokenizer
 from tunesmith.models.student import find_layer_list
@@ -102,6 +103,8 @@ def build_causal_lm(cfg: RunConfig, tok: Any = None, prepare: Prepare | None = N
             unfreezer.start()
     if cfg.method.type == "lora" and precision in ("bf16", "fp16"):
         adapters.skip_lora_input_casts(model)
+    if cfg.train.fused_projections and not cfg.train.compile:  # after the weights' dtype
+        fuse_projections(model, cfg.train.batched_lora_a)
     return model, tok, unfreezer
 
 
