@@ -69,10 +69,17 @@ def save_checkpoint(path: Path, model: nn.Module, tokenizer: Any, optimizer: Any
             verify_weights(tmp, model, optimizer)
             verify_optimizer(tmp / "optimizer.pt", optimizer)
         else:
-            verify_weights(tmp, model, expected=_as_saved(model, full[0]),
-                           trained=trained_lora_b_in(model, full[1]))
+            verify_full(tmp, model, full)
             verify_optimizer(tmp / fsdp.OPTIMIZER_FILE, None, want=full[1])
         write_checksums(tmp)
+
+
+def verify_full(directory: Path, model: nn.Module,
+                full: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    """The weights written in ``directory`` from the gathered state ``full`` of an FSDP run
+    (``model``'s adapter for LoRA) are those tensors (``train/verify.py``)."""
+    verify_weights(directory, model, expected=_as_saved(model, full[0]),
+                   trained=trained_lora_b_in(model, full[1]))
 
 
 def _as_saved(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

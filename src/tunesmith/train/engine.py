@@ -25,7 +25,7 @@ from torch import nn
 from tunesmith.config.schema import RunConfig
 from tunesmith.data.collate import epoch_batches
 from tunesmith.device import accelerate_mixed_precision
-from tunesmith.errors import ConfigError, TrainingError, TrainingInterrupted
+from tunesmith.errors import TrainingError, TrainingInterrupted
 from tunesmith.io import atomic_directory
 from tunesmith.models.adapters import GradualUnfreezer
 from tunesmith.models.artifacts import EVAL_FILE
@@ -205,13 +205,6 @@ class TrainLoop:
         self.module = objective.module
         self.fsdp = fsdp.requested()
         if self.fsdp:  # tunesmith shards the model itself (train/fsdp.py)
-            if unfreezer is not None or objective.val_size:
-                raise ConfigError("FSDP runs do not support validation or gradual "
-                                  "unfreezing yet", where="ACCELERATE_USE_FSDP",
-                                  got="validation data" if objective.val_size else
-                                  "train.unfreeze", fix="remove the validation data "
-                                  "(data.validation, data.val_split) or train.unfreeze, or "
-                                  "train without FSDP")
             fsdp.shard(self.module, self.module.model, accelerator.device)
         self.optimizer = build_optimizer(self.module.model, self.tc,
                                          all_params=unfreezer is not None)
@@ -393,10 +386,13 @@ class TrainLoop:
 
     def _evaluate_metrics(self) -> dict[str, float]:
         self.wrapped.eval()
+        size = self.tc.eval_batch_size or self.tc.batch_size
         try:
             with torch.no_grad():
-                return self.obj.evaluate(self.wrapped, self.acc,
-                                         self.tc.eval_batch_size or self.tc.batch_size)
+                if self.fsdp:  # every process evaluates every batch (train/fsdp.py)
+                    return fsdp.evaluate(lambda acc: self.obj.evaluate(self.wrapped, acc, size),
+                                         self.acc)
+                return self.obj.evaluate(self.wrapped, self.acc, size)
         finally:
             self.wrapped.train()
 
@@ -446,6 +442,9 @@ class TrainLoop:
         return final
 
     def _save_best(self, step: int, metrics: dict[str, float]) -> None:
+        if self.fsdp:
+            self._save_best_gathered(step, metrics)
+            return
         if not self.acc.is_main_process:
             return
         out = self.run_dir / "best"
@@ -453,6 +452,28 @@ class TrainLoop:
             self.obj.save_model(self.acc.unwrap_model(self.wrapped), self.tok, tmp)
             (tmp / EVAL_FILE).write_text(json.dumps(
                 {"step": step, **metrics, **self.obj.eval_extra(step, metrics)}, indent=1))
+
+    def _save_best_gathered(self, step: int, metrics: dict[str, float]) -> None:
+        """FSDP: every process gathers the full state; the main process writes ``best/`` from
+        a plain copy of the model holding it and verifies the weights it wrote (the adapter
+        for LoRA) against the gathered tensors, as a checkpoint's."""
+        full = fsdp.full_state(self.module, self.module.model, self.optimizer)
+        failure: Exception | None = None
+        if self.acc.is_main_process:
+            try:
+                holder = nn.Module()  # what save_model reads: the trained model as .model
+                holder.model = fsdp.plain_copy(self.module.model, full[0])
+                with atomic_directory(self.run_dir / "best") as tmp:
+                    self.obj.save_model(holder, self.tok, tmp)
+                    adapter = tmp / "adapter"  # save_trained: merged, adapter beside it
+                    ckpt.verify_full(adapter if adapter.is_dir() else tmp, holder.model, full)
+                    (tmp / EVAL_FILE).write_text(json.dumps(
+                        {"step": step, **metrics, **self.obj.eval_extra(step, metrics)},
+                        indent=1))
+                del holder
+            except Exception as exc:  # re-raised below, after the other processes know
+                failure = exc
+        self._agree(failure, "best/")
 
     def _save(self, step: int, state: dict[str, Any]) -> None:
         """Checkpoint ``step`` on the main process; older ones rotate out only after it was
@@ -472,10 +493,14 @@ class TrainLoop:
                 ckpt.rotate(self.run_dir / "checkpoints", self.tc.keep_last)
             except Exception as exc:  # re-raised below, after the other processes know
                 failure = exc
+        self._agree(failure, f"checkpoint step-{step}")
+
+    def _agree(self, failure: Exception | None, what: str) -> None:
+        """Every process learns whether the main one failed to save ``what``; all raise."""
         if self.acc.num_processes > 1:
             flag = torch.tensor([1.0 if failure else 0.0], device=self.acc.device)
             if float(self.acc.reduce(flag, reduction="sum")) and failure is None:
-                raise TrainingError(f"the main process failed to save checkpoint step-{step}",
+                raise TrainingError(f"the main process failed to save {what}",
                                     where=str(self.run_dir), fix="see the main process's "
                                     "error (rank 0)")
         if failure is not None:

@@ -18,15 +18,26 @@ checkpoint does not depend on the number of processes: resuming with another num
 as plain tensors (:func:`to_plain`), so it is the same plain checkpoint (LoRA merged, the
 adapter in ``final/adapter``) as without FSDP.
 
-Not supported under FSDP yet (an error before the first step): validation during training
-(evaluation, ``best/``, early stopping) and gradual unfreezing.
+Validation (:func:`evaluate`): every forward of a sharded model is a collective (each
+layer's parameters are all-gathered), so every process must run the same forwards in the same
+order. Every process therefore evaluates the whole validation set, as one process would (the
+objective sees a one-process view of the accelerator), and the main process's metrics are
+broadcast, so early stopping is decided identically everywhere. The metrics equal a
+one-process run's at the same weights; the evaluation takes as long as one process's.
+``best/`` is written from the gathered weights in a plain copy of the model
+(:func:`plain_copy`) and verified like a checkpoint.
+
+Gradual unfreezing needs nothing of its own: the optimizer holds every parameter from the
+start (``train/optim.py``), and FSDP2 copies a sharded parameter's ``requires_grad`` to its
+unsharded one at every all-gather and reduce-scatters only the gradients that exist.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -155,12 +166,85 @@ def load_full_state(root: nn.Module, model: nn.Module, optimizer: Any,
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     pre = _prefix(root, model)
+    # set_state_dict first creates the optimizer's state for the parameters that require a
+    # gradient (a step with zero gradients) and fills in the saved values: exactly those
+    # with a saved state must require one, or a parameter unfrozen since (gradual
+    # unfreezing) gets a state it never had, and one frozen now loses its saved state
+    saved = {id(p) for n, p in model.named_parameters(remove_duplicate=False)
+             if n in optim["state"]}  # a tied parameter: under either of its names
+    flags = {p: p.requires_grad for p in model.parameters()}
+    for p in flags:
+        p.requires_grad_(id(p) in saved)
     optim = {**optim, "state": {pre + k: v for k, v in optim["state"].items()},
              "param_groups": [{**g, "params": [pre + p for p in g["params"]]}
                               for g in optim["param_groups"]]}
-    set_state_dict(root, getattr(optimizer, "optimizer", optimizer),
-                   model_state_dict={pre + k: v for k, v in weights.items()},
-                   optim_state_dict=optim, options=_options(strict=False))
+    try:
+        set_state_dict(root, getattr(optimizer, "optimizer", optimizer),
+                       model_state_dict={pre + k: v for k, v in weights.items()},
+                       optim_state_dict=optim, options=_options(strict=False))
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+
+
+class _OneProcess:
+    """An accelerator seen as a single process (``process_index`` 0 of 1): an objective's
+    ``evaluate`` then runs every validation batch and reduces nothing."""
+
+    process_index = 0
+    num_processes = 1
+
+    def __init__(self, acc: Any) -> None:
+        self._acc = acc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._acc, name)
+
+
+def evaluate(run: Callable[[Any], dict[str, float]], acc: Any) -> dict[str, float]:
+    """``run(acc)`` (an objective's evaluation) on every process over the whole validation
+    set, in the same order (see the module docstring); the main process's metrics, the same
+    on every process."""
+    metrics = run(_OneProcess(acc))
+    if acc.num_processes > 1:
+        box = [metrics]
+        torch.distributed.broadcast_object_list(box, src=0)
+        metrics = box[0]
+    return metrics
+
+
+def plain_copy(model: nn.Module, full: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A plain (unsharded) copy of the sharded ``model`` holding the gathered tensors
+    ``full``, for writing ``best/`` on the main process while ``model`` trains on. The
+    parameters, buffers, FSDP's per-module state and its hooks (which hold process groups)
+    are shared with the copy, not copied; FSDP refuses ``deepcopy`` of its modules, so they are copied
+    as their plain classes (``model``'s classes are put back at once); :func:`to_plain` then
+    replaces the copy's parameters and removes its FSDP state and hooks."""
+    fsdp = _fsdp()
+    memo: dict[int, Any] = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    classes: dict[nn.Module, type] = {}
+    for module in model.modules():
+        for attr, value in vars(module).items():
+            if attr.startswith("__composable_api_state_key"):
+                memo[id(value)] = value
+            elif attr.endswith("hooks") and isinstance(value, dict):
+                memo.update((id(h), h) for h in value.values() if _is_fsdp_hook(h))
+        if isinstance(module, fsdp.FSDPModule):
+            classes[module] = type(module)
+    try:
+        for module, cls in classes.items():
+            module.__class__ = _plain_class(cls)
+        dup = copy.deepcopy(model, memo)
+    finally:
+        for module, cls in classes.items():
+            module.__class__ = cls
+    return to_plain(dup, full)
+
+
+def _plain_class(cls: type) -> type:
+    """The class FSDP derived ``cls`` (``FSDP<Name>``) from."""
+    fsdp = _fsdp()
+    return next(c for c in cls.__bases__ if not issubclass(c, fsdp.FSDPModule))
 
 
 def to_plain(model: nn.Module, full: Mapping[str, torch.Tensor]) -> nn.Module:
@@ -180,8 +264,7 @@ def to_plain(model: nn.Module, full: Mapping[str, torch.Tensor]) -> nn.Module:
         owner._parameters[attr] = new[id(p)]
     for module in model.modules():
         if isinstance(module, fsdp.FSDPModule):
-            module.__class__ = next(c for c in type(module).__bases__
-                                    if not issubclass(c, fsdp.FSDPModule))
+            module.__class__ = _plain_class(type(module))
         for attr, hooks in list(vars(module).items()):  # FSDP's state and hooks hold
             if attr.startswith("__composable_api_state_key"):  # process groups
                 delattr(module, attr)
@@ -192,6 +275,7 @@ def to_plain(model: nn.Module, full: Mapping[str, torch.Tensor]) -> nn.Module:
 
 
 def _is_fsdp_hook(hook: Any) -> bool:
+    hook = getattr(hook, "hook", hook)  # a load-state-dict pre-hook, wrapped by torch
     fn = getattr(hook, "func", None) or getattr(hook, "__func__", None) or hook
     owner = getattr(hook, "__self__", None)
     names = [getattr(fn, "__module__", "") or "", type(owner).__module__ if owner else ""]
