@@ -191,3 +191,23 @@ def test_trainable_base_is_not_fused() -> None:
     assert fuse_projections(model) == 0  # full fine-tuning: every weight trains
     adapters.freeze_by_rule(model, 1, [])
     assert fuse_projections(model) == 2  # the frozen first layer only
+
+
+def test_fused_projections_survive_train_and_eval_of_a_loaded_model(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch
+                                                                    ) -> None:
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, vocab_size=50)
+                     ).save_pretrained(tmp_path)
+    model = adapters.apply_method(LlamaForCausalLM.from_pretrained(tmp_path),
+                                  MethodConfig(type="lora", r=4, target_modules=TARGETS))
+    fuse_rms_norms(model)
+    assert fuse_projections(model) == 4
+    model.train()
+    model.eval()
+    model.train()
+    calls = _counting(monkeypatch)
+    ids = torch.randint(0, 50, (2, 8))
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert len(calls) == 4

@@ -106,3 +106,16 @@ def test_other_norm_formulas_and_layer_norms_are_left_alone() -> None:
     bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                 intermediate_size=64, vocab_size=40))
     assert fuse_rms_norms(bert) == 0
+
+
+def test_fusion_survives_train_and_eval_of_a_loaded_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """from_pretrained marks the model kernelized; train()/eval() must not re-kernelize it
+    (that drops every instance forward: the fused norms were silently stock in training)."""
+    _tiny_llama().save_pretrained(tmp_path)
+    model = LlamaForCausalLM.from_pretrained(tmp_path)
+    n = fuse_rms_norms(model)
+    assert n == 5
+    for _ in range(2):
+        model.train()
+        model.eval()
+    assert sum("forward" in m.__dict__ for m in model.modules()) == n

@@ -81,7 +81,23 @@ def fuse_rms_norms(model: nn.Module) -> int:
             continue
         module.forward = types.MethodType(_forward, module)
         count += 1
+    if count:
+        keep_forwards(model)
     return count
+
+
+def keep_forwards(model: nn.Module) -> None:
+    """Stop transformers from re-kernelizing ``model`` when it switches between train and
+    eval, which would drop every forward set on a module instance.
+
+    transformers (5.x) marks a model loaded with ``from_pretrained`` as kernelized (the
+    ``kernels`` package's torch fallbacks, mode inference), and ``model.train()`` then
+    kernelizes again in training mode: that pops the instance ``forward`` of every layer
+    with a hub-kernel decorator (``LlamaRMSNorm`` has one), silently undoing the fusion.
+    tunesmith never asks for hub kernels, so the flag only ever selects the fallbacks."""
+    for module in model.modules():
+        if module.__dict__.get("_use_kernels"):
+            module._use_kernels = False
 
 
 def unfuse_rms_norms(model: nn.Module) -> None:
