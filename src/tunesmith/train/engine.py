@@ -456,13 +456,16 @@ class TrainLoop:
     def _save_best_gathered(self, step: int, metrics: dict[str, float]) -> None:
         """FSDP: every process gathers the full state; the main process writes ``best/`` from
         a plain copy of the model holding it and verifies the weights it wrote (the adapter
-        for LoRA) against the gathered tensors, as a checkpoint's."""
-        full = fsdp.full_state(self.module, self.module.model, self.optimizer)
+        for LoRA) against the gathered tensors, as a checkpoint's. The optimizer state is
+        gathered only for an adapter (small): it tells which LoRA B matrices trained."""
+        model = self.module.model
+        full = fsdp.full_state(self.module, model,
+                               self.optimizer if hasattr(model, "peft_config") else None)
         failure: Exception | None = None
         if self.acc.is_main_process:
             try:
                 holder = nn.Module()  # what save_model reads: the trained model as .model
-                holder.model = fsdp.plain_copy(self.module.model, full[0])
+                holder.model = fsdp.plain_copy(model, full[0])
                 with atomic_directory(self.run_dir / "best") as tmp:
                     self.obj.save_model(holder, self.tok, tmp)
                     adapter = tmp / "adapter"  # save_trained: merged, adapter beside it

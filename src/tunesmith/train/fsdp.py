@@ -132,16 +132,19 @@ def _options(**kw: Any) -> Any:
     return StateDictOptions(full_state_dict=True, **kw)
 
 
-def full_state(root: nn.Module, model: nn.Module, optimizer: Any
+def full_state(root: nn.Module, model: nn.Module, optimizer: Any | None
                ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The full state of ``model`` and the optimizer (keyed by ``model``'s parameter names),
-    gathered. Every process must call it; the main process gets the tensors (on CPU), the
-    others empty dicts."""
+    """The full state of ``model`` and the optimizer (keyed by ``model``'s parameter names;
+    none without ``optimizer``), gathered. Every process must call it; the main process gets
+    the tensors (on CPU), the others empty dicts."""
     # deferred: only FSDP runs need it
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
-    weights, optim = get_state_dict(root, getattr(optimizer, "optimizer", optimizer),
-                                    options=_options(cpu_offload=True))
+    if optimizer is None:
+        weights, optim = get_model_state_dict(root, options=_options(cpu_offload=True)), {}
+    else:
+        weights, optim = get_state_dict(root, getattr(optimizer, "optimizer", optimizer),
+                                        options=_options(cpu_offload=True))
     pre = _prefix(root, model)
     # a tied parameter (the LM head sharing the embeddings) once, under its first name, as
     # save_pretrained writes it without FSDP
@@ -217,9 +220,10 @@ def plain_copy(model: nn.Module, full: Mapping[str, torch.Tensor]) -> nn.Module:
     """A plain (unsharded) copy of the sharded ``model`` holding the gathered tensors
     ``full``, for writing ``best/`` on the main process while ``model`` trains on. The
     parameters, buffers, FSDP's per-module state and its hooks (which hold process groups)
-    are shared with the copy, not copied; FSDP refuses ``deepcopy`` of its modules, so they are copied
-    as their plain classes (``model``'s classes are put back at once); :func:`to_plain` then
-    replaces the copy's parameters and removes its FSDP state and hooks."""
+    are shared with the copy, not copied; FSDP refuses ``deepcopy`` of its modules, so they
+    are copied as their plain classes (``model``'s own are put back at once);
+    :func:`to_plain` then replaces the copy's parameters and removes its FSDP state and
+    hooks."""
     fsdp = _fsdp()
     memo: dict[int, Any] = {id(t): t for t in [*model.parameters(), *model.buffers()]}
     classes: dict[nn.Module, type] = {}
@@ -249,8 +253,9 @@ def _plain_class(cls: type) -> type:
 
 def to_plain(model: nn.Module, full: Mapping[str, torch.Tensor]) -> nn.Module:
     """The model with its sharded parameters replaced by the gathered full tensors and its
-    FSDP classes removed: for writing ``final/`` on the main process after training (the
-    model does not train again). Tied parameters stay tied."""
+    FSDP classes, state and hooks removed: for writing ``final/`` on the main process after
+    training (the model does not train again), or ``best/`` from a copy
+    (:func:`plain_copy`). Tied parameters stay tied."""
     fsdp = _fsdp()
     new: dict[int, nn.Parameter] = {}
     for name, p in list(model.named_parameters(remove_duplicate=False)):
