@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -128,13 +129,23 @@ def test_saved_adapter_is_identical(tmp_path: Path) -> None:
     assert sd.keys() == ref_sd.keys() and all(torch.equal(sd[k], ref_sd[k]) for k in sd)
 
 
-def test_training_steps_and_checkpoint_round_trip_match() -> None:
+def _sgd(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=0.5)
+
+
+def _fused_adamw(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    # tunesmith's optimizer: the fused kernel updates in place without bumping the
+    # parameters' version counters (the first fix keyed the copy of A on them and went stale)
+    return torch.optim.AdamW(params, lr=0.05, fused=True)
+
+
+@pytest.mark.parametrize("make_opt", [_sgd, _fused_adamw], ids=["sgd", "fused-adamw"])
+def test_training_steps_and_checkpoint_round_trip_match(make_opt: Any) -> None:
     """Optimizer steps change A: the copy of A inside the fused product follows."""
     stock = _lora_model()
     fused = copy.deepcopy(stock)
     fuse_projections(fused)
-    opts = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
-            for m in (stock, fused)]
+    opts = [make_opt([p for p in m.parameters() if p.requires_grad]) for m in (stock, fused)]
     torch.manual_seed(3)
     for _ in range(3):
         ids = torch.randint(0, 50, (2, 8))

@@ -114,7 +114,6 @@ class _Group:
                 b.bias.data = self.bias[offset:offset + n]  # type: ignore[union-attr]
             offset += n
         self.frozen = offset
-        self.a_key: tuple[Any, ...] | None = None
         self.x: torch.Tensor | None = None
         self.parts: dict[Any, torch.Tensor] = {}
 
@@ -165,14 +164,17 @@ class _Group:
         weight = self.buffer if with_a else self.buffer[:self.frozen]
         if with_a:
             trained = [layer.lora_A[self.adapter].weight for layer in self.layers]  # type: ignore[union-attr]
-            key = tuple((t.data_ptr(), t._version) for t in trained)
-            if key != self.a_key:  # write A into the buffer once per optimizer step
-                with torch.no_grad():
-                    offset = self.frozen
-                    for t, r in zip(trained, self.ranks):
-                        self.buffer[offset:offset + r].copy_(t)
-                        offset += r
-                self.a_key = key
+            # Write A into the buffer when it changed (once per optimizer step). The values
+            # are compared, not version counters: fused AdamW updates parameters in place
+            # without bumping them. An unchanged buffer is not written, so a product of an
+            # earlier forward whose backward is still pending stays valid.
+            with torch.no_grad():
+                offset = self.frozen
+                for t, r in zip(trained, self.ranks):
+                    rows = self.buffer[offset:offset + r]
+                    if not torch.equal(rows, t.to(rows.dtype)):
+                        rows.copy_(t)
+                    offset += r
         bias = self.bias if with_a or self.bias is None else self.bias[:self.frozen]
         if weight.dtype != dtype:
             weight = weight.to(dtype)
