@@ -8,6 +8,8 @@ most, prompts of about 35 tokens (the issue-26 workload), the model SmolLM2-135M
 Servers, each started here as a subprocess and measured one after another:
   builtin       `tunesmith serve MODEL` (continuous batching, this version)
   builtin-1     the same with ``--max-batch 1`` (one request at a time: the old behaviour)
+  builtin-stock the built-in engine with transformers' forward instead of the compact Llama
+                decoder (``TUNESMITH_FAST_DECODE=0``, inference/fast_decode.py)
   adapters      the built-in engine with ``--adapters K`` LoRA adapters over the model, the
                 clients' requests spread over them (needs ``--adapter-runs`` dirs)
   engine-llamacpp  `tunesmith serve MODEL --engine llamacpp --gguf-quant Q` (llama.cpp in
@@ -176,6 +178,8 @@ def server_command(name: str, args: argparse.Namespace, port: int, data: Path
                  "--data-dir", str(data), "--log-level", "warning", "--dtype", args.dtype]
     if name == "builtin":
         return tunesmith, [args.model]
+    if name == "builtin-stock":
+        return ["env", "TUNESMITH_FAST_DECODE=0", *tunesmith], [args.model]
     if name == "builtin-1":
         return tunesmith + ["--max-batch", "1"], [args.model]
     if name == "adapters":

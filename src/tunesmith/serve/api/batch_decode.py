@@ -22,6 +22,12 @@ leftovers of a long row that left) are trimmed when rows leave.
 
 Only models whose cache layers are plain full-attention ``DynamicLayer``s (Llama, Qwen,
 Mistral without sliding windows, SmolLM...) batch this way; :func:`batchable` says so.
+
+Llama-family models (and their plain LoRA adapters) take a faster road to the same tokens:
+:mod:`tunesmith.inference.fast_decode` runs the prefill and the decode step in plain torch
+over the model's weights, with a cache whose rows grow in place instead of the padded
+``DynamicCache`` (``TUNESMITH_FAST_DECODE=0`` keeps transformers' forward). :func:`prefill`
+and :class:`BatchCache` choose it per model; the scheduler does not see the difference.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from tunesmith.inference.fast_decode import KVRows, decoder_for
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 
@@ -47,6 +55,8 @@ def forward_kwargs(model: Any, adapters: list[str | None]) -> dict[str, Any]:
 
 def batchable(cache: Any) -> bool:
     """Whether ``cache`` (a prefill's ``past_key_values``) can join a padded batch."""
+    if isinstance(cache, KVRows):
+        return True
     layers = getattr(cache, "layers", None)
     return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
 
@@ -55,6 +65,10 @@ def prefill(model: Any, ids: list[int], adapter: str | None, past: Any = None,
             start: int = 0) -> tuple[torch.Tensor, Any]:
     """Run ``ids`` (positions ``start``...) through the model on top of ``past``; returns
     the last position's logits ``[1, vocab]`` (fp32, CPU) and the cache."""
+    fast = decoder_for(model)
+    if fast is not None and (past is None or isinstance(past, KVRows)):
+        kv = past if past is not None else fast.new_cache(1, cap=start + len(ids))
+        return fast.forward(torch.tensor([ids], dtype=torch.long), kv, [adapter]), kv
     device = next(model.parameters()).device
     x = torch.tensor([ids], dtype=torch.long, device=device)
     pos = torch.arange(start, start + len(ids), device=device).unsqueeze(0)
@@ -78,16 +92,27 @@ class BatchCache:
     """The rows of the running batch: their shared left-padded cache, mask and positions."""
 
     def __init__(self) -> None:
+        self.kv: KVRows | None = None  # the compact decoder's rows (fast_decode.py)
         self.cache: Any = None
         self.mask = torch.zeros((0, 0), dtype=torch.long)  # [rows, columns]: 1 = real token
         self.pos = torch.zeros((0,), dtype=torch.long)  # next position of each row
 
     @property
     def rows(self) -> int:
-        return int(self.mask.shape[0])
+        return self.kv.rows if self.kv is not None else int(self.mask.shape[0])
 
     def add(self, cache: Any, length: int, copies: int) -> None:
         """Append ``copies`` rows that share ``cache`` (one row, ``length`` real tokens)."""
+        if isinstance(cache, KVRows) or self.kv is not None:
+            if not isinstance(cache, KVRows) or (self.rows and self.kv is None):
+                raise RuntimeError("the model's decoder changed while requests were running "
+                                   "(an adapter it cannot batch was loaded); retry them")
+            rows = cache.repeat(copies)
+            if self.kv is None or self.kv.rows == 0:
+                self.kv = rows
+            else:
+                self.kv.extend(rows)
+            return
         new_layers = [(layer.keys.expand(copies, -1, -1, -1),
                        layer.values.expand(copies, -1, -1, -1)) for layer in cache.layers]
         new_mask = torch.ones((copies, length), dtype=torch.long)
@@ -120,6 +145,9 @@ class BatchCache:
         if not rows:
             self.__init__()  # type: ignore[misc]
             return
+        if self.kv is not None:
+            self.kv.keep(rows)
+            return
         idx = torch.tensor(rows, dtype=torch.long)
         self.mask, self.pos = self.mask.index_select(0, idx), self.pos.index_select(0, idx)
         used = self.mask.any(0).nonzero()
@@ -133,6 +161,13 @@ class BatchCache:
     def step(self, model: Any, tokens: list[int], adapters: list[str | None]) -> torch.Tensor:
         """One decode step: feed each row its last token; the next-token logits [rows, vocab]
         (fp32, CPU)."""
+        if self.kv is not None:
+            fast = decoder_for(model)
+            if fast is None:
+                raise RuntimeError("the model's decoder changed while requests were running "
+                                   "(an adapter it cannot batch was loaded); retry them")
+            ids = torch.tensor(tokens, dtype=torch.long).view(-1, 1)
+            return fast.forward(ids, self.kv, adapters)
         device = next(model.parameters()).device
         self.mask = torch.cat([self.mask, torch.ones((self.rows, 1), dtype=torch.long)], 1)
         x = torch.tensor(tokens, dtype=torch.long, device=device).view(-1, 1)
