@@ -193,7 +193,7 @@ class LlamaDecoder:
         mask, causal = self._mask(start, n, width)
         reps = self.heads // self.kv_heads
         row_idx = torch.arange(rows, device=self.device)
-        at = start.to(self.device)
+        at, first = start.to(self.device), int(start[0])
         for i, layer in enumerate(self.layers):
             h = self._rms(x, layer.n1)
             q = self._linear(h, layer.proj["q_proj"], groups)
@@ -204,13 +204,12 @@ class LlamaDecoder:
             v = v.view(rows, n, self.kv_heads, self.dim).transpose(1, 2)
             qk = self._rope(torch.cat((q, k), dim=1), cos, sin)  # elementwise: one pass
             q, k = qk[:, :self.heads], qk[:, self.heads:]
-            if n == 1:  # every row writes at its own length
+            if rows > 1:  # one new position per row, each at its own length
                 kv.k[i][row_idx, :, at] = k[:, :, 0]
                 kv.v[i][row_idx, :, at] = v[:, :, 0]
             else:
-                s = int(start[0])
-                kv.k[i][:, :, s:s + n] = k
-                kv.v[i][:, :, s:s + n] = v
+                kv.k[i][:, :, first:first + n] = k
+                kv.v[i][:, :, first:first + n] = v
             keys, values = kv.k[i][:, :, :width], kv.v[i][:, :, :width]
             if mask is None:  # transformers' SDPA path without a mask: GQA in the kernel
                 o = F.scaled_dot_product_attention(q, keys, values, is_causal=causal,
