@@ -87,11 +87,14 @@ def test_rows_of_different_lengths_and_adapters_together_equal_each_alone() -> N
     logits equal its own transformers forward over its whole history."""
     model = _with_adapters(_llama())
     dec = decoder_for(model)
-    prompts = [[3, 4, 5], [9, 8, 7, 6, 5, 4, 3, 2, 1, 11], [20, 21]]
+    # caches sized to their prompts, as the serve engine's prefill makes them; the second
+    # row is longer than the batch so far: the batch grows (by doubling) to take it
+    prompts = [[(3 * i + 1) % 97 for i in range(40)], [(7 * i + 2) % 97 for i in range(70)],
+               [20, 21]]
     adapters = ["a", None, "b"]
     batch = None
     for p, a in zip(prompts, adapters):
-        kv = dec.new_cache()
+        kv = dec.new_cache(cap=len(p))
         dec.forward(torch.tensor([p]), kv, [a])
         if batch is None:
             batch = kv
@@ -162,3 +165,70 @@ def test_chunked_prefill_logits_equal_one_forward(chunk: int) -> None:
         torch.testing.assert_close(logits[0], want, rtol=1e-5, atol=1e-5)
         history.append(int(logits[0].argmax()))
         logits = dec.forward(torch.tensor([[history[-1]]]), kv, [None])
+
+
+class _Tok:
+    eos_token_id, pad_token_id = 2, 0
+
+
+def _both_paths(model: Any, monkeypatch: pytest.MonkeyPatch, settings: Any, n: int
+                ) -> tuple[list[list[int]], list[list[int]]]:
+    from tunesmith.inference.generate import sample_ids
+
+    prompts = [[5, 17, 3, 44, 9], [7, 1, 33], [60, 61, 62, 63, 64, 65, 66]]
+    fast = sample_ids(model, _Tok(), prompts, settings, n)
+    monkeypatch.setenv("TUNESMITH_FAST_DECODE", "0")
+    stock = sample_ids(model, _Tok(), prompts, settings, n)
+    monkeypatch.delenv("TUNESMITH_FAST_DECODE")
+    return fast, stock
+
+
+def test_rollouts_greedy_equal_generate_with_an_adapter(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """GRPO's sample_ids through the compact decoder: with the active LoRA adapter, the same
+    rows as model.generate (prompts of different lengths, rows cut after their EOS)."""
+    from tunesmith.inference.generate import GenerationSettings
+
+    model = _with_adapters(_llama(), names=("a",))
+    model.generation_config.eos_token_id = 2
+    model.train()  # sample_ids decodes in eval mode and restores the mode
+    fast, stock = _both_paths(model, monkeypatch, GenerationSettings(max_new_tokens=12), 1)
+    assert fast == stock and len(fast) == 3 and model.training
+    with model.disable_adapter():  # the adapter matters: the base alone decodes otherwise
+        base = _both_paths(model, monkeypatch, GenerationSettings(max_new_tokens=12), 1)[1]
+    assert fast != base
+
+
+def test_rollouts_sampled_are_seeded_and_end_at_eos() -> None:
+    from tunesmith.inference.generate import GenerationSettings, sample_ids
+
+    model = _llama()
+    settings = GenerationSettings(max_new_tokens=20, temperature=1.5, top_p=0.95, seed=7)
+    prompts = [[5, 17, 3], [9, 9]]
+    eos = {2, *range(80, 97)}  # many EOS ids: rows end at different steps
+    model.generation_config.eos_token_id = sorted(eos)
+    a = sample_ids(model, _Tok(), prompts, settings, 4)
+    assert a == sample_ids(model, _Tok(), prompts, settings, 4)
+    other = sample_ids(model, _Tok(), prompts, GenerationSettings(
+        max_new_tokens=20, temperature=1.5, top_p=0.95, seed=8), 4)
+    assert a != other and len(a) == 8
+    for row in a:
+        assert all(t not in eos for t in row[:-1])
+        assert row[-1] in eos or len(row) == 20
+    assert len({len(r) for r in a}) > 1  # rows left the batch at different steps
+
+
+def test_rollouts_under_autocast_with_a_bf16_frozen_base() -> None:
+    """A LoRA run keeps a bf16 frozen base beside float32 embeddings and adapters and samples
+    under autocast: the compact decoder runs it in the weights' own dtypes."""
+    from tunesmith.inference.generate import GenerationSettings, sample_ids
+
+    model = _with_adapters(_llama(), names=("a",))
+    for name, module in model.named_modules():
+        if name.endswith("base_layer"):
+            module.to(torch.bfloat16)
+    model.generation_config.eos_token_id = 2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sample_ids(model, _Tok(), [[5, 17, 3], [8]],
+                         GenerationSettings(max_new_tokens=6, temperature=1.0, seed=1), 2)
+    assert len(out) == 4 and all(0 < len(r) <= 6 for r in out)

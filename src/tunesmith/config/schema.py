@@ -244,15 +244,17 @@ class TrainConfig(_Section):
         "up) the autocast dtype directly: one cast and one saved copy instead of one per "
         "reader, identical forward values. Their gradients are summed in the compute dtype "
         "under autocast. `false`: the stock modules."))
-    fused_projections: bool = Field(True, description=(
-        "Frozen base (LoRA, frozen layers): compute q/k/v, and gate/up, as one matrix "
+    fused_projections: bool = Field(False, description=(
+        "Off by default: measured on the 2-core CPU it did not pay (LoRA, 3 alternating "
+        "rounds: 465 tokens/s on vs 481 off, peak RSS +250 MiB; bench/README.md). "
+        "`true`, frozen base (LoRA, frozen layers): compute q/k/v, and gate/up, as one matrix "
         "product with their weights stored side by side (the modules' weights become views "
         "of that block: saved weights, adapters and state dicts are unchanged), and the "
         "input's gradient as one product too. Same arithmetic, fewer and larger products; "
         "anything unusual (weights that train, LoRA dropout, DoRA) takes the stock path. "
         "Not with `compile`. `false`: one product per projection."))
     batched_lora_a: bool = Field(True, description=(
-        "With `fused_projections`: the LoRA A matrices of q/k/v (of gate/up) join the "
+        "With `fused_projections: true`: the LoRA A matrices of q/k/v (of gate/up) join the "
         "frozen base's product, and their weight gradients are one product too; each "
         "projection's LoRA B and scaling are applied as before. `false`: one A product per "
         "projection."))

@@ -100,8 +100,8 @@ class KVRows:
         if self.rows == 0:
             self.k, self.v, self.lens = other.k, other.v, other.lens
             return
-        width = max(self.cap, other.cap)
-        self.reserve(width)
+        self.reserve(other.cap)
+        width = self.cap
         used = int(other.lens.max())
         self.k = [torch.cat([a, _resized(b, width, used)]) for a, b in zip(self.k, other.k)]
         self.v = [torch.cat([a, _resized(b, width, used)]) for a, b in zip(self.v, other.v)]
@@ -109,6 +109,8 @@ class KVRows:
 
     def keep(self, rows: list[int]) -> None:
         """Keep only ``rows`` (in this order); give back capacity nobody left needs."""
+        if rows == list(range(self.rows)):
+            return
         idx = torch.tensor(rows, dtype=torch.long)
         self.lens = self.lens.index_select(0, idx)
         used = int(self.lens.max()) if rows else 0
@@ -136,7 +138,9 @@ class LlamaDecoder:
         cfg = base.config
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
-        self.dtype = self.head.weight.dtype
+        # the cache holds keys and values in the projections' dtype (a training model may
+        # keep a bf16 frozen base beside float32 embeddings and adapters)
+        self.dtype = layers[0].proj["k_proj"].weight.dtype
         self.device = self.head.weight.device
 
     def new_cache(self, rows: int = 1, cap: int = 64) -> KVRows:
@@ -155,6 +159,7 @@ class LlamaDecoder:
     @staticmethod
     def _linear(x: torch.Tensor, p: _Proj, groups: list[tuple[str, torch.Tensor | None]]
                 ) -> torch.Tensor:
+        x = x.to(p.weight.dtype)  # a no-op unless weights differ in dtype (a bf16 frozen base)
         if x.shape[0] == 1 and x.shape[1] == 1 and p.bias is None:  # one row: a GEMV
             y = torch.mv(p.weight, x.view(-1)).view(1, 1, -1)
         else:
@@ -189,7 +194,7 @@ class LlamaDecoder:
         groups = self._groups(adapters)
         x = self.embed(ids.to(self.device))
         cos, sin = self.rotary(x, pos)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        cos, sin = cos.unsqueeze(1).to(self.dtype), sin.unsqueeze(1).to(self.dtype)
         mask, causal = self._mask(start, n, width)
         reps = self.heads // self.kv_heads
         row_idx = torch.arange(rows, device=self.device)

@@ -1,8 +1,11 @@
 """Batched generation using the model's chat template (left padding, length-sorted batches).
 
-``generate`` returns text; ``sample_ids`` is the same decode path for prompts that are
-already token ids and returns the new token ids, ``n`` samples per prompt (GRPO's rollouts:
-the KV cache of ``model.generate``, the prompts left-padded in one batch).
+``generate`` returns text; ``sample_ids`` returns the new token ids of ``n`` samples per
+prompt of token ids (GRPO's rollouts). For Llama-family models ``sample_ids`` decodes with
+the compact decoder of the serve engine (:mod:`tunesmith.inference.fast_decode`: each prompt
+prefilled once, its ``n`` rows decoded together with every other prompt's, finished rows
+leaving the batch) and draws with a generator seeded by ``settings.seed``; other models go
+through ``model.generate`` with the prompts left-padded in one batch.
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from tunesmith.inference.fast_decode import KVRows, LlamaDecoder, decoder_for
+from tunesmith.inference.sampling import make_generator, pick_tokens
 
 Prompt = str | list[dict[str, str]]
 
@@ -84,8 +90,11 @@ def sample_ids(model: Any, tok: Any, prompts: list[list[int]], settings: Generat
     """``n`` completions (new token ids, cut after the first EOS, which is kept) of each
     prompt, prompt-major: ``out[i * n + j]`` is sample j of prompt i. The model is put in
     eval mode with the KV cache on for the call and restored after."""
-    device = next(model.parameters()).device
     eos = eos_ids(model, tok)
+    fast = _fast_sampler(model)
+    if fast is not None:
+        return _sample_fast(model, *fast, prompts, settings, n, set(eos))
+    device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
@@ -110,6 +119,68 @@ def sample_ids(model: Any, tok: Any, prompts: list[list[int]], settings: Generat
         end = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
         result.append(row[:end])
     return result
+
+
+def _fast_sampler(model: Any) -> tuple[LlamaDecoder, str | None] | None:
+    """(the compact decoder, the adapter every row uses) when it can run ``model`` now."""
+    dec = decoder_for(model)
+    if dec is None:
+        return None
+    if not hasattr(model, "peft_config"):
+        return dec, None
+    active = list(getattr(model.base_model, "active_adapters", []) or [])
+    return (dec, active[0]) if len(active) == 1 else None
+
+
+def _sample_fast(model: Any, dec: LlamaDecoder, adapter: str | None,
+                 prompts: list[list[int]], settings: GenerationSettings, n: int,
+                 eos: set[int]) -> list[list[int]]:
+    gen = make_generator(settings.seed)
+    was_training = model.training
+    model.eval()  # LoRA dropout off, as in model.generate
+    # in the weights' own dtypes (a caller's autocast would re-cast every product): a bf16
+    # frozen base stays bf16, float32 weights decode in float32
+    try:
+        with torch.autocast(dec.device.type, enabled=False):
+            return _decode_rows(dec, adapter, prompts, settings, n, eos, gen)
+    finally:
+        model.train(was_training)
+
+
+def _decode_rows(dec: LlamaDecoder, adapter: str | None, prompts: list[list[int]],
+                 settings: GenerationSettings, n: int, eos: set[int], gen: torch.Generator
+                 ) -> list[list[int]]:
+    """Greedy or sampled rows: each prompt prefilled once and its ``n`` rows decoded with
+    every other prompt's; a row that draws an EOS leaves the batch (its cache with it)."""
+    batch: KVRows | None = None
+    first = []
+    for p in prompts:
+        kv = dec.new_cache(1, cap=len(p) + settings.max_new_tokens)
+        first.append(dec.forward(torch.tensor([p], dtype=torch.long), kv, [adapter]
+                                 ).expand(n, -1))
+        rows = kv.repeat(n)
+        if batch is None:
+            batch = rows
+        else:
+            batch.extend(rows)
+    assert batch is not None
+    logits = torch.cat(first)
+    out: list[list[int]] = [[] for _ in range(len(prompts) * n)]
+    alive = list(range(len(out)))
+    for step in range(settings.max_new_tokens):
+        picked = pick_tokens(logits, settings.temperature, settings.top_p, gen).tolist()
+        keep = []
+        for j, (row, t) in enumerate(zip(alive, picked)):
+            out[row].append(int(t))
+            if t not in eos:
+                keep.append(j)
+        if not keep or step + 1 == settings.max_new_tokens:
+            break
+        batch.keep(keep)
+        alive = [alive[j] for j in keep]
+        tokens = torch.tensor([out[r][-1] for r in alive], dtype=torch.long).view(-1, 1)
+        logits = dec.forward(tokens, batch, [adapter] * len(alive))
+    return out
 
 
 def eos_ids(model: Any, tok: Any) -> list[int]:

@@ -31,8 +31,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunesmith.inference.sampling import make_generator, pick_tokens
 from tunesmith.serve.api.batch_decode import BatchCache, batchable, prefill
-from tunesmith.serve.api.decode import ChoiceText, DecodeParams, Delta, make_generator, pick_tokens
+from tunesmith.serve.api.decode import ChoiceText, DecodeParams, Delta
 from tunesmith.serve.api.errors import APIError
 from tunesmith.serve.settings import Limits
 
