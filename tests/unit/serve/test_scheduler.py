@@ -171,6 +171,32 @@ def test_chunked_prefill_equals_whole(shared_pool: Any) -> None:
     assert whole == chunked
 
 
+def test_a_burst_of_short_prompts_joins_before_one_decode_step(shared_pool: Any) -> None:
+    """Prompts are prefilled up to ``prefill_chunk`` tokens in all between two decode steps:
+    six short prompts arriving together all decode from the first step (one step each
+    before, so the last one waited five steps for its first token); a budget smaller than
+    the prompts still admits them chunk by chunk, with the same outputs."""
+    h = shared_pool.handles["tiny"]
+    sizes = [len(_ids(h, p)) for p in PROMPTS]
+    firsts: list[int] = []
+
+    def run(chunk: int) -> list[tuple[str, str]]:
+        sched = _scheduler(h.group, prefill_chunk=chunk)
+        jobs = [_job(h, p, max_tokens=6, temperature=0.0) for p in PROMPTS]
+        step = sched._step
+
+        def counted(model: Any) -> None:
+            if not sched.steps:
+                firsts.append(len(sched.rows))
+            step(model)
+        sched._step = counted
+        return _run_all(sched, jobs)
+
+    together = run(sum(sizes))
+    assert firsts == [len(PROMPTS)]
+    assert run(max(sizes) - 1) == together and firsts[1] < len(PROMPTS)
+
+
 def test_stop_string_and_max_tokens_mid_batch(shared_pool: Any) -> None:
     h = shared_pool.handles["tiny"]
     _, full = _sequential(h, "Say hello", max_tokens=12, temperature=0.0)
@@ -212,11 +238,16 @@ def test_full_queue_is_refused_with_retry_after(shared_pool: Any) -> None:
     h = shared_pool.handles["tiny"]
     sched = _scheduler(h.group, max_queue=2)
     jobs = [_job(h, p, max_tokens=3, temperature=0.0) for p in PROMPTS[:3]]
-    with h.group.lock:  # the loop cannot step: the queue fills up
+    with h.group.lock:  # the loop cannot admit or step: the queue fills up
         sched.submit(jobs[0])
-        time.sleep(0.2)  # the first is admitted (no longer waiting)
         sched.submit(jobs[1])
-        sched.submit(jobs[2])
+        time.sleep(0.2)
         with pytest.raises(QueueFull) as info:
-            sched.submit(_job(h, "ok", max_tokens=3))
+            sched.submit(jobs[2])
     assert info.value.status == 429 and info.value.headers["Retry-After"] == "1"
+    deadline = time.time() + 30
+    while len(sched.waiting) >= 2 and time.time() < deadline:
+        time.sleep(0.02)
+    sched.submit(jobs[2])  # room again once the loop has admitted the waiting two
+    for job in jobs:
+        assert [d for d in sched.stream(job, submitted=True)]

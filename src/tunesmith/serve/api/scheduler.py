@@ -6,9 +6,10 @@ the batch has room: at most ``max_batch`` rows, and at most ``max_tokens_in_flig
 of KV cache that the admitted requests could grow to (prompt + ``max_tokens`` per row), so
 memory is bounded before the work starts. Admission is strict FCFS (a large request at the
 head is not overtaken by small ones behind it, so it cannot starve); one request larger
-than the whole budget runs alone. A request's prompt is prefilled on its own, in chunks of
-``prefill_chunk`` tokens interleaved with the decode steps of the running batch (a long
-prompt delays the others by one chunk per step, not by its whole length), then its rows
+than the whole budget runs alone. A request's prompt is prefilled on its own, in chunks; at
+most ``prefill_chunk`` tokens of prompts (several short ones, or one chunk of a long one) are
+prefilled between two decode steps of the running batch (a long prompt delays the others by
+one chunk per step, not by its whole length), then its rows
 join the batch (serve/api/batch_decode.py) and decode with everyone else, one forward call
 per step for all rows, whatever adapter each uses.
 
@@ -161,11 +162,12 @@ class Scheduler:
             with self.cond:
                 while not (self.waiting or self.prefilling or self.rows):
                     self.cond.wait()
-                self._admit()
             try:
                 with self.group.lock:  # adapters load under it; the model may be rewrapped
+                    with self.cond:  # admit what arrived while the lock was awaited too
+                        self._admit()
                     model = self.group.model
-                    self._prefill_one(model)
+                    self._prefill(model)
                     if self.rows:
                         self._step(model)
             except Exception as exc:  # a failed forward fails the requests in it, not the loop
@@ -191,20 +193,33 @@ class Scheduler:
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             self.prefilling.append(job)
 
-    def _prefill_one(self, model: Any) -> None:
-        """Prefill one chunk of the oldest admitted prompt; its rows join when it is done."""
-        if not self.prefilling:
-            return
+    def _prefill(self, model: Any) -> None:
+        """Prefill admitted prompts, oldest first, up to ``prefill_chunk`` tokens in all
+        before the next decode step: a burst of short prompts joins in one or two steps
+        instead of one step each, and a long prompt still delays the batch by at most one
+        chunk per step. Rows join the batch as their prompts finish."""
+        budget = self.limits.prefill_chunk
+        while self.prefilling and budget > 0:
+            budget -= self._prefill_chunk(model, budget)
+
+    def _prefill_chunk(self, model: Any, budget: int) -> int:
+        """Prefill up to ``budget`` tokens of the oldest admitted prompt; tokens used (a
+        cancelled request is dropped and counts as 0)."""
         job = self.prefilling[0]
         if job.cancel.is_set():
             self._release(self.prefilling.popleft())
             job.out.put(_DONE)
-            return
-        chunk = job.ids[job.done_prompt:job.done_prompt + self.limits.prefill_chunk]
+            return 0
+        chunk = job.ids[job.done_prompt:job.done_prompt + budget]
         logits, job.past = prefill(model, chunk, job.adapter, job.past, job.done_prompt)
         job.done_prompt += len(chunk)
         if job.done_prompt < len(job.ids):
-            return
+            return len(chunk)
+        self._join(job, logits)
+        return len(chunk)
+
+    def _join(self, job: Job, logits: Any) -> None:
+        """A prompt is prefilled: draw each choice's first token; live rows join the batch."""
         self.prefilling.popleft()
         if not batchable(job.past):
             raise RuntimeError("this model's KV cache cannot be batched (sliding-window or "
