@@ -29,7 +29,8 @@ def _llama(dtype: torch.dtype = torch.float32, bias: bool = False, **kw: Any
 
 def _with_adapters(model: torch.nn.Module, names: tuple[str, ...] = ("a", "b"),
                    **kw: Any) -> Any:
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+               "lm_head"]
     peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, **kw),
                           adapter_name=names[0])
     for name in names[1:]:

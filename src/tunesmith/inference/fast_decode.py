@@ -19,8 +19,9 @@ grows by doubling and shrinks when long rows leave.
 
 :func:`decoder_for` says whether a model can take this path: a ``llama``, ``mistral`` or
 ``qwen2`` causal LM (no sliding window, SiLU MLP, no per-head norms), bare or wrapped by PEFT
-with plain LoRA adapters on its linear projections (no DoRA, LoRA bias, embedding or head
-adapters, modules to save, merged or disabled adapters). Anything else keeps transformers'
+with plain LoRA adapters on its linear projections and head (no DoRA, LoRA bias, adapters on
+the embeddings, modules to save, merged or disabled adapters). LoRA dropout is never
+applied: this path decodes, as a model in eval mode does. Anything else keeps transformers'
 forward (serve/api/batch_decode.py).
 """
 
@@ -34,6 +35,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# training's SDPA (models/attention.py): transformers' SDPA whenever no gradient is computed
+from tunesmith.models.attention import NAME as TRAINING_SDPA
 
 FAMILIES = ("llama", "mistral", "qwen2")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -130,11 +134,11 @@ def _resized(t: torch.Tensor, cap: int, used: int) -> torch.Tensor:
 class LlamaDecoder:
     """Prefill and decode steps of one Llama-family model (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, base: nn.Module, layers: list[_Layer]) -> None:
-        self.model, self.base, self.layers = model, base, layers
+    def __init__(self, model: nn.Module, base: nn.Module, layers: list[_Layer], head: _Proj
+                 ) -> None:
+        self.model, self.base, self.layers, self.head = model, base, layers, head
         inner = base.model
         self.embed, self.norm, self.rotary = inner.embed_tokens, inner.norm, inner.rotary_emb
-        self.head = base.lm_head
         cfg = base.config
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
@@ -232,8 +236,7 @@ class LlamaDecoder:
             x = x + self._linear(F.silu(gate) * up, layer.proj["down_proj"], groups)
         kv.lens = start + n
         x = self._rms(x[:, -1:], self.norm)
-        head = _Proj(self.head.weight, getattr(self.head, "bias", None))
-        return self._linear(x, head, [])[:, 0].float().cpu()
+        return self._linear(x, self.head, groups)[:, 0].float().cpu()
 
     def _mask(self, start: torch.Tensor, n: int, width: int
               ) -> tuple[torch.Tensor | None, bool]:
@@ -288,15 +291,15 @@ def _build(model: nn.Module) -> LlamaDecoder | None:
     if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "use_sliding_window",
                                                                  False):
         return None
-    if getattr(cfg, "_attn_implementation", None) != "sdpa":
+    if getattr(cfg, "_attn_implementation", None) not in ("sdpa", TRAINING_SDPA):
         return None  # eager attention takes its softmax in float32: not the same arithmetic
     inner = getattr(base, "model", None)
     if inner is None or not all(hasattr(inner, a) for a in ("embed_tokens", "norm",
                                                                "rotary_emb", "layers")):
         return None
-    if not isinstance(inner.embed_tokens, nn.Embedding) or \
-            type(getattr(base, "lm_head", None)) is not nn.Linear:
-        return None  # an adapter or a wrapper on the embeddings or the head
+    head = _projection(getattr(base, "lm_head", None))
+    if not isinstance(inner.embed_tokens, nn.Embedding) or head is None:
+        return None  # an adapter or a wrapper on the embeddings, an unusual head
     layers = []
     for layer in inner.layers:
         attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
@@ -314,7 +317,7 @@ def _build(model: nn.Module) -> LlamaDecoder | None:
     for module in model.modules():  # a PEFT layer anywhere else (modules to save, ...)
         if _is_tuner(module) and not _plain_lora(module):
             return None
-    return LlamaDecoder(model, base, layers)
+    return LlamaDecoder(model, base, layers, head)
 
 
 def _is_tuner(module: nn.Module) -> bool:
@@ -326,8 +329,6 @@ def _plain_lora(module: nn.Module) -> bool:
             and not getattr(module, "merged", False) and not module.disable_adapters
             and not getattr(module, "lora_variant", {})
             and not any(getattr(module, "use_dora", {}).values())
-            and all(isinstance(d, nn.Identity) or not d.training
-                    for d in module.lora_dropout.values())
             and all(b.bias is None for b in module.lora_B.values()))
 
 
