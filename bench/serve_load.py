@@ -108,7 +108,7 @@ def one_request(client: Any, url: str, model: str, i: int, max_tokens: int
     body = {"model": model, "messages": prompt(i), "max_tokens": max_tokens,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
-    ttft, tokens = None, 0
+    ttft, tokens, deltas = None, 0, 0
     with client.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}")
@@ -118,11 +118,13 @@ def one_request(client: Any, url: str, model: str, i: int, max_tokens: int
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
-            if ttft is None and any((c.get("delta") or {}).get("content")
-                                    for c in chunk.get("choices") or []):
-                ttft = time.perf_counter() - t0
+            if any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or []):
+                deltas += 1
+                if ttft is None:
+                    ttft = time.perf_counter() - t0
     latency = time.perf_counter() - t0
-    return (ttft if ttft is not None else latency), latency, tokens
+    # a server that sends no usage in streams (llama-cpp-python's): one content chunk per token
+    return (ttft if ttft is not None else latency), latency, tokens or deltas
 
 
 def load_level(url: str, models: list[str], clients: int, seconds: float, max_tokens: int,
