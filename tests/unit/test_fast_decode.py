@@ -117,6 +117,47 @@ def test_rows_of_different_lengths_and_adapters_together_equal_each_alone() -> N
     assert batch.rows == 2 and batch.lens.tolist() == [len(h) for h in histories]
 
 
+def test_mixed_adapters_of_other_ranks_and_targets_equal_each_alone() -> None:
+    """A batch of three adapters (ranks 4 and 8, one only on q/v, one on the head) and the
+    base: each row's logits equal PEFT's own forward for its adapter; changing an adapter's
+    weights in place is seen at the next step (the stacked copies are rebuilt)."""
+    model = _with_adapters(_llama())
+    model.add_adapter("c", LoraConfig(r=8, lora_alpha=12, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B.c" in n:
+                p.copy_(torch.randn_like(p) * 0.2)
+    model.eval()
+    dec = decoder_for(model)
+    prompts = [[5, 9, 11], [(3 * i) % 97 for i in range(9)], [40, 2], [7, 7, 8, 1]]
+    adapters = ["c", "a", None, "b"]
+    batch, alone = None, []  # each row also decoded by itself (one adapter: live weights)
+    for p, a in zip(prompts, adapters):
+        kv, own = dec.new_cache(cap=len(p)), dec.new_cache(cap=len(p))
+        dec.forward(torch.tensor([p]), kv, [a])
+        dec.forward(torch.tensor([p]), own, [a])
+        alone.append(own)
+        batch = kv if batch is None else (batch.extend(kv) or batch)
+    histories = [list(p) for p in prompts]
+    for step in range(3):
+        if step == 2:  # the cached keys now differ from a full forward's: compare with alone
+            with torch.no_grad():
+                model.base_model.model.model.layers[0].self_attn.q_proj.lora_B["c"].weight \
+                    .mul_(3)
+        tokens = [(11 * step + 5 * i) % 97 for i in range(len(histories))]
+        logits = dec.forward(torch.tensor(tokens).view(-1, 1), batch, adapters)
+        for i, (h, t, a) in enumerate(zip(histories, tokens, adapters)):
+            h.append(t)
+            own = dec.forward(torch.tensor([[t]]), alone[i], [a])[0]
+            torch.testing.assert_close(logits[i], own, rtol=1e-5, atol=1e-5)
+            if step < 2:
+                with torch.inference_mode():
+                    want = model(input_ids=torch.tensor([h]),
+                                 adapter_names=[a or "__base__"]).logits[0, -1]
+                torch.testing.assert_close(logits[i], want, rtol=1e-5, atol=1e-5)
+
+
 def test_cache_grows_past_its_first_capacity() -> None:
     model = _llama()
     prompt = list(range(1, 70))  # beyond the first 64 slots, while decoding grows it again
