@@ -110,3 +110,37 @@ def test_llamacpp_engine_missing_says_how_to_install(tmp_path: Path,
     with pytest.raises(ModelError) as info:
         ModelPool(ServeSettings(engine="llamacpp", data_dir=tmp_path))
     assert "pip install llama-cpp-python" in info.value.render()
+
+
+def test_adapter_given_as_a_trained_lora_run(serve_models: dict[str, Path], tmp_path: Path
+                                             ) -> None:
+    """A LoRA run as training writes it (final/ holds the merged model, final/adapter/ the
+    adapter) serves as an adapter over its base: ``--adapter NAME=runs/RUN``."""
+    import json
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.models.merge import save_trained
+    from tunesmith.serve.api.engines import ModelPool
+    from tunesmith.serve.settings import ServeSettings
+
+    base = serve_models["base"]
+    run = tmp_path / "runs" / "trained-lora"
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base),
+                                     serve_models["lora_a"] / "final")
+    save_trained(peft, AutoTokenizer.from_pretrained(base), run / "final")
+    (run / "manifest.json").write_text(json.dumps({"name": run.name, "task": "sft"}))
+    assert (run / "final" / "model.safetensors").exists()
+    settings = ServeSettings(models=[f"tiny={base}"], adapters={"mine": str(run)},
+                             dtype="float32", data_dir=tmp_path / "data", jobs_worker=False)
+    pool = ModelPool(settings)
+    pool.load_settings_models()
+    handle = pool.handles["mine"]
+    assert Path(handle.source) == run / "final" / "adapter"
+    assert handle.adapter is not None
+    assert handle.group is pool.handles["tiny"].group  # over the shared base, not a copy
+    lora = handle.group.model.base_model.model.model.layers[0].self_attn.q_proj
+    torch.testing.assert_close(lora.lora_B[handle.adapter].weight, peft.base_model.model.model
+                               .layers[0].self_attn.q_proj.lora_B["default"].weight)

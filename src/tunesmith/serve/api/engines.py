@@ -252,6 +252,9 @@ class ModelPool:
         """A handle for ``spec`` served as ``name`` (weights shared with loaded groups)."""
         with self._load_lock:
             src = resolve_artifact(spec)
+            if adapter_only and isinstance(src, Path) and \
+                    (src / "adapter" / "adapter_config.json").exists():
+                src = src / "adapter"  # a LoRA run's final/: merged weights, adapter/ beside
             created = int(time.time())
             upstream = self.settings.engine == "upstream"
             task = span_task(spec) if isinstance(src, Path) else None
