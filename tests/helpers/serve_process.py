@@ -21,37 +21,29 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(args: list[str], data_dir: Path, start_timeout: float = 300
-                   ) -> Iterator[str]:
-    """Start ``tunesmith serve ARGS --port P --data-dir DATA_DIR``; yield its base URL.
-
-    Waits for ``/health`` (a loaded 2-core machine needs up to minutes to import and load);
-    fails the test with the server's log if it exits or never answers; stops it afterwards.
-    """
+def running_process(cmd: list[str], probe: str, log_path: Path, start_timeout: float = 300,
+                    env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """Start ``cmd`` (its output in ``log_path``) and wait until ``probe`` (a URL) answers
+    200; fail the test with the log's end if it exits or never answers; stop it afterwards."""
     import httpx
 
-    port = free_port()
-    log_path = data_dir / "server.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tunesmith", "serve", *args, "--port", str(port),
-         "--data-dir", str(data_dir), "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
-    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.time() + start_timeout
         while time.time() < deadline:
             if proc.poll() is not None:
-                pytest.fail("server exited:\n" + log_path.read_text()[-3000:])
+                pytest.fail(f"{Path(cmd[0]).name} exited with {proc.returncode}:\n"
+                            + log_path.read_text()[-3000:])
             try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                if httpx.get(probe, timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
         else:
-            pytest.fail("server did not start:\n" + log_path.read_text()[-3000:])
-        yield base
+            pytest.fail(f"{Path(cmd[0]).name} did not answer in {start_timeout:.0f} s:\n"
+                        + log_path.read_text()[-3000:])
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -59,3 +51,20 @@ def running_server(args: list[str], data_dir: Path, start_timeout: float = 300
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@contextmanager
+def running_server(args: list[str], data_dir: Path, start_timeout: float = 300
+                   ) -> Iterator[str]:
+    """Start ``tunesmith serve ARGS --port P --data-dir DATA_DIR``; yield its base URL.
+
+    Waits for ``/health`` (a loaded 2-core machine needs up to minutes to import and load);
+    fails the test with the server's log if it exits or never answers; stops it afterwards.
+    """
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "tunesmith", "serve", *args, "--port", str(port),
+           "--data-dir", str(data_dir), "--log-level", "warning"]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    with running_process(cmd, base + "/health", data_dir / "server.log", start_timeout, env):
+        yield base
