@@ -28,7 +28,7 @@ FLIGHT = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {
         "date": {"type": "string", "description": "ISO date"},
         "origin": {"type": ["string", "null"]},
-        "passengers": {"type": "array", "items": {"properties": {"age": {"type": "integer"},
+        "passengers": {"type": "array", "items": {"properties": {"age": {"type": "number"},
                                                                   "name": {"type": "string"}},
                                                    "type": "object"}},
         "seat": {"type": "string", "enum": ["aisle", "window"]}},
