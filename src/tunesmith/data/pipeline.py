@@ -34,7 +34,7 @@ from tunesmith.data.tool_template import supports_tools
 from tunesmith.errors import DataError
 from tunesmith.io import cache_root, file_sha256
 
-ENCODING_VERSION = "3"  # bump when encoding logic changes, to invalidate caches
+ENCODING_VERSION = "4"  # bump when encoding or row checks change (a cache hit skips both)
 
 
 @dataclass
