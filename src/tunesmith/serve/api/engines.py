@@ -37,7 +37,12 @@ from tunesmith.errors import ModelError
 from tunesmith.inference.generate import eos_ids
 from tunesmith.inference.predict import load_predictor
 from tunesmith.inference.spans import load_span_predictor, span_task
-from tunesmith.models.artifacts import adapter_base, model_kind, resolve_artifact
+from tunesmith.models.artifacts import (
+    ADAPTER_CONFIG,
+    adapter_base,
+    model_kind,
+    resolve_artifact,
+)
 from tunesmith.models.load import load_causal_lm, load_tokenizer
 from tunesmith.models.registry import EMBEDDED, resolve_model_dir
 from tunesmith.serve.api.aliases import AliasReader
@@ -253,7 +258,7 @@ class ModelPool:
         with self._load_lock:
             src = resolve_artifact(spec)
             if adapter_only and isinstance(src, Path) and \
-                    (src / "adapter" / "adapter_config.json").exists():
+                    (src / "adapter" / ADAPTER_CONFIG).exists():
                 src = src / "adapter"  # a LoRA run's final/: merged weights, adapter/ beside
             created = int(time.time())
             upstream = self.settings.engine == "upstream"
