@@ -106,7 +106,7 @@ def test_ner_encoder_full_learns_and_keeps_best(tmp_path: Path, bert_dir: Path) 
     assert one.exit_code == 0 and "entities" in json.loads(one.stdout)
 
     # eval and analyze know the task: per-type figures, missed vs spurious, worst sentences
-    summary = run_eval([str(run)], str(val), tmp_path / "ev", EvalSettings())
+    summary = run_eval([str(run)], str(val), tmp_path / "ev", EvalSettings(dtype="float32"))
     m = summary["models"][0]
     assert summary["task"] == "token_classification"
     assert m["metrics"]["entity_f1"] == pytest.approx(last["val_entity_f1"], abs=1e-6)
@@ -191,7 +191,7 @@ def test_qa_encoder_learns_spans(tmp_path: Path, bert_dir: Path) -> None:
     assert "exact match" in out.output
     row = json.loads(out.stdout.splitlines()[0])
     assert row["context"][row["start"]:row["end"]] == row["answer"]
-    summary = run_eval([str(run)], str(val), tmp_path / "ev", EvalSettings())
+    summary = run_eval([str(run)], str(val), tmp_path / "ev", EvalSettings(dtype="float32"))
     assert summary["models"][0]["metrics"]["f1"] == pytest.approx(last["val_f1"], abs=1e-6)
     analysis = run_analyze(tmp_path / "ev")
     worst = analysis["models"][str(run)]["worst"]

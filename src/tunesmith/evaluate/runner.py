@@ -235,7 +235,9 @@ def run_eval(models: Sequence[str], data: str, out: Path | None, s: T.EvalSettin
         return run_tool_eval(models, data, out, lambda m: load_model(
             m, model_kind(resolve_artifact(m)), dtype), s.limit, s.max_new_tokens)
     if len(models) == 1 and (span := span_task(models[0])) is not None:
-        return run_span_eval(models[0], span, data, out, s.batch_size, s.limit)
+        precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[
+            inference_dtype(s.dtype)]
+        return run_span_eval(models[0], span, data, out, s.batch_size, s.limit, precision)
     dtype = inference_dtype(s.dtype)
     rows = read_rows(data, limit=s.limit)
     sources = [resolve_artifact(m) for m in models]

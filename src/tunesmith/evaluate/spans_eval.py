@@ -108,10 +108,11 @@ def _qa_records(p: SpanPredictor, rows: list[Any], batch_size: int
 
 
 def run_span_eval(model: str, task: str, data: str, out: Path, batch_size: int = 16,
-                  limit: int | None = None) -> dict[str, Any]:
-    """Evaluate one entity or answer model on ``data``; returns the metrics.json summary."""
+                  limit: int | None = None, precision: str = "auto") -> dict[str, Any]:
+    """Evaluate one entity or answer model on ``data`` (``precision``: auto | fp32 | bf16,
+    as ``--dtype`` gives it); returns the metrics.json summary."""
     rows = read_rows(data, limit=limit)
-    p = load_span_predictor(model)
+    p = load_span_predictor(model, precision=precision)
     records, res = (_entity_records if task == "token_classification" else _qa_records)(
         p, rows, batch_size)
     name = Path(model).name if Path(model).name not in ("final", "best") else \

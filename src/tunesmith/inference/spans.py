@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from tunesmith.config.schema import ExtractiveQAConfig
+from tunesmith.data.collate import padded_width
 from tunesmith.data.qa_windows import Question, SpanAnswer, best_span, make_windows
 from tunesmith.data.tags import iob2_spans
 from tunesmith.data.word_align import align, check_fast, join_words, words_in_text
@@ -79,13 +80,14 @@ class SpanPredictor:
 
     def _forward(self, batches: list[list[list[int]]], types: list[list[list[int]]] | None
                  ) -> list[Any]:
-        """Model outputs per batch of id lists (right-padded)."""
+        """Model outputs per batch of id lists (right-padded to a multiple of 8, as in
+        training)."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         device = next(self.model.parameters()).device
         outs = []
         with torch.inference_mode(), self._autocast():
             for b, rows in enumerate(batches):
-                width = max(len(r) for r in rows)
+                width = padded_width(max(len(r) for r in rows))
                 ids = torch.full((len(rows), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(rows), width), dtype=torch.long)
                 for i, r in enumerate(rows):

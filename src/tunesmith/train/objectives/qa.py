@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tunesmith.config.schema import QA_METRICS, RunConfig
+from tunesmith.data.collate import padded_width
 from tunesmith.data.qa_windows import Question, SpanAnswer, Window, best_span
 from tunesmith.metrics.squad import SquadCounts, best_null_threshold, score
 from tunesmith.train.engine import BatchOut
@@ -29,9 +30,9 @@ EVAL_LOG = "eval/extractive_qa.jsonl"
 
 
 def collate_windows(windows: Sequence[Window], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ids, attention mask, token types (when the tokenizer has them) and the
-    start/end targets."""
-    width = max(len(w.input_ids) for w in windows)
+    """Right-padded ids (to a multiple of 8), attention mask, token types (when the tokenizer
+    has them) and the start/end targets."""
+    width = padded_width(max(len(w.input_ids) for w in windows))
     ids = torch.full((len(windows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(windows), width), dtype=torch.long)
     types = torch.zeros((len(windows), width), dtype=torch.long) \
@@ -51,7 +52,11 @@ def collate_windows(windows: Sequence[Window], pad_id: int) -> dict[str, torch.T
 
 
 class SpanCriterion(nn.Module):
-    """Wraps the QA model; returns (summed window loss, start logits, end logits)."""
+    """Wraps the QA model; returns (summed window loss, start logits, end logits).
+
+    Padding positions are masked out of both softmaxes, so a window's loss does not depend
+    on how wide its batch is (run_qa.py pads every window to the full length and leaves
+    the padding in)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -60,7 +65,9 @@ class SpanCriterion(nn.Module):
     def forward(self, start_positions: torch.Tensor, end_positions: torch.Tensor,
                 **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = self.model(**inputs)
-        start, end = out.start_logits.float(), out.end_logits.float()
+        pad = inputs["attention_mask"] == 0
+        start = out.start_logits.float().masked_fill(pad, float("-inf"))
+        end = out.end_logits.float().masked_fill(pad, float("-inf"))
         ce = nn.functional.cross_entropy
         loss = (ce(start, start_positions, reduction="sum")
                 + ce(end, end_positions, reduction="sum")) / 2

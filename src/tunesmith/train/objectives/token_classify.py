@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from tunesmith.config.schema import TOKEN_CLASSIFICATION_METRICS, RunConfig
+from tunesmith.data.collate import padded_width
 from tunesmith.data.tags import to_iob2
 from tunesmith.data.tokens import TokEncoded, label_counts
 from tunesmith.data.word_align import IGNORE
@@ -49,8 +50,9 @@ def tag_weights(setting: str | list[float], counts: list[int]) -> torch.Tensor |
 
 
 def collate_tokens(examples: Sequence[TokEncoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ids, attention mask and labels (padding labelled ``IGNORE``)."""
-    width = max(len(e.input_ids) for e in examples)
+    """Right-padded ids (to a multiple of 8), attention mask and labels (padding labelled
+    ``IGNORE``)."""
+    width = padded_width(max(len(e.input_ids) for e in examples))
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
