@@ -52,3 +52,17 @@ def test_qa_window_loss_does_not_depend_on_its_batch_width() -> None:
     torch.testing.assert_close(loss_pair, loss_short + loss_wide, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(start_alone[0, :9], start_together[0, :9], rtol=1e-5, atol=1e-5)
     assert torch.isinf(start_together[0, 9:]).all()
+
+
+def test_length_grouping_is_off_by_default_only_for_token_classification() -> None:
+    from tunesmith.config import validate_dict
+
+    def grouped(task: str, **train: object) -> bool | None:
+        return validate_dict({"name": "x", "task": task, "model": {"name": "m"},
+                              "data": {"train": "a.jsonl"}, "train": train}
+                             ).train.group_by_length
+
+    assert grouped("token_classification") is False
+    assert grouped("token_classification", group_by_length=True) is True
+    assert grouped("extractive_qa") is True and grouped("sft") is True
+    assert grouped("sft", group_by_length=False) is False
