@@ -475,6 +475,12 @@ class TokenClassificationConfig(_Section):
         "Loss weight per tag: `none`, `balanced` (n / (n_tags * count) over the labelled "
         "training sub-tokens, as scikit-learn) or one positive weight per tag in label "
         "order (`O` first, then `B-`/`I-` per type)."))
+    packing: bool = Field(True, description=(
+        "Train on batches whose sentences are packed side by side into shared rows, each "
+        "attending only to itself (positions restart, a block-diagonal mask): the same loss "
+        "and gradients as padded batches on fewer tokens (x1.5-1.8 per step on CoNLL-2003). "
+        "Applies to BERT-family encoders and Llama/Qwen/Mistral decoders under SDPA or eager "
+        "attention; other models train on padded batches."))
     max_length: int = Field(256, ge=8, description=(
         "Maximum tokens per sentence; longer ones are cut (their later words count as "
         "predicted `O`) or dropped with `data.truncation: drop`, counted either way."))

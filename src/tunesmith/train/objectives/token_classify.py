@@ -23,15 +23,31 @@ from torch import nn
 
 from tunesmith.config.schema import TOKEN_CLASSIFICATION_METRICS, RunConfig
 from tunesmith.data.collate import padded_width
+from tunesmith.data.pack import pack_tokens
 from tunesmith.data.tags import to_iob2
 from tunesmith.data.tokens import TokEncoded, label_counts
 from tunesmith.data.word_align import IGNORE
 from tunesmith.errors import ConfigError
 from tunesmith.metrics.entities import EntityCounts, scalar_metrics
+from tunesmith.models.attention import NAME as FP32_SHORT_ATTENTION
 from tunesmith.train.engine import BatchOut
 from tunesmith.train.reported import ReportedObjective
 
 EVAL_LOG = "eval/token_classification.jsonl"
+# model types whose forward numbers positions from the position ids it is given and takes a
+# ready 4D attention mask as is (data/pack.py), and whether their attention is causal
+PACKABLE = {"bert": False, "llama": True, "qwen2": True, "qwen3": True, "mistral": True}
+
+
+def packing_for(model: nn.Module) -> tuple[bool, torch.dtype | None] | None:
+    """(causal, the additive mask's dtype or None for a boolean mask) where ``model``'s
+    training batches can be packed (data/pack.py), else None."""
+    config = getattr(model, "config", None)
+    causal = PACKABLE.get(getattr(config, "model_type", ""))
+    impl = getattr(config, "_attn_implementation", None)
+    if causal is None or impl not in ("sdpa", FP32_SHORT_ATTENTION, "eager"):
+        return None
+    return causal, torch.float32 if impl == "eager" else None
 
 
 def tag_weights(setting: str | list[float], counts: list[int]) -> torch.Tensor | None:
@@ -127,11 +143,14 @@ class TokenClassifyObjective(ReportedObjective):
         return sum(self.n_labelled[i] for b in group for i in b)
 
     def train_batch(self, wrapped: nn.Module, idx: list[int], device: Any) -> BatchOut:
-        batch = {k: v.to(device) for k, v in collate_tokens(
-            [self.train_set[j] for j in idx], self.pad_id).items()}
-        lsum, _ = wrapped(**batch)
+        examples = [self.train_set[j] for j in idx]
+        packing = packing_for(self.module.model) if self.cfg.token_classification.packing \
+            else None
+        batch = collate_tokens(examples, self.pad_id) if packing is None else \
+            pack_tokens(examples, self.pad_id, *packing)
+        lsum, _ = wrapped(**{k: v.to(device) for k, v in batch.items()})
         return BatchOut(lsum, {"sentences": float(len(idx))},
-                        int(batch["attention_mask"].sum()))
+                        sum(len(e.input_ids) for e in examples))
 
     def step_values(self, sums: dict[str, float], units: int) -> dict[str, float]:
         return {"step_examples": sums.get("sentences", 0.0), "step_labelled_tokens": units}
