@@ -27,7 +27,6 @@ forward (serve/api/batch_decode.py).
 
 from __future__ import annotations
 
-import math
 import os
 import weakref
 from dataclasses import dataclass, field
@@ -75,52 +74,6 @@ class _Proj:
         return hit[1], hit[2], hit[3]
 
 
-def _power_of_two(scale: float) -> bool:
-    return scale > 0 and math.frexp(scale)[0] == 0.5
-
-
-@dataclass
-class _Joint:
-    """Projections that read the same input (q/k/v, gate/up). In a mixed-adapter batch their
-    LoRA terms take one A product (every projection's stacked A side by side), one mask and
-    one B product (their stacked B matrices block-diagonal), where each projection apart
-    takes two products, a mask, a scale and a cast: 10 operators fewer per layer for q/k/v.
-    Each adapter's scale is folded into its B block, which is exact only for a power of two
-    (PEFT's ``lora_alpha / r`` is 2, 1 or 0.5 in most recipes); other scales keep the
-    per-projection path."""
-
-    projs: tuple[_Proj, ...]
-    stacks: dict[tuple[str, ...], tuple[Any, ...]] = field(default_factory=dict)
-
-    def stacked(self, names: tuple[str, ...]
-                ) -> tuple[torch.Tensor, torch.Tensor, tuple[tuple[str, int, float], ...],
-                           list[tuple[int, int, int]]] | None:
-        """(joint A, block-diagonal scaled B, joint layout with unit scales, and per
-        projection with adapters (its index, first and last output column)), or None where
-        this batch cannot take the joint path."""
-        parts = [(i, part) for i, p in enumerate(self.projs)
-                 if (part := p.stacked(names)) is not None]
-        if len(parts) < 2 or not all(_power_of_two(s) for _, (_, _, layout) in parts
-                                     for _, _, s in layout):
-            return None
-        hit = self.stacks.get(names)  # the projections' own stacks, kept by reference
-        if hit is None or any(x is not y for x, y in zip(hit[0], (p[1][0] for p in parts))):
-            scaled, cols, at = [], [], 0
-            for i, (_, b, layout) in parts:
-                edges = [0]
-                for _, rank, _ in layout:
-                    edges.append(edges[-1] + rank)
-                scaled.append(torch.cat([b[:, lo:hi] * scale for (_, _, scale), lo, hi
-                                         in zip(layout, edges, edges[1:])], dim=1))
-                cols.append((i, at, at + int(b.shape[0])))
-                at += int(b.shape[0])
-            layout = tuple((n, r, 1.0) for _, (_, _, lay) in parts for n, r, _ in lay)
-            hit = self.stacks[names] = (tuple(p[1][0] for p in parts),
-                                        torch.cat([p[1][0] for p in parts]),
-                                        torch.block_diag(*scaled), layout, cols)
-        return hit[1], hit[2], hit[3], hit[4]
-
-
 class _Mixed:
     """A batch whose rows use different adapters (some maybe none): every projection adds
     all its adapters' LoRA terms in two products over the whole batch, the A products of
@@ -161,12 +114,6 @@ class _Layer:
     n1: nn.Module
     n2: nn.Module
     proj: dict[str, _Proj]
-    qkv: _Joint = field(init=False)
-    gate_up: _Joint = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.qkv = _Joint(tuple(self.proj[n] for n in ("q_proj", "k_proj", "v_proj")))
-        self.gate_up = _Joint((self.proj["gate_proj"], self.proj["up_proj"]))
 
 
 class KVRows:
@@ -288,22 +235,6 @@ class LlamaDecoder:
             y += (F.linear(xa, b_cat) * scale).to(y.dtype)
         return y
 
-    @classmethod
-    def _linears(cls, x: torch.Tensor, joint: _Joint, groups: str | _Mixed | None
-                 ) -> list[torch.Tensor]:
-        """The projections of ``joint`` on the same input; in a mixed-adapter batch their
-        LoRA terms in one pass (:class:`_Joint`)."""
-        stack = joint.stacked(groups.present) if isinstance(groups, _Mixed) else None
-        if stack is None:
-            return [cls._linear(x, p, groups) for p in joint.projs]
-        ys = [cls._linear(x, p, None) for p in joint.projs]
-        a_cat, b_diag, layout, cols = stack
-        mask, _ = groups.mask(layout, a_cat.dtype)  # type: ignore[union-attr]
-        delta = F.linear(F.linear(x.to(a_cat.dtype), a_cat) * mask, b_diag)
-        for i, lo, hi in cols:
-            ys[i] += delta[..., lo:hi].to(ys[i].dtype)
-        return ys
-
     def _rope(self, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = t.shape[-1] // 2
         return t * cos + torch.cat((-t[..., half:], t[..., :half]), dim=-1) * sin
@@ -328,7 +259,9 @@ class LlamaDecoder:
         at, first = start.to(self.device), int(start[0])
         for i, layer in enumerate(self.layers):
             h = self._rms(x, layer.n1)
-            q, k, v = self._linears(h, layer.qkv, groups)
+            q = self._linear(h, layer.proj["q_proj"], groups)
+            k = self._linear(h, layer.proj["k_proj"], groups)
+            v = self._linear(h, layer.proj["v_proj"], groups)
             q = q.view(rows, n, self.heads, self.dim).transpose(1, 2)
             k = k.view(rows, n, self.kv_heads, self.dim).transpose(1, 2)
             v = v.view(rows, n, self.kv_heads, self.dim).transpose(1, 2)
@@ -352,7 +285,8 @@ class LlamaDecoder:
             o = o.transpose(1, 2).reshape(rows, n, self.heads * self.dim)
             x = x + self._linear(o, layer.proj["o_proj"], groups)
             h = self._rms(x, layer.n2)
-            gate, up = self._linears(h, layer.gate_up, groups)
+            gate = self._linear(h, layer.proj["gate_proj"], groups)
+            up = self._linear(h, layer.proj["up_proj"], groups)
             x = x + self._linear(F.silu(gate) * up, layer.proj["down_proj"], groups)
         kv.lens = start + n
         x = self._rms(x[:, -1:], self.norm)
