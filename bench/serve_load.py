@@ -28,6 +28,8 @@ meaningful on an otherwise idle machine: run it alone.
     python bench/serve_load.py [--clients 1,4,16,32] [--seconds 60] [--max-tokens 64]
                                [--servers builtin,builtin-1,llamacpp] [--gguf FILE]
     python bench/serve_load.py --quick      # smoke settings: a few seconds per level
+    python bench/serve_load.py --servers builtin,adapters --adapter-runs R0,R1,R2 --ignore-eos
+                                            # adapters vs base on replies of one length
 """
 
 from __future__ import annotations
@@ -102,11 +104,16 @@ def rss_mib(pid: int) -> float:
         return float("nan")
 
 
+# fields added to every request (--ignore-eos)
+EXTRA: dict[str, Any] = {}
+
+
 def one_request(client: Any, url: str, model: str, i: int, max_tokens: int
                 ) -> tuple[float, float, int]:
     """(time to first token, latency, completion tokens) of one streamed chat request."""
     body = {"model": model, "messages": prompt(i), "max_tokens": max_tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True},
+            **EXTRA}
     t0 = time.perf_counter()
     ttft, tokens, deltas = None, 0, 0
     with client.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
@@ -237,7 +244,13 @@ def main() -> None:
     ap.add_argument("--gguf-quant", default="q8_0", help="--engine llamacpp's weight type")
     ap.add_argument("--adapter-runs", default="", help="comma-separated LoRA run dirs")
     ap.add_argument("--quick", action="store_true", help="smoke settings (seconds, not figures)")
+    ap.add_argument("--ignore-eos", action="store_true",
+                    help="every reply runs to --max-tokens (vLLM's ignore_eos; tunesmith honours "
+                    "it): servers and adapters compared on the same decode work, not on how "
+                    "early each model stops")
     args = ap.parse_args()
+    if args.ignore_eos:
+        EXTRA["ignore_eos"] = True
     if args.quick:
         args.clients, args.seconds, args.max_tokens = "1,4", 3.0, 8
         args.servers = "builtin,builtin-1"

@@ -6,6 +6,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.unit.serve.serve_support import (  # noqa
     assert_openai_error,
     client,
@@ -48,6 +50,22 @@ def test_chat_completion_shape_and_usage(client: Any, shared_pool: Any) -> None:
         "input_ids"])
     assert body["usage"]["completion_tokens"] == 6
     assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 6
+
+
+def test_ignore_eos_reaches_the_decoder(client: Any, shared_pool: Any,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the first greedy token made the end-of-sequence id, a reply stops at once;
+    ``ignore_eos`` (vLLM's extension) makes it run to ``max_tokens``."""
+    first = chat(client, max_tokens=1).json()["choices"][0]["message"]["content"]
+    tok = shared_pool.handles["tiny"].tokenizer
+    end = tok(first, add_special_tokens=False)["input_ids"][0]
+    monkeypatch.setattr(type(shared_pool.handles["tiny"]), "eos_ids", lambda self: [end])
+    stopped = chat(client, max_tokens=6).json()
+    assert stopped["choices"][0]["finish_reason"] == "stop"
+    assert stopped["usage"]["completion_tokens"] == 0
+    kept = chat(client, max_tokens=6, ignore_eos=True).json()
+    assert kept["choices"][0]["finish_reason"] == "length"
+    assert kept["usage"]["completion_tokens"] == 6
 
 
 def test_greedy_matches_transformers_generate(client: Any, shared_pool: Any) -> None:

@@ -212,6 +212,33 @@ def test_stop_string_and_max_tokens_mid_batch(shared_pool: Any) -> None:
     assert got[2] == (want.texts[0], want.finish_reasons[0])
 
 
+def test_ignore_eos_runs_to_max_tokens_in_both_decoders(shared_pool: Any) -> None:
+    """With a greedy token that first comes at position i taken as end-of-sequence, a
+    request stops after i tokens; with ``ignore_eos`` it runs to ``max_tokens`` and gives the
+    whole text, in the scheduler and in the one-request decoder alike."""
+    from tunesmith.serve.api.decode import DecodeParams, decode_all
+    from tunesmith.serve.api.scheduler import Job
+
+    for h, prompt in ((h, p) for h in _handles(shared_pool) for p in PROMPTS):
+        tokens, full = _sequential(h, prompt, max_tokens=8, temperature=0.0)
+        i = next((k for k in range(1, len(tokens)) if tokens[k] not in tokens[:k]), None)
+        if len(tokens) == 8 and i is not None:
+            break
+    else:
+        pytest.fail("no prompt gives two different greedy tokens")
+    eos = {tokens[i]}
+    for ignore, want in ((False, (h.tokenizer.decode(tokens[:i]), "stop", i)),
+                         (True, (full.texts[0], "length", 8))):
+        params = DecodeParams(max_tokens=8, temperature=0.0, ignore_eos=ignore)
+        job = Job(_ids(h, prompt), params, h.adapter, h.tokenizer, set(eos),
+                  threading.Event(), {})
+        (text, reason), = _run_all(_scheduler(h.group), [job])
+        assert (text, reason, job.stats["completion_tokens"]) == want
+        with h.active() as model:
+            alone = decode_all(model, h.tokenizer, _ids(h, prompt), params, list(eos))
+        assert (alone.texts[0], alone.finish_reasons[0], alone.completion_tokens) == want
+
+
 def test_cancel_frees_the_slot(shared_pool: Any) -> None:
     h = shared_pool.handles["lora-b"]
     sched = _scheduler(h.group)

@@ -13,7 +13,7 @@ request with the same seed gives the same output whatever else the server is doi
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,12 @@ class DecodeParams:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    ignore_eos: bool = False  # vLLM's extension: run to max_tokens past end-of-sequence
+
+
+def end_ids(eos: Iterable[int], params: DecodeParams) -> set[int]:
+    """The token ids that end a choice: the model's EOS ids, none with ``ignore_eos``."""
+    return set() if params.ignore_eos else set(eos)
 
 
 @dataclass
@@ -135,7 +141,7 @@ def decode_stream(model: Any, tok: Any, prompt_ids: list[int], params: DecodePar
     n = params.n
     device = next(model.parameters()).device
     gen = make_generator(params.seed)
-    eos = set(eos_ids)
+    eos = end_ids(eos_ids, params)
     choices = [ChoiceText(i, tok, eos, params.stop) for i in range(n)]
     stats = stats if stats is not None else {}
     stats["completion_tokens"] = 0

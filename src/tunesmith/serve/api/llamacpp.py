@@ -50,6 +50,7 @@ from tunesmith.serve.api.decode import (
     DecodeResult,
     Delta,
     collect_streams,
+    end_ids,
 )
 from tunesmith.serve.api.scheduler import QueueFull
 
@@ -254,7 +255,8 @@ class LlamaCppHandle:
         llm = self.base.llm
         seed = params.seed + index if params.seed is not None else secrets.randbits(31)
         llm.set_seed(seed & 0xFFFFFFFF)
-        text = ChoiceText(index, self.tokenizer, set(self.eos), params.stop)
+        eos = end_ids(self.eos, params)
+        text = ChoiceText(index, self.tokenizer, eos, params.stop)
         greedy = params.temperature <= 0
         tokens = llm.generate(ids, temp=0.0 if greedy else params.temperature,
                               top_p=1.0 if greedy else params.top_p, top_k=0, min_p=0.0,
@@ -266,7 +268,7 @@ class LlamaCppHandle:
                     return
                 token = int(token)
                 count += 1
-                if token not in self.eos:
+                if token not in eos:
                     stats["completion_tokens"] += 1
                 delta = text.push(token)
                 if delta is not None:

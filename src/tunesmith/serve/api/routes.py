@@ -110,7 +110,8 @@ def _params(request: Request, body: Any, handle: LMHandle, prompt_len: int) -> D
     max_tokens = asked if asked is not None else min(settings.default_max_tokens,
                                                      ctx - prompt_len)
     return DecodeParams(max_tokens=max_tokens, n=body.n, temperature=body.temperature,
-                        top_p=body.top_p, stop=body.stop_list(), seed=body.seed)
+                        top_p=body.top_p, stop=body.stop_list(), seed=body.seed,
+                        ignore_eos=body.ignore_eos)
 
 
 def _chat_prompt(handle: LMHandle, body: ChatCompletionRequest, hits: list[Any] = (),

@@ -34,7 +34,7 @@ from typing import Any
 
 from tunesmith.inference.sampling import make_generator, pick_tokens
 from tunesmith.serve.api.batch_decode import BatchCache, batchable, prefill
-from tunesmith.serve.api.decode import ChoiceText, DecodeParams, Delta
+from tunesmith.serve.api.decode import ChoiceText, DecodeParams, Delta, end_ids
 from tunesmith.serve.api.errors import APIError
 from tunesmith.serve.settings import Limits
 
@@ -68,6 +68,7 @@ class Job:
     reserved: int = 0  # KV tokens held in the scheduler's budget while admitted
 
     def __post_init__(self) -> None:
+        self.eos = end_ids(self.eos, self.params)
         self.gen = make_generator(self.params.seed)
         self.choices = [ChoiceText(i, self.tok, self.eos, self.params.stop)
                         for i in range(self.params.n)]

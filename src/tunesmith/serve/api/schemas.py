@@ -160,6 +160,9 @@ class _Sampling(_Body):
     n: int = Field(1, ge=1, le=128)
     stop: Stop = None
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+    # vLLM's extension (llama-server has it too): generate max_tokens tokens, past the
+    # end-of-sequence token; for load tests whose replies must all have one length
+    ignore_eos: bool = False
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)  # accepted, no effect

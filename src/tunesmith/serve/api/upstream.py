@@ -76,6 +76,8 @@ class UpstreamHandle:
             body["stop"] = params.stop
         if params.seed is not None:
             body["seed"] = params.seed
+        if params.ignore_eos:  # vLLM's and llama-server's name for it
+            body["ignore_eos"] = True
         stats["completion_tokens"] = 0
         timeout = httpx.Timeout(TIMEOUT_S, connect=CONNECT_S)
         try:
