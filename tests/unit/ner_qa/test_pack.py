@@ -38,20 +38,19 @@ def _sentences() -> list[TokEncoded]:
     return out
 
 
-def _bert(attn: str) -> torch.nn.Module:
+def _tagger(model_cls: type, config_cls: type, attn: str, **shape: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    return BertForTokenClassification(BertConfig(
-        vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64, num_labels=5,
-        attn_implementation=attn)).eval()
+    return model_cls(config_cls(vocab_size=96, hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=4, intermediate_size=64, num_labels=5,
+                                attn_implementation=attn, **shape)).eval()
+
+
+def _bert(attn: str) -> torch.nn.Module:
+    return _tagger(BertForTokenClassification, BertConfig, attn, max_position_embeddings=64)
 
 
 def _llama(attn: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return LlamaForTokenClassification(LlamaConfig(
-        vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=64, num_labels=5,
-        attn_implementation=attn)).eval()
+    return _tagger(LlamaForTokenClassification, LlamaConfig, attn, num_key_value_heads=2)
 
 
 def test_rows_hold_every_sentence_once_within_the_width() -> None:
