@@ -126,9 +126,9 @@ def worker_tunesmith(args: argparse.Namespace) -> dict:
         section, name = key.split(".", 1)
         raw.setdefault(section, {})[name] = yaml.safe_load(value)
     cfg = validate_dict(raw)
-    stamps: list[tuple[float, int, float]] = []
-    callbacks: list = [
-        lambda step, v: stamps.append((time.perf_counter(), v["step_tokens"], v["loss"]))]
+    stamps: list[tuple[float, int, float, float]] = []
+    callbacks: list = [lambda step, v: stamps.append(
+        (time.perf_counter(), v["step_tokens"], v["loss"], peak_rss_mib()))]
     profiler = StepProfiler(args.profile) if args.profile else None
     if profiler is not None:
         callbacks.append(profiler)
@@ -323,7 +323,8 @@ def worker_trl(args: argparse.Namespace) -> dict:
     class Stamp(TrainerCallback):
         def on_step_end(self, a, state, control, **kw):
             k = state.global_step - 1
-            stamps.append((time.perf_counter(), sum(lens[b * k:b * k + b]), 0.0))
+            stamps.append((time.perf_counter(), sum(lens[b * k:b * k + b]), 0.0,
+                           peak_rss_mib()))
 
         def on_log(self, a, state, control, logs=None, **kw):
             if logs and "loss" in logs:
@@ -338,13 +339,15 @@ def worker_trl(args: argparse.Namespace) -> dict:
     return {**summarise(stamps, losses[-1] if losses else float("nan")), "heldout_loss": held}
 
 
-def summarise(stamps: list[tuple[float, int, float]], last_loss: float) -> dict:
-    # steady state: tokens of steps 2..N over the time between the end of step 1 and step N
+def summarise(stamps: list[tuple[float, int, float, float]], last_loss: float) -> dict:
+    """Steady tokens/s (steps 2..N over the time from the end of step 1 to the end of step
+    N), peak RSS of the whole run (tunesmith's includes writing final/) and at the end of the
+    last training step."""
     tokens = sum(s[1] for s in stamps[1:])
     seconds = stamps[-1][0] - stamps[0][0]
     out = {"tokens_per_s": tokens / seconds, "steady_steps": len(stamps) - 1,
            "step_s": seconds / max(len(stamps) - 1, 1), "loss_last": last_loss,
-           "peak_rss_mib": peak_rss_mib()}
+           "peak_rss_mib": peak_rss_mib(), "train_peak_rss_mib": stamps[-1][3]}
     if on_cuda():
         import torch
 
