@@ -478,7 +478,8 @@ class TokenClassificationConfig(_Section):
     packing: bool = Field(True, description=(
         "Train on batches whose sentences are packed side by side into shared rows, each "
         "attending only to itself (positions restart, a block-diagonal mask): the same loss "
-        "and gradients as padded batches on fewer tokens (x1.5-1.8 per step on CoNLL-2003). "
+        "and gradients as padded batches on fewer tokens (CoNLL-2003 with MiniLM: 1.1 "
+        "padded tokens per real one instead of 2.6, 77-80 sentences/s instead of 57-70). "
         "Applies to BERT-family encoders and Llama/Qwen/Mistral decoders under SDPA or eager "
         "attention; other models train on padded batches."))
     max_length: int = Field(256, ge=8, description=(
