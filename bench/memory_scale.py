@@ -115,9 +115,12 @@ def main() -> None:
                 print(f"{r['batch']} x {r['max_length']}: peak RSS tunesmith / {name} "
                       f"x{o['peak_rss_mib'] / r['peak_rss_mib']:.2f}")
     print()
+    # the batch series: the length of the points with more than one row (512 by default)
+    batch_len = max((length for b, length in grid if b > 1), default=None)
     for name, *_ in contenders:
         for label, keep in (("batch 1, by length", lambda r: r["batch"] == 1),
-                            ("by batch", lambda r: r["max_length"] == 512)):
+                            (f"by batch at {batch_len}",
+                             lambda r: r["max_length"] == batch_len)):
             sel = [r for r in rows if r["contender"] == name and keep(r)]
             if len(sel) < 2:
                 continue
