@@ -157,7 +157,8 @@ def main() -> None:
     ap.add_argument("--contenders", default="transformers,tunesmith-fp32,tunesmith",
                     help=f"comma-separated, the first is the reference: {', '.join(CONTENDERS)}")
     ap.add_argument("--dtype", default="auto", help="serve-builtin's --dtype")
-    ap.add_argument("--gguf-quant", default="q8_0", help="serve-llamacpp's weight type")
+    ap.add_argument("--gguf-quant", default="q8_0", help="serve-llamacpp's weight type; "
+                    "comma-separated for one row each (e.g. q8_0,bf16,f16)")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -176,8 +177,8 @@ def main() -> None:
         print(json.dumps(result))
         return
     passthrough = ["--prompts", str(args.prompts), "--max-new-tokens", str(args.max_new_tokens),
-                   "--batch-size", str(args.batch_size), "--dtype", args.dtype,
-                   "--gguf-quant", args.gguf_quant]
+                   "--batch-size", str(args.batch_size), "--dtype", args.dtype]
+    quants = args.gguf_quant.split(",")
     rows = []
     for name in args.contenders.split(","):
         if name not in CONTENDERS:
@@ -185,10 +186,11 @@ def main() -> None:
         if name == "serve-llamacpp" and importlib.util.find_spec("llama_cpp") is None:
             print(f"  skipping {name}: llama-cpp-python is not installed", flush=True)
             continue
-        r = run_worker(__file__, name, passthrough)
-        r["name"] = name
-        rows.append(r)
-        print(f"  {name}: {r['tokens_per_s']:.1f} new tokens/s", flush=True)
+        for quant in quants if name == "serve-llamacpp" else quants[:1]:
+            r = run_worker(__file__, name, [*passthrough, "--gguf-quant", quant])
+            r["name"] = f"{name}-{quant}" if name == "serve-llamacpp" else name
+            rows.append(r)
+            print(f"  {r['name']}: {r['tokens_per_s']:.1f} new tokens/s", flush=True)
     base = rows[0]  # the reference: the first contender
     for r in rows:
         same = sum(a == b for a, b in zip(r["replies"], base["replies"]))

@@ -347,7 +347,8 @@ def summarise(stamps: list[tuple[float, int, float, float]], last_loss: float) -
     seconds = stamps[-1][0] - stamps[0][0]
     out = {"tokens_per_s": tokens / seconds, "steady_steps": len(stamps) - 1,
            "step_s": seconds / max(len(stamps) - 1, 1), "loss_last": last_loss,
-           "peak_rss_mib": peak_rss_mib(), "train_peak_rss_mib": stamps[-1][3]}
+           "peak_rss_mib": peak_rss_mib(), "train_peak_rss_mib": stamps[-1][3],
+           "step_times_s": [round(b[0] - a[0], 3) for a, b in zip(stamps, stamps[1:])]}
     if on_cuda():
         import torch
 
@@ -490,6 +491,9 @@ ABLATIONS = {
     "one LoRA A product per projection (batched_lora_a off)": (["train.batched_lora_a=false"],
                                                                MALLOC_ENV),
     "compile on": (["train.compile=true"], MALLOC_ENV),
+    "compile off": (["train.compile=false"], MALLOC_ENV),
+    "OpenMP threads bound to cores (OMP_PROC_BIND=close)": (
+        [], {**MALLOC_ENV, "OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}),
     "gradient checkpointing on": (["train.gradient_checkpointing=true"], MALLOC_ENV),
 }
 

@@ -25,6 +25,14 @@ def test_split_by_tokens_respects_the_budget() -> None:
     assert split_by_tokens([4], lengths, 8) == [[4]]  # one long row stays whole
 
 
+def test_split_by_tokens_makes_even_parts() -> None:
+    """8 rows of 130 tokens in 1,024: 4 + 4, not 7 + 1 (a one-row part recompiles a
+    compiled model, and the larger part sets the peak)."""
+    assert split_by_tokens(list(range(8)), [130] * 8, 1024) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    lengths = [100, 100, 100, 100, 100, 400]  # even halves would not fit: the fewest parts
+    assert split_by_tokens(list(range(6)), lengths, 800) == [[0, 1, 2, 3, 4], [5]]
+
+
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_split_batches_train_exactly_like_whole_ones(tiny_model_dir: Path, alpaca_file: Path,
                                                      tmp_path: Path, method: str) -> None:

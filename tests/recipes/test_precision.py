@@ -104,6 +104,22 @@ def test_frozen_linears_restored_from_the_checkpoint(tiny_model_dir: Path, alpac
             assert torch.equal(p, base[key]), name
 
 
+class _SeeBlocks:
+    """A step callback that records, at the start of training, which blocks are compiled."""
+
+    def __init__(self) -> None:
+        self.compiled: list[bool] = []
+        self.reason: str | None = None
+
+    def on_start(self, loop: Any) -> None:
+        blocks = loop.module.model.base_model.model.model.layers
+        self.compiled = [getattr(b, "_compiled_call_impl", None) is not None for b in blocks]
+        self.reason = loop.compiled
+
+    def __call__(self, step: int, values: dict) -> None:
+        pass
+
+
 def test_compiled_blocks_train_like_eager(tiny_model_dir: Path, alpaca_file: Path,
                                           tmp_path: Path) -> None:
     """train.compile: the same per-step losses as eager (within float tolerance) and a final/
@@ -111,13 +127,35 @@ def test_compiled_blocks_train_like_eager(tiny_model_dir: Path, alpaca_file: Pat
     from transformers import AutoModelForCausalLM
 
     curves: dict[bool, list[float]] = {}
+    seen: dict[bool, _SeeBlocks] = {}
     for compiled in (False, True):
-        curves[compiled], res = _lora_run(tiny_model_dir, alpaca_file, tmp_path / str(compiled),
-                                          max_steps=3, precision="fp32", compile=compiled)
+        seen[compiled] = _SeeBlocks()
+        cfg = make_cfg(tiny_model_dir, alpaca_file, tmp_path / str(compiled),
+                       method={"type": "lora", "r": 4, "alpha": 8},
+                       train={"lr": 1e-2, "max_steps": 3, "precision": "fp32",
+                              "compile": compiled})
+        losses: list[float] = []
+        res = sft.run(cfg, progress=False,
+                      callbacks=[seen[compiled], lambda s, v: losses.append(v["loss"])])
+        curves[compiled] = losses
     assert curves[True] == pytest.approx(curves[False], rel=1e-4, abs=1e-5)
     AutoModelForCausalLM.from_pretrained(res.final_dir)  # no _orig_mod names, loads as is
-    cfg = make_cfg(tiny_model_dir, alpaca_file, tmp_path, method={"type": "lora"},
-                   train={"compile": True})
-    model, _, _ = common.build_causal_lm(cfg)
-    blocks = model.base_model.model.model.layers
-    assert all(getattr(b, "_compiled_call_impl", None) is not None for b in blocks)
+    assert seen[False].compiled == [False, False] and seen[False].reason is None
+    assert seen[True].compiled == [False, True]  # the first block stays eager
+    assert seen[True].reason == "train.compile: true"
+
+
+def test_compile_auto_only_where_it_pays(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunesmith.models import compiled as c
+
+    monkeypatch.setattr(c, "cxx_compiler", lambda: "/usr/bin/g++")
+    long_run = c.AUTO_MIN_STEPS
+    assert c.compile_reason("auto", "sft", "cpu", long_run) is not None
+    assert c.compile_reason("auto", "sft", "cpu", long_run - 1) is None  # compiling > gain
+    assert c.compile_reason("auto", "dpo", "cpu", long_run) is None  # not measured there
+    assert c.compile_reason("auto", "sft", "cuda", long_run) is None
+    assert c.compile_reason("auto", "sft", "cpu", long_run, fused_projections=True) is None
+    assert c.compile_reason(True, "dpo", "cuda", 1) == "train.compile: true"
+    assert c.compile_reason(False, "sft", "cpu", 10 * long_run) is None
+    monkeypatch.setattr(c, "cxx_compiler", lambda: None)  # inductor could not build kernels
+    assert c.compile_reason("auto", "sft", "cpu", long_run) is None

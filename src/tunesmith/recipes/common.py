@@ -25,7 +25,6 @@ from tunesmith.models.classifier import apply_head_method, load_classifier
 from tunesmith.models.fused_linear import fuse_projections
 from tunesmith.models.fused_norm import fuse_rms_norms
 from tunesmith.models.load import load_causal_lm, load_tokenizer
-from tunesmith.models.student import find_layer_list
 from tunesmith.recipes import run_dir as rd
 from tunesmith.recipes.general_eval import record_general_eval
 from tunesmith.train import checkpoint as ckpt
@@ -86,9 +85,6 @@ def build_causal_lm(cfg: RunConfig, tok: Any = None, prepare: Prepare | None = N
                                cfg.model.attn_implementation, cfg.model.allow_pickle)
     prepare_model(model, cfg, precision, lora, prepare)
     model.config.use_cache = False
-    if cfg.train.compile:
-        for block in find_layer_list(model)[2]:
-            block.compile(dynamic=True)  # in place: parameter names stay as they are
     unfreezer = None
     if cfg.method.type == "lora" and hasattr(model, "peft_config"):
         for name, p in model.named_parameters():  # continue training a loaded adapter
@@ -103,7 +99,7 @@ def build_causal_lm(cfg: RunConfig, tok: Any = None, prepare: Prepare | None = N
             unfreezer.start()
     if cfg.method.type == "lora" and precision in ("bf16", "fp16"):
         adapters.skip_lora_input_casts(model)
-    if cfg.train.fused_projections and not cfg.train.compile:  # after the weights' dtype
+    if cfg.train.fused_projections and cfg.train.compile is not True:  # after the weights' dtype
         fuse_projections(model, cfg.train.batched_lora_a)
     return model, tok, unfreezer
 

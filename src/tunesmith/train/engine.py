@@ -29,6 +29,7 @@ from tunesmith.errors import TrainingError, TrainingInterrupted
 from tunesmith.io import atomic_directory
 from tunesmith.models.adapters import GradualUnfreezer
 from tunesmith.models.artifacts import EVAL_FILE
+from tunesmith.models.compiled import compile_blocks, compile_reason
 from tunesmith.models.merge import save_trained
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train import fsdp
@@ -88,11 +89,14 @@ def split_by_tokens(idx: list[int], lengths: list[int], budget: int | None) -> l
 
     Parts of one micro-batch are accumulated into the same step with the step's own loss
     normaliser, so splitting changes peak memory, not the gradient. A single row longer than
-    the budget stays whole.
+    the budget stays whole. Parts are as even as their number allows (8 rows as 4 + 4,
+    not 7 + 1): the fewest parts, then the same number of rows in each, which keeps a
+    compiled model (``train.compile``) from recompiling for one-row parts.
     """
     if not budget or len(idx) < 2 or len(idx) * max(lengths[i] for i in idx) <= budget:
         return [idx]
-    parts: list[list[int]] = []
+
+    parts: list[list[int]] = []  # greedy: the fewest consecutive parts
     cur: list[int] = []
     longest = 0
     for i in idx:
@@ -103,6 +107,13 @@ def split_by_tokens(idx: list[int], lengths: list[int], budget: int | None) -> l
         cur.append(i)
         longest = longest_with
     parts.append(cur)
+    size, extra = divmod(len(idx), len(parts))  # the same number of parts, evened out
+    bounds = [0]
+    for j in range(len(parts)):
+        bounds.append(bounds[-1] + size + (j < extra))
+    even = [idx[a:b] for a, b in zip(bounds, bounds[1:])]
+    if all(len(p) == 1 or len(p) * max(lengths[i] for i in p) <= budget for p in even):
+        return even
     return parts
 
 
@@ -211,6 +222,11 @@ class TrainLoop:
         self.per_epoch, self.total = plan_steps(len(objective.train_lengths), cfg,
                                                 accelerator.num_processes)
         self.scheduler = build_scheduler(self.optimizer, self.tc, self.total)
+        self.compiled = compile_reason(self.tc.compile, objective.task,
+                                       accelerator.device.type, self.total,
+                                       self.tc.fused_projections)
+        if self.compiled:  # before any wrapper: in place, parameter names unchanged
+            compile_blocks(self.module.model, fall_back_to_eager=self.tc.compile == "auto")
         if self.fsdp:
             self.wrapped = self.module
         else:
@@ -233,6 +249,8 @@ class TrainLoop:
             self.run_dir, self.cfg, acc.is_main_process,
             resumed_at=state["step"] if resume_from is not None else None)
         view = ProgressView(self.total, state["step"], self.show_progress)
+        if self.compiled:
+            view.note(f"compiling transformer blocks ({self.compiled})")
         result = LoopResult(steps=state["step"])
         micro_per_step = tc.grad_accum * acc.num_processes
         save_every = tc.save_every or tc.eval_every
