@@ -495,6 +495,11 @@ ABLATIONS = {
     "OpenMP threads bound to cores (OMP_PROC_BIND=close)": (
         [], {**MALLOC_ENV, "OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}),
     "gradient checkpointing on": (["train.gradient_checkpointing=true"], MALLOC_ENV),
+    "packing on (one row per micro-batch, attention per sequence)": (["train.packing=true"],
+                                                                     MALLOC_ENV),
+    "packing + compile on": (["train.packing=true", "train.compile=true"], MALLOC_ENV),
+    "packing + no length grouping": (["train.packing=true", "train.group_by_length=false"],
+                                       MALLOC_ENV),
 }
 
 

@@ -225,6 +225,13 @@ class TrainConfig(_Section):
         "Batch examples of similar length (shuffled batches) to cut padding. Default: on, "
         "except for `token_classification`, where batches of sentences of one length cost "
         "about 1 entity-F1 point on CoNLL-2003 (docs/ner-qa.md)."))
+    packing: bool = Field(False, description=(
+        "`task: sft`: padding-free batches. Each micro-batch is one row of its examples back "
+        "to back (no padding between them), with position ids restarting per example; each "
+        "example attends only to itself (one attention call per example under SDPA, a "
+        "block-diagonal mask under eager attention, variable-length kernels under flash "
+        "attention), so losses and gradients equal the padded batch's. "
+        "`train.max_batch_tokens` then bounds a micro-batch's real tokens."))
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     compile: bool | Literal["auto"] = Field("auto", description=(
         "torch.compile each transformer block but the first, in place (dynamic shapes). "
@@ -648,6 +655,9 @@ class RunConfig(_Section):
             if getattr(self, section).reference == "adapter" and self.method.type != "lora":
                 problems.append(f"{section}.reference adapter needs method.type lora (with full "
                                 f"or freeze fine-tuning use {section}.reference precompute)")
+        if self.train.packing and self.task != "sft":
+            problems.append(f"train.packing works with task sft, not {self.task} (token "
+                            "classification has token_classification.packing)")
         if self.data.mixture is not None:
             if self.task != "sft":
                 problems.append(f"data.mixture works with task sft, not {self.task}")

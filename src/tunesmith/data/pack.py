@@ -13,11 +13,18 @@ longest sentence, rounded up to a multiple of 8), with
 so each sentence's outputs are those of its own unpadded forward pass: the same loss and
 gradients as the padded batch, computed on fewer tokens. Used by token classification
 (``token_classification.packing``), where each token's label is read in place.
+
+Causal-LM fine-tuning (``train.packing``) goes further with :func:`pack_causal`: a whole
+micro-batch becomes one row with no attention mask, only position ids and the sequences'
+boundaries (``cu_seq_lens_q``, the variable-length convention of flash attention). Each
+sequence's first label is dropped, because in one row the position before it is the previous
+sequence's last token (a padded row drops its first label by the shift in the same way).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -72,3 +79,35 @@ def pack_tokens(examples: Sequence[TokEncoded], pad_id: int, causal: bool,
         mask = torch.zeros(mask.shape, dtype=additive_mask_dtype).masked_fill_(
             ~mask, torch.finfo(additive_mask_dtype).min)
     return {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "labels": labels}
+
+
+def pack_causal(examples: Sequence[Any], pad_id: int, multiple_of: int = 8
+                ) -> dict[str, Any]:
+    """One row ``[1, width]`` holding ``examples`` (anything with ``input_ids`` and ``labels``)
+    back to back, padded at the end to ``multiple_of``: ``input_ids``, ``labels``,
+    ``position_ids`` (restarting at 0 in each sequence and in the padding) and the boundaries
+    ``cu_seq_lens_q``/``cu_seq_lens_k`` (int32, ``[0, n1, n1 + n2, ..., width]``) with
+    ``max_length_q``/``max_length_k``. No ``attention_mask``: transformers reads packed
+    sequences off the position ids (a block-diagonal causal mask under SDPA and eager
+    attention), flash attention and tunesmith's attention off the boundaries."""
+    lengths = [len(e.input_ids) for e in examples]
+    total = sum(lengths)
+    width = padded_width(total, multiple_of)
+    ids = torch.full((1, width), pad_id, dtype=torch.long)
+    labels = torch.full((1, width), IGNORE, dtype=torch.long)
+    pos = torch.zeros((1, width), dtype=torch.long)
+    bounds, at = [0], 0
+    for e, n in zip(examples, lengths):
+        ids[0, at:at + n] = torch.tensor(e.input_ids)
+        labels[0, at + 1:at + n] = torch.tensor(e.labels[1:])
+        pos[0, at:at + n] = torch.arange(n)
+        at += n
+        bounds.append(at)
+    if width > total:  # the padding is a sequence of its own, with no labels
+        pos[0, total:] = torch.arange(width - total)
+        bounds.append(width)
+    cu = torch.tensor(bounds, dtype=torch.int32)
+    longest = max(b - a for a, b in zip(bounds, bounds[1:]))
+    return {"input_ids": ids, "labels": labels, "position_ids": pos,
+            "cu_seq_lens_q": cu, "cu_seq_lens_k": cu,
+            "max_length_q": longest, "max_length_k": longest}

@@ -20,7 +20,7 @@ from tunesmith.errors import ConfigError, TrainingInterrupted, TunesmithError
 from tunesmith.io import atomic_write_text
 from tunesmith.models import adapters
 from tunesmith.models.artifacts import resolve_artifact
-from tunesmith.models.attention import attend_short_in_fp32
+from tunesmith.models.attention import use_tunesmith_attention
 from tunesmith.models.classifier import apply_head_method, load_classifier
 from tunesmith.models.fused_linear import fuse_projections
 from tunesmith.models.fused_norm import fuse_rms_norms
@@ -54,16 +54,18 @@ def build_tokenizer(cfg: RunConfig, chat_template: bool = True) -> Any:
 def prepare_model(model: Any, cfg: RunConfig, precision: str, lora: bool,
                   prepare: Prepare | None = None) -> None:
     """What training changes on any loaded model before the method applies: ``prepare``
-    (e.g. dropping layers), dropout, the fused norm, float32 attention for short sequences
-    under bf16, and gradient checkpointing."""
+    (e.g. dropping layers), dropout, the fused norm, tunesmith's attention (float32 for short
+    sequences under bf16, one call per sequence of a packed row), and gradient
+    checkpointing."""
     if prepare is not None:
         prepare(model)
     if cfg.train.dropout is not None:
         adapters.set_dropout(model, cfg.train.dropout)
     if cfg.train.fused_norm:
         fuse_rms_norms(model)
-    if cfg.train.fp32_attention_below and precision == "bf16":
-        attend_short_in_fp32(model, cfg.train.fp32_attention_below)
+    below = cfg.train.fp32_attention_below if precision == "bf16" else 0
+    if below or cfg.train.packing:
+        use_tunesmith_attention(model, below)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from tunesmith.config.schema import RunConfig
-from tunesmith.data.collate import epoch_batches
+from tunesmith.data.collate import epoch_batches, padded_width
 from tunesmith.device import accelerate_mixed_precision
 from tunesmith.errors import TrainingError, TrainingInterrupted
 from tunesmith.io import atomic_directory
@@ -84,8 +84,10 @@ def token_budget(setting: int | str | None) -> int | None:
     return 8192 if torch.cuda.is_available() else 1024
 
 
-def split_by_tokens(idx: list[int], lengths: list[int], budget: int | None) -> list[list[int]]:
-    """``idx`` as consecutive parts whose padded size (rows x longest row) fits ``budget``.
+def split_by_tokens(idx: list[int], lengths: list[int], budget: int | None,
+                    packed: bool = False) -> list[list[int]]:
+    """``idx`` as consecutive parts whose padded size (rows x longest row; with ``packed``,
+    the rows' total length, as ``train.packing`` lays them in one row) fits ``budget``.
 
     Parts of one micro-batch are accumulated into the same step with the step's own loss
     normaliser, so splitting changes peak memory, not the gradient. A single row longer than
@@ -93,26 +95,28 @@ def split_by_tokens(idx: list[int], lengths: list[int], budget: int | None) -> l
     not 7 + 1): the fewest parts, then the same number of rows in each, which keeps a
     compiled model (``train.compile``) from recompiling for one-row parts.
     """
-    if not budget or len(idx) < 2 or len(idx) * max(lengths[i] for i in idx) <= budget:
+    def size(part: list[int]) -> int:
+        if packed:
+            return sum(lengths[i] for i in part)
+        return len(part) * max(lengths[i] for i in part)
+
+    if not budget or len(idx) < 2 or size(idx) <= budget:
         return [idx]
 
     parts: list[list[int]] = []  # greedy: the fewest consecutive parts
     cur: list[int] = []
-    longest = 0
     for i in idx:
-        longest_with = max(longest, lengths[i])
-        if cur and (len(cur) + 1) * longest_with > budget:
+        if cur and size([*cur, i]) > budget:
             parts.append(cur)
-            cur, longest_with = [], lengths[i]
+            cur = []
         cur.append(i)
-        longest = longest_with
     parts.append(cur)
-    size, extra = divmod(len(idx), len(parts))  # the same number of parts, evened out
+    count, extra = divmod(len(idx), len(parts))  # the same number of parts, evened out
     bounds = [0]
     for j in range(len(parts)):
-        bounds.append(bounds[-1] + size + (j < extra))
+        bounds.append(bounds[-1] + count + (j < extra))
     even = [idx[a:b] for a, b in zip(bounds, bounds[1:])]
-    if all(len(p) == 1 or len(p) * max(lengths[i] for i in p) <= budget for p in even):
+    if all(len(p) == 1 or size(p) <= budget for p in even):
         return even
     return parts
 
@@ -124,14 +128,15 @@ def micro_batch_tokens(objective: Objective, cfg: RunConfig, steps: int, world: 
     the loop forms (epoch order, ``grad_accum x world`` per step, split at
     ``train.max_batch_tokens``), without running them. ``tunesmith plan`` sizes activations
     by the largest."""
-    tc, lengths = cfg.train, objective.train_lengths
+    tc, lengths, packed = cfg.train, objective.train_lengths, objective.packed
     budget, per_step = token_budget(tc.max_batch_tokens), tc.grad_accum * world
     out: list[list[int]] = []
     epoch, cursor, batches = 0, 0, objective.epoch_batches(0, cfg)
     while len(out) < steps and batches:
         group = batches[cursor:cursor + per_step]
-        out.append([len(part) * -(-max(lengths[i] for i in part) // multiple_of) * multiple_of
-                    for idx in group for part in split_by_tokens(idx, lengths, budget)])
+        out.append([padded_width(sum(lengths[i] for i in part), multiple_of) if packed else
+                    len(part) * padded_width(max(lengths[i] for i in part), multiple_of)
+                    for idx in group for part in split_by_tokens(idx, lengths, budget, packed)])
         cursor += len(group)
         if cursor >= len(batches):
             epoch, cursor = epoch + 1, 0
@@ -151,6 +156,7 @@ class Objective:
     train_lengths: list[int]
     val_size: int = 0
     units_name = "examples"  # what the step loss is averaged over
+    packed = False  # micro-batches are single packed rows (``train.packing``)
     rate_name: str | None = None  # log `<rate_name>_per_s` (units per second) when set
     shown_metrics: tuple[str, ...] | None = None  # shown in progress notes (None: all)
 
@@ -349,7 +355,8 @@ class TrainLoop:
         acc = self.acc
         units = self.obj.step_units(group)  # the loss is a mean over the whole step
         mine = [part for idx in group[acc.process_index::acc.num_processes]
-                for part in split_by_tokens(idx, self.obj.train_lengths, self.token_budget)]
+                for part in split_by_tokens(idx, self.obj.train_lengths, self.token_budget,
+                                            self.obj.packed)]
         # an epoch's last group may hold fewer micro-batches than processes: an idle process
         # still joins the gradient all-reduce (else the others wait for it forever), with one
         # row weighted 0, so it adds nothing to the gradient or the logged values

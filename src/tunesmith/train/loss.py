@@ -120,20 +120,24 @@ class CausalLMLoss(nn.Module):
                       and not getattr(cfg, "final_logit_softcapping", None)
                       and not getattr(cfg, "logit_scale", None))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor,
+                attention_mask: torch.Tensor | None = None, **packed: Any
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``packed``: a packed row's ``position_ids`` and boundaries
+        (:func:`tunesmith.data.pack.pack_causal`), passed on to the model."""
         shifted = labels[:, 1:]
         keep = shifted != IGNORE
         targets = shifted[keep]
         n = targets.new_tensor(targets.numel())
         if not self.fused:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                **packed).logits
             sel = logits[:, :-1][keep].float()
             loss = F.cross_entropy(sel, targets, reduction="sum")
             return loss, n, (sel.argmax(-1) == targets).sum()
         backbone, head = split_causal_lm(self.model)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
-                          use_cache=False).last_hidden_state
+                          use_cache=False, **packed).last_hidden_state
         hidden = hidden[:, :-1][keep]
         loss, correct = linear_cross_entropy(hidden, self._head_weight(head.weight), targets,
                                              self.chunk, self.head_dtype)

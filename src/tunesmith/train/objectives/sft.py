@@ -20,6 +20,7 @@ from torch import nn
 
 from tunesmith.config.schema import SFT_METRICS, RunConfig
 from tunesmith.data.collate import collate
+from tunesmith.data.pack import pack_causal
 from tunesmith.data.templates import IGNORE, Encoded
 from tunesmith.device import head_dtype_for
 from tunesmith.train.engine import BatchOut, Objective
@@ -44,6 +45,7 @@ class SFTObjective(Objective):
         self.val_size = len(val)
         self.tasks, self.val_tasks = tasks, val_tasks
         self.batch_plan = batch_plan  # a callable(epoch, cfg) -> batches (mixtures)
+        self.packed = cfg.train.packing  # training batches only; evaluation stays padded
 
     def epoch_batches(self, epoch: int, cfg: RunConfig) -> list[list[int]]:
         if self.batch_plan is not None:
@@ -58,13 +60,20 @@ class SFTObjective(Objective):
         return {k: v.to(device) for k, v in collate(examples, self.pad_id).items()}
 
     def train_batch(self, wrapped: nn.Module, idx: list[int], device: Any) -> BatchOut:
-        batch = self._batch([self.train_set[j] for j in idx], device)
+        examples = [self.train_set[j] for j in idx]
+        if self.packed:
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                     for k, v in pack_causal(examples, self.pad_id).items()}
+            tokens = sum(len(e.input_ids) for e in examples)
+        else:
+            batch = self._batch(examples, device)
+            tokens = int(batch["attention_mask"].sum())
         lsum, n, _ = wrapped(**batch)
         sums: dict[str, float] = {}
         if self.tasks is not None:
             task = self.tasks[idx[0]]
             sums = {f"loss_sum/{task}": float(lsum.detach()), f"tokens/{task}": float(n)}
-        return BatchOut(lsum, sums, int(batch["attention_mask"].sum()))
+        return BatchOut(lsum, sums, tokens)
 
     def step_values(self, sums: dict[str, float], units: int) -> dict[str, float]:
         values: dict[str, float] = {"label_tokens": units}
