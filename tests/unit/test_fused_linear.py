@@ -152,8 +152,12 @@ def test_training_steps_and_checkpoint_round_trip_match(make_opt: Any) -> None:
         for m, opt in zip((stock, fused), opts):
             _loss_and_grads(m, ids, autocast=False)
             opt.step()
+    # the fused input gradient is rounded once instead of once per projection (about 1e-8
+    # of gradients near 1e-3), and Adam's first steps divide by the gradient's own size, so
+    # the weights agree to about 3e-6 on some CPUs (AMD EPYC, AVX-512); a stale copy of A
+    # (the bug this guards) moved them by the learning rate, 0.05 per step
     for (n, p), (_, q) in zip(stock.named_parameters(), fused.named_parameters()):
-        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=n)
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=n)
     with torch.no_grad():  # a loaded adapter (set_peft_model_state_dict copies in place)
         for (n, p), (_, q) in zip(stock.named_parameters(), fused.named_parameters()):
             if "lora_A" in n:

@@ -231,7 +231,9 @@ class TrainConfig(_Section):
         "example attends only to itself (one attention call per example under SDPA, a "
         "block-diagonal mask under eager attention, variable-length kernels under flash "
         "attention), so losses and gradients equal the padded batch's. "
-        "`train.max_batch_tokens` then bounds a micro-batch's real tokens."))
+        "`train.max_batch_tokens` then bounds a micro-batch's real tokens. Pays with random "
+        "batches (`group_by_length: false`: 1.5x on the SmolLM2 LoRA benchmark); about even "
+        "with length-grouped ones."))
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     compile: bool | Literal["auto"] = Field("auto", description=(
         "torch.compile each transformer block but the first, in place (dynamic shapes). "
