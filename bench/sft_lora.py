@@ -371,7 +371,8 @@ def summarise(stamps: list[tuple[float, int, float, float]], last_loss: float,
            "steady_steps": len(stamps) - 1,
            "step_s": seconds / max(len(stamps) - 1, 1), "loss_last": last_loss,
            "peak_rss_mib": peak_rss_mib(), "train_peak_rss_mib": stamps[-1][3],
-           "step_times_s": [round(b[0] - a[0], 3) for a, b in zip(stamps, stamps[1:])]}
+           "step_times_s": [round(b[0] - a[0], 3) for a, b in zip(stamps, stamps[1:])],
+           "step_tokens": [s[1] for s in stamps[1:]]}
     if on_cuda():
         import torch
 
