@@ -359,15 +359,15 @@ def worker_trl(args: argparse.Namespace) -> dict:
 
 
 def summarise(stamps: list[tuple[float, int, float, float]], last_loss: float,
-              start: float | None = None) -> dict:
+              start: float) -> dict:
     """Steady tokens/s (steps 2..N over the time from the end of step 1 to the end of step
     N), tokens/s of the whole loop (steps 1..N from the start of training: first-step
     allocations and compiling included), peak RSS of the whole run (tunesmith's includes
     writing final/) and at the end of the last training step."""
     tokens = sum(s[1] for s in stamps[1:])
     seconds = stamps[-1][0] - stamps[0][0]
-    whole = (stamps[0][1] + tokens) / (stamps[-1][0] - start) if start is not None else None
-    out = {"tokens_per_s": tokens / seconds, "whole_tokens_per_s": whole,
+    out = {"tokens_per_s": tokens / seconds,
+           "whole_tokens_per_s": (stamps[0][1] + tokens) / (stamps[-1][0] - start),
            "steady_steps": len(stamps) - 1,
            "step_s": seconds / max(len(stamps) - 1, 1), "loss_last": last_loss,
            "peak_rss_mib": peak_rss_mib(), "train_peak_rss_mib": stamps[-1][3],
@@ -476,9 +476,9 @@ def main() -> None:
           f"{args.steps} steps (first excluded from tokens/s); held-out loss on "
           f"{args.heldout} unseen rows, completion only")
     memory = ["peak_device_mib"] if on_cuda() else []
-    print_table([ours, *peers], ["name", "tokens_per_s", "whole_tokens_per_s", "step_s", "peak_rss_mib", *memory,
-                                 "loss_last", "heldout_loss", "mfu_fp32_%", "mfu_bf16_%",
-                                 "wall_s"])
+    print_table([ours, *peers], ["name", "tokens_per_s", "whole_tokens_per_s", "step_s",
+                                 "peak_rss_mib", *memory, "loss_last", "heldout_loss",
+                                 "mfu_fp32_%", "mfu_bf16_%", "wall_s"])
     by = {p["name"]: p for p in peers}
     print()
     for peer in peers:

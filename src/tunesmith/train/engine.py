@@ -84,6 +84,14 @@ def token_budget(setting: int | str | None) -> int | None:
     return 8192 if torch.cuda.is_available() else 1024
 
 
+def part_tokens(part: list[int], lengths: list[int], packed: bool, multiple_of: int = 1) -> int:
+    """Tokens a micro-batch part occupies: rows x longest row as padded rows, or the rows'
+    total as one packed row (``train.packing``); widths rounded up to ``multiple_of``."""
+    if packed:
+        return padded_width(sum(lengths[i] for i in part), multiple_of)
+    return len(part) * padded_width(max(lengths[i] for i in part), multiple_of)
+
+
 def split_by_tokens(idx: list[int], lengths: list[int], budget: int | None,
                     packed: bool = False) -> list[list[int]]:
     """``idx`` as consecutive parts whose padded size (rows x longest row; with ``packed``,
@@ -95,20 +103,20 @@ def split_by_tokens(idx: list[int], lengths: list[int], budget: int | None,
     not 7 + 1): the fewest parts, then the same number of rows in each, which keeps a
     compiled model (``train.compile``) from recompiling for one-row parts.
     """
-    def size(part: list[int]) -> int:
-        if packed:
-            return sum(lengths[i] for i in part)
-        return len(part) * max(lengths[i] for i in part)
+    def fits(part: list[int]) -> bool:
+        return part_tokens(part, lengths, packed) <= budget
 
-    if not budget or len(idx) < 2 or size(idx) <= budget:
+    if not budget or len(idx) < 2 or fits(idx):
         return [idx]
 
     parts: list[list[int]] = []  # greedy: the fewest consecutive parts
     cur: list[int] = []
+    longest = total = 0  # of cur
     for i in idx:
-        if cur and size([*cur, i]) > budget:
+        longest, total = max(longest, lengths[i]), total + lengths[i]
+        if cur and (total if packed else (len(cur) + 1) * longest) > budget:
             parts.append(cur)
-            cur = []
+            cur, longest, total = [], lengths[i], lengths[i]
         cur.append(i)
     parts.append(cur)
     count, extra = divmod(len(idx), len(parts))  # the same number of parts, evened out
@@ -116,7 +124,7 @@ def split_by_tokens(idx: list[int], lengths: list[int], budget: int | None,
     for j in range(len(parts)):
         bounds.append(bounds[-1] + count + (j < extra))
     even = [idx[a:b] for a, b in zip(bounds, bounds[1:])]
-    if all(len(p) == 1 or size(p) <= budget for p in even):
+    if all(len(p) == 1 or fits(p) for p in even):
         return even
     return parts
 
@@ -134,8 +142,7 @@ def micro_batch_tokens(objective: Objective, cfg: RunConfig, steps: int, world: 
     epoch, cursor, batches = 0, 0, objective.epoch_batches(0, cfg)
     while len(out) < steps and batches:
         group = batches[cursor:cursor + per_step]
-        out.append([padded_width(sum(lengths[i] for i in part), multiple_of) if packed else
-                    len(part) * padded_width(max(lengths[i] for i in part), multiple_of)
+        out.append([part_tokens(part, lengths, packed, multiple_of)
                     for idx in group for part in split_by_tokens(idx, lengths, budget, packed)])
         cursor += len(group)
         if cursor >= len(batches):
